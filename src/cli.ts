@@ -1,0 +1,189 @@
+import { existsSync } from "node:fs";
+import { type ArgsDef, defineCommand } from "citty";
+import { type Config, ConfigError, type RawSettings, resolveConfig } from "./config.ts";
+import { controllerHandlers, identityHandlers } from "./driver/identity.ts";
+import { NodeService } from "./driver/node.ts";
+import { Controller, Identity, Node } from "./gen/csi/v1/csi_pb.ts";
+import { grpcService } from "./grpc/service.ts";
+import { createLogger, type Logger } from "./log.ts";
+import { CommandMounter } from "./mount/mounter.ts";
+import { rpcLogger, StartError, startServer } from "./server.ts";
+import { VERSION } from "./version.ts";
+
+// How long SIGTERM waits for calls in flight (a mount takes milliseconds; a hung one is killed
+// after --mount-timeout anyway).
+const SHUTDOWN_GRACE_MS = 10_000;
+
+const args = {
+  "workload-api-socket-dir": {
+    type: "string",
+    description:
+      "Directory holding the SPIFFE Workload API socket, bind-mounted into pods (required)",
+    valueHint: "dir",
+  },
+  "csi-socket-path": {
+    type: "string",
+    description: "Unix socket the CSI services are served on",
+    default: "/spiffe-csi/csi.sock",
+    valueHint: "path",
+  },
+  "plugin-name": {
+    type: "string",
+    description: "CSI plugin name (domain notation, at most 63 characters)",
+    default: "csi.spiffe.io",
+  },
+  "node-id": {
+    type: "string",
+    description:
+      "Kubernetes node name; when unset it is read from the variable named by -node-id-env",
+  },
+  "node-id-env": {
+    type: "string",
+    description: "Environment variable holding the node name",
+    default: "MY_NODE_NAME",
+  },
+  "log-level": {
+    type: "string",
+    description: "error, warn, info, debug (one line per RPC) or trace",
+    default: "info",
+  },
+  "log-format": { type: "string", description: "text or json", default: "text" },
+  "mount-timeout": {
+    type: "string",
+    description: "Seconds one mount or umount may run before it is killed",
+    default: "30",
+  },
+} satisfies ArgsDef;
+
+const FLAG_NAMES = new Set([...Object.keys(args), "help", "version"]);
+
+/**
+ * The reference driver's flags are Go flags: `-name value` and `-name=value` with one dash.
+ * Rewrites every one-dash word of more than one letter to `--name`, as Go reads it, so the
+ * reference's DaemonSet args run unchanged; one-letter flags (-h, -v) stay as they are.
+ */
+export function normalizeArgv(argv: readonly string[]): string[] {
+  const end = argv.indexOf("--");
+  const flags = end === -1 ? argv : argv.slice(0, end);
+  const rest = end === -1 ? [] : argv.slice(end);
+  return [...flags.map((arg) => (/^-[^-=][^=]/.test(arg) ? `-${arg}` : arg)), ...rest];
+}
+
+const camelCase = (name: string) =>
+  name.replace(/-(\w)/g, (_, letter: string) => letter.toUpperCase());
+
+function unknownFlags(parsed: Record<string, unknown>): string[] {
+  const known = new Set(["_", ...FLAG_NAMES, ...[...FLAG_NAMES].map(camelCase)]);
+  return Object.keys(parsed).filter((key) => !known.has(key));
+}
+
+/** Reads the parsed flags into a Config; a problem is a ConfigError. */
+export function configFromArgs(
+  parsed: Record<string, unknown>,
+  env: Record<string, string | undefined>,
+): Config {
+  const unknown = unknownFlags(parsed);
+  if (unknown.length > 0) {
+    throw new ConfigError(`unknown flag --${unknown[0]} (see --help)`);
+  }
+  const positionals = parsed._ as string[];
+  if (positionals.length > 0) {
+    throw new ConfigError(`unexpected argument ${JSON.stringify(positionals[0])} (see --help)`);
+  }
+  const text = (name: keyof typeof args) => {
+    const value = parsed[name];
+    return typeof value === "string" ? value : undefined;
+  };
+  const raw: RawSettings = {
+    workloadApiSocketDir: text("workload-api-socket-dir"),
+    csiSocketPath: text("csi-socket-path") ?? "",
+    pluginName: text("plugin-name") ?? "",
+    nodeId: text("node-id"),
+    nodeIdEnv: text("node-id-env") ?? "",
+    logLevel: text("log-level") ?? "",
+    logFormat: text("log-format") ?? "",
+    mountTimeout: text("mount-timeout") ?? "",
+  };
+  return resolveConfig(raw, env);
+}
+
+/** Exits with `code` after one line on stderr: the way every start-up problem ends. */
+function exitWith(code: number, message: string): never {
+  process.stderr.write(`spiffe-csi-driver: ${message}\n`);
+  process.exit(code);
+}
+
+export const main = defineCommand({
+  meta: {
+    name: "spiffe-csi-driver",
+    version: VERSION,
+    description: "CSI node plugin that bind-mounts the SPIFFE Workload API directory into pods",
+  },
+  args,
+  async run({ args: parsed }) {
+    let config: Config;
+    try {
+      config = configFromArgs(parsed as Record<string, unknown>, process.env);
+    } catch (error) {
+      if (error instanceof ConfigError) exitWith(2, error.message);
+      throw error;
+    }
+    const mountPath = Bun.which("mount");
+    const umountPath = Bun.which("umount");
+    if (!mountPath || !umountPath) {
+      exitWith(
+        1,
+        `cannot find ${mountPath ? "umount" : "mount"} on PATH (${process.env.PATH ?? ""})`,
+      );
+    }
+    const logger = createLogger(config.logLevel, config.logFormat);
+    await serve(config, new CommandMounter(mountPath, umountPath, config.mountTimeoutMs), logger);
+  },
+});
+
+async function serve(config: Config, mounter: CommandMounter, logger: Logger): Promise<void> {
+  logger.info("starting", {
+    version: VERSION,
+    node_id: config.nodeId,
+    plugin_name: config.pluginName,
+    workload_api_socket_dir: config.workloadApiSocketDir,
+    csi_socket_path: config.csiSocketPath,
+  });
+  if (!existsSync(config.workloadApiSocketDir)) {
+    // Not fatal: the agent may create it later. Publishing answers UNAVAILABLE until then.
+    logger.warn("the Workload API socket directory does not exist yet", {
+      path: config.workloadApiSocketDir,
+    });
+  }
+  const observe = rpcLogger(logger);
+  const node = new NodeService({
+    nodeId: config.nodeId,
+    workloadApiSocketDir: config.workloadApiSocketDir,
+    mounter,
+  });
+  let server: Awaited<ReturnType<typeof startServer>>;
+  try {
+    server = await startServer(
+      config.csiSocketPath,
+      [
+        grpcService(Identity, identityHandlers(config.pluginName), observe),
+        grpcService(Controller, controllerHandlers(), observe),
+        grpcService(Node, node.handlers(), observe),
+      ],
+      logger,
+    );
+  } catch (error) {
+    if (error instanceof StartError) exitWith(1, error.message);
+    throw error;
+  }
+  logger.info("serving CSI", { csi_socket_path: config.csiSocketPath });
+
+  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+    process.once("SIGTERM", resolve);
+    process.once("SIGINT", resolve);
+  });
+  logger.info("shutting down", { signal });
+  await server.close(SHUTDOWN_GRACE_MS);
+  logger.info("stopped");
+  process.exit(0);
+}

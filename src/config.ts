@@ -1,0 +1,97 @@
+import { isAbsolute } from "node:path";
+import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
+
+/** A setting that is missing or wrong: the program says so in one line and exits with status 2. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+export interface Config {
+  workloadApiSocketDir: string;
+  csiSocketPath: string;
+  pluginName: string;
+  nodeId: string;
+  logLevel: LogLevel;
+  logFormat: LogFormat;
+  /** How long one `mount` or `umount` may run before it is killed. */
+  mountTimeoutMs: number;
+}
+
+/** The flags as the command line gives them, before checking. */
+export interface RawSettings {
+  workloadApiSocketDir?: string;
+  csiSocketPath: string;
+  pluginName: string;
+  nodeId?: string;
+  nodeIdEnv: string;
+  logLevel: string;
+  logFormat: string;
+  mountTimeout: string;
+}
+
+// CSI: "63 characters or less, beginning and ending with an alphanumeric character with dashes,
+// dots, and alphanumerics between", in domain name notation.
+const PLUGIN_NAME = /^[a-zA-Z0-9](?:[a-zA-Z0-9.-]{0,61}[a-zA-Z0-9])?$/;
+// CSI size limit for node_id.
+const MAX_NODE_ID_BYTES = 256;
+
+export function validatePluginName(name: string): string | undefined {
+  if (!PLUGIN_NAME.test(name)) {
+    return `plugin name ${JSON.stringify(name)} is not valid: it must be at most 63 characters of letters, digits, '-' and '.', beginning and ending with a letter or digit`;
+  }
+  if (name.includes("..")) {
+    return `plugin name ${JSON.stringify(name)} is not valid: it must be in domain notation (no empty labels)`;
+  }
+  return undefined;
+}
+
+export function resolveConfig(raw: RawSettings, env: Record<string, string | undefined>): Config {
+  const socketDir = raw.workloadApiSocketDir;
+  if (!socketDir) {
+    throw new ConfigError("-workload-api-socket-dir is required");
+  }
+  if (!isAbsolute(socketDir)) {
+    throw new ConfigError(`-workload-api-socket-dir must be an absolute path, got ${socketDir}`);
+  }
+  if (!raw.csiSocketPath || !isAbsolute(raw.csiSocketPath)) {
+    throw new ConfigError(`-csi-socket-path must be an absolute path, got "${raw.csiSocketPath}"`);
+  }
+  const pluginNameProblem = validatePluginName(raw.pluginName);
+  if (pluginNameProblem) {
+    throw new ConfigError(pluginNameProblem);
+  }
+  const nodeId = raw.nodeId || env[raw.nodeIdEnv] || "";
+  if (!nodeId) {
+    throw new ConfigError(
+      `a node id is required: set -node-id, or the environment variable ${raw.nodeIdEnv} (named by -node-id-env)`,
+    );
+  }
+  if (Buffer.byteLength(nodeId) > MAX_NODE_ID_BYTES) {
+    throw new ConfigError(`the node id is longer than ${MAX_NODE_ID_BYTES} bytes`);
+  }
+  if (!(raw.logLevel in LOG_LEVELS)) {
+    throw new ConfigError(
+      `--log-level must be one of ${Object.keys(LOG_LEVELS).join(", ")}, got "${raw.logLevel}"`,
+    );
+  }
+  if (!LOG_FORMATS.includes(raw.logFormat as LogFormat)) {
+    throw new ConfigError(
+      `--log-format must be one of ${LOG_FORMATS.join(", ")}, got "${raw.logFormat}"`,
+    );
+  }
+  const mountTimeoutSeconds = Number(raw.mountTimeout);
+  if (!Number.isFinite(mountTimeoutSeconds) || mountTimeoutSeconds <= 0) {
+    throw new ConfigError(
+      `--mount-timeout must be a positive number of seconds, got "${raw.mountTimeout}"`,
+    );
+  }
+  return {
+    workloadApiSocketDir: socketDir,
+    csiSocketPath: raw.csiSocketPath,
+    pluginName: raw.pluginName,
+    nodeId,
+    logLevel: raw.logLevel as LogLevel,
+    logFormat: raw.logFormat as LogFormat,
+    mountTimeoutMs: mountTimeoutSeconds * 1000,
+  };
+}

@@ -1,0 +1,4 @@
+import { runMain } from "citty";
+import { main, normalizeArgv } from "./cli.ts";
+
+await runMain(main, { rawArgs: normalizeArgv(process.argv.slice(2)) });
