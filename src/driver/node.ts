@@ -26,6 +26,7 @@ import {
   sameInode,
 } from "../mount/inspect.ts";
 import { MountCommandError, type Mounter } from "../mount/mounter.ts";
+import { findMount } from "../mount/mountinfo.ts";
 import { KeyedMutex } from "./locks.ts";
 import { quote, validatePublish, validateUnpublish, validateVolumeStats } from "./validate.ts";
 
@@ -277,7 +278,7 @@ export class NodeService {
     for (let unmounted = 0; current.mountPoint; unmounted++) {
       if (!this.isOwnMount(current, source)) {
         throw failedPrecondition(
-          `target_path ${quote(targetPath)} is a mount point that is not a bind of the Workload API directory ${quote(this.socketDir)}; refusing to unmount it`,
+          `target_path ${quote(targetPath)} is a mount point (${describeMount(current.mountId)}) that is not a bind of the Workload API directory ${quote(this.socketDir)}; refusing to unmount it`,
         );
       }
       if (unmounted === MAX_STACKED_MOUNTS) {
@@ -307,6 +308,14 @@ export class NodeService {
       // The kubelet removes the directory after a final error anyway.
     }
   }
+}
+
+/** What is mounted, for an error message: the one place the mount table is read. */
+function describeMount(mountId: number): string {
+  const mount = findMount(mountId);
+  return mount
+    ? `${mount.fsType} ${mount.source}, root ${mount.root}, device ${mount.device}`
+    : `mount id ${mountId}`;
 }
 
 function isEmptyDirectory(path: string): boolean {

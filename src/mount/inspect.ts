@@ -38,6 +38,8 @@ export interface DirectoryState {
   ino: number;
   /** Zero when the directory has been removed (a mount can still hold it). */
   nlink: number;
+  /** The kernel's id of the mount the directory is on. */
+  mountId: number;
   /** The root of a mount (its mount id differs from its parent's). */
   mountPoint: boolean;
 }
@@ -65,6 +67,7 @@ export function inspectTarget(path: string): TargetState {
       dev: stat.dev,
       ino: stat.ino,
       nlink: stat.nlink,
+      mountId,
       mountPoint: mountId !== mountIdOf(dirname(path)),
     };
   } finally {

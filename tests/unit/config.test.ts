@@ -1,0 +1,106 @@
+import { describe, expect, test } from "bun:test";
+import { configFromArgs, normalizeArgv } from "../../src/cli.ts";
+import { ConfigError, validatePluginName } from "../../src/config.ts";
+
+const defaults = {
+  _: [],
+  "csi-socket-path": "/spiffe-csi/csi.sock",
+  "plugin-name": "csi.spiffe.io",
+  "node-id-env": "MY_NODE_NAME",
+  "log-level": "info",
+  "log-format": "text",
+  "mount-timeout": "30",
+};
+
+function config(flags: Record<string, unknown>, env: Record<string, string> = {}) {
+  return configFromArgs({ ...defaults, "workload-api-socket-dir": "/run/spire", ...flags }, env);
+}
+
+describe("normalizeArgv", () => {
+  test("turns Go-style one-dash flags into long flags", () => {
+    expect(
+      normalizeArgv(["-workload-api-socket-dir", "/run/spire", "-csi-socket-path=/x/csi.sock"]),
+    ).toEqual(["--workload-api-socket-dir", "/run/spire", "--csi-socket-path=/x/csi.sock"]);
+  });
+
+  test("leaves long flags, one-letter flags, values and everything after -- alone", () => {
+    expect(normalizeArgv(["--plugin-name", "a.b", "-h", "-v", "/path", "--", "-node-id"])).toEqual([
+      "--plugin-name",
+      "a.b",
+      "-h",
+      "-v",
+      "/path",
+      "--",
+      "-node-id",
+    ]);
+  });
+});
+
+describe("configFromArgs", () => {
+  test("reads the node id from the variable named by -node-id-env", () => {
+    expect(config({}, { MY_NODE_NAME: "node-a" }).nodeId).toBe("node-a");
+    expect(config({ "node-id-env": "NODE" }, { NODE: "node-b" }).nodeId).toBe("node-b");
+  });
+
+  test("-node-id wins over the environment", () => {
+    expect(config({ "node-id": "node-c" }, { MY_NODE_NAME: "node-a" }).nodeId).toBe("node-c");
+  });
+
+  test("keeps the reference's defaults", () => {
+    const resolved = config({}, { MY_NODE_NAME: "n" });
+    expect(resolved.csiSocketPath).toBe("/spiffe-csi/csi.sock");
+    expect(resolved.pluginName).toBe("csi.spiffe.io");
+    expect(resolved.mountTimeoutMs).toBe(30_000);
+  });
+
+  const problems: [string, Record<string, unknown>, Record<string, string>, RegExp][] = [
+    [
+      "no socket dir",
+      { "workload-api-socket-dir": undefined },
+      { MY_NODE_NAME: "n" },
+      /-workload-api-socket-dir is required/,
+    ],
+    [
+      "relative socket dir",
+      { "workload-api-socket-dir": "run/spire" },
+      { MY_NODE_NAME: "n" },
+      /absolute/,
+    ],
+    ["no node id", {}, {}, /node id is required.*MY_NODE_NAME/],
+    [
+      "bad plugin name",
+      { "plugin-name": "-bad" },
+      { MY_NODE_NAME: "n" },
+      /plugin name "-bad" is not valid/,
+    ],
+    ["bad log level", { "log-level": "loud" }, { MY_NODE_NAME: "n" }, /--log-level must be one of/],
+    [
+      "bad log format",
+      { "log-format": "xml" },
+      { MY_NODE_NAME: "n" },
+      /--log-format must be one of/,
+    ],
+    ["bad mount timeout", { "mount-timeout": "0" }, { MY_NODE_NAME: "n" }, /--mount-timeout/],
+    ["unknown flag", { bogus: "1" }, { MY_NODE_NAME: "n" }, /unknown flag --bogus/],
+    ["positional", { _: ["serve"] }, { MY_NODE_NAME: "n" }, /unexpected argument "serve"/],
+  ];
+  for (const [name, flags, env, message] of problems) {
+    test(`rejects ${name}`, () => {
+      expect(() => config(flags, env)).toThrow(ConfigError);
+      expect(() => config(flags, env)).toThrow(message);
+    });
+  }
+});
+
+describe("validatePluginName", () => {
+  test.each(["csi.spiffe.io", "a", "x-y.example.com", "a".repeat(63)])("accepts %s", (name) => {
+    expect(validatePluginName(name)).toBeUndefined();
+  });
+
+  test.each(["", "-a.b", "a.b-", "a..b", "a_b.io", "a".repeat(64), "csi.spiffe.io."])(
+    "rejects %p",
+    (name) => {
+      expect(validatePluginName(name)).toBeString();
+    },
+  );
+});

@@ -1,0 +1,130 @@
+import { describe, expect, test } from "bun:test";
+import { create } from "@bufbuild/protobuf";
+import { status } from "@grpc/grpc-js";
+import { NodeService } from "../../src/driver/node.ts";
+import { targetPathProblem } from "../../src/driver/validate.ts";
+import {
+  NodeGetVolumeStatsRequestSchema,
+  NodePublishVolumeRequestSchema,
+  NodeUnpublishVolumeRequestSchema,
+} from "../../src/gen/csi/v1/csi_pb.ts";
+import { RpcError } from "../../src/grpc/status.ts";
+import type { Mounter } from "../../src/mount/mounter.ts";
+import { invalidPublishRequests } from "../helpers/invalid.ts";
+import { podVolume, publishRequest } from "../helpers/kubelet.ts";
+
+/** Records calls; validation must reject bad requests before any reaches it. */
+class RecordingMounter implements Mounter {
+  calls: string[][] = [];
+  async bindMount(source: string, target: string) {
+    this.calls.push(["bind", source, target]);
+  }
+  async unmount(target: string) {
+    this.calls.push(["unmount", target]);
+  }
+}
+
+const KUBELET_TARGET =
+  "/var/lib/kubelet/pods/6f1d6a3e-93b2-4a1a-9d2c-0d9c5c1a2b3c/volumes/kubernetes.io~csi/spiffe/mount";
+
+describe("targetPathProblem", () => {
+  test.each([
+    KUBELET_TARGET,
+    "/var/snap/microk8s/common/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/v/mount",
+    "/var/lib/k0s/kubelet/pods/u/volumes/kubernetes.io~csi/v/mount",
+  ])("accepts %s", (path) => {
+    expect(targetPathProblem("target_path", path)).toBeUndefined();
+  });
+
+  test.each([
+    ["", "target_path is required"],
+    [`${KUBELET_TARGET}\0`, "must not contain a NUL byte"],
+    ["var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/v/mount", "must be an absolute path"],
+    ["/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/../../../../../etc/mount", "'..' segments"],
+    ["/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/v/./mount", "clean path"],
+    ["/var/lib/kubelet//pods/u/volumes/kubernetes.io~csi/v/mount", "clean path"],
+    [`${KUBELET_TARGET}/`, "clean path"],
+    ["/", "clean path"],
+    ["/dev/shm", "kubelet CSI volume path"],
+    ["/var/lib/kubelet/pods/u/volumes/kubernetes.io~empty-dir/v/mount", "kubelet CSI volume path"],
+    ["/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/v/mount/etc", "kubelet CSI volume path"],
+    [`/${"a/".repeat(2100)}pods/u/volumes/kubernetes.io~csi/v/mount`, "longer than 4096 bytes"],
+  ])("rejects %p", (path, message) => {
+    expect(targetPathProblem("target_path", path)).toContain(message);
+  });
+});
+
+describe("NodeService validation", () => {
+  const mounter = new RecordingMounter();
+  const handlers = new NodeService({
+    nodeId: "node-1",
+    workloadApiSocketDir: "/nonexistent/spire",
+    mounter,
+  }).handlers();
+  async function codeOf(call: Promise<unknown>): Promise<[number, string]> {
+    try {
+      await call;
+    } catch (error) {
+      expect(error).toBeInstanceOf(RpcError);
+      return [(error as RpcError).code, (error as RpcError).message];
+    }
+    throw new Error("the call succeeded");
+  }
+
+  const volume = podVolume("/var/lib/kubelet");
+  for (const [name, request, message] of invalidPublishRequests(volume)) {
+    test(`NodePublishVolume with ${name}: INVALID_ARGUMENT`, async () => {
+      const [code, details] = await codeOf(
+        handlers.nodePublishVolume(create(NodePublishVolumeRequestSchema, request)),
+      );
+      expect(code).toBe(status.INVALID_ARGUMENT);
+      expect(details).toContain(message);
+      // Mount flags may hold secrets: never echoed.
+      expect(details).not.toContain("hunter2");
+    });
+  }
+
+  test("a valid request with the agent's directory missing: UNAVAILABLE", async () => {
+    const [code, details] = await codeOf(
+      handlers.nodePublishVolume(create(NodePublishVolumeRequestSchema, publishRequest(volume))),
+    );
+    expect(code).toBe(status.UNAVAILABLE);
+    expect(details).toContain('"/nonexistent/spire" does not exist');
+  });
+
+  test.each([
+    [{ volumeId: "", targetPath: KUBELET_TARGET }, "volume_id is required"],
+    [{ volumeId: "v", targetPath: "" }, "target_path is required"],
+    [{ volumeId: "v", targetPath: "/dev/shm" }, "kubelet CSI volume path"],
+    [{ volumeId: "v", targetPath: "/" }, "clean path"],
+  ])("NodeUnpublishVolume %p: INVALID_ARGUMENT", async (fields, message) => {
+    const [code, details] = await codeOf(
+      handlers.nodeUnpublishVolume(create(NodeUnpublishVolumeRequestSchema, fields)),
+    );
+    expect(code).toBe(status.INVALID_ARGUMENT);
+    expect(details).toContain(message);
+  });
+
+  test.each([
+    [
+      { volumeId: "", volumePath: KUBELET_TARGET },
+      status.INVALID_ARGUMENT,
+      "volume_id is required",
+    ],
+    [{ volumeId: "v", volumePath: "" }, status.INVALID_ARGUMENT, "volume_path is required"],
+    [{ volumeId: "v", volumePath: "a\0b" }, status.INVALID_ARGUMENT, "NUL byte"],
+    [{ volumeId: "v", volumePath: "some/path" }, status.NOT_FOUND, "no volume is published"],
+    [{ volumeId: "v", volumePath: "/etc" }, status.NOT_FOUND, "no volume is published"],
+    [{ volumeId: "v", volumePath: KUBELET_TARGET }, status.NOT_FOUND, "it does not exist"],
+  ])("NodeGetVolumeStats %p", async (fields, expected, message) => {
+    const [code, details] = await codeOf(
+      handlers.nodeGetVolumeStats(create(NodeGetVolumeStatsRequestSchema, fields)),
+    );
+    expect(code).toBe(expected);
+    expect(details).toContain(message);
+  });
+
+  test("no invalid request reached the mounter", () => {
+    expect(mounter.calls).toEqual([]);
+  });
+});
