@@ -1,5 +1,5 @@
 // Starts the compiled driver as a process, the way a DaemonSet or systemd would.
-import { existsSync, mkdtempSync, readlinkSync } from "node:fs";
+import { existsSync, lstatSync, mkdtempSync, readFileSync, readlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
@@ -81,22 +81,35 @@ export async function startDriver(options: DriverOptions): Promise<DriverProcess
 }
 
 export async function waitServing(driver: DriverProcess, csiSocketPath: string): Promise<void> {
-  const { identity } = clients(csiSocketPath);
-  try {
-    for (let attempt = 0; ; attempt++) {
-      if (driver.proc.exitCode !== null) {
-        throw new Error(`driver exited with ${driver.proc.exitCode}: ${driver.stderr}`);
-      }
-      try {
-        await identity.probe({}, { deadline: Date.now() + 1000 });
-        return;
-      } catch (error) {
-        if (attempt > 200) throw error;
-        await Bun.sleep(25);
-      }
+  // Wait for the socket file first: a client started before it exists backs off for a second.
+  for (let waited = 0; !isSocket(csiSocketPath); waited += 5) {
+    if (driver.proc.exitCode !== null) {
+      throw new Error(`driver exited with ${driver.proc.exitCode}: ${driver.stderr}`);
     }
-  } finally {
-    identity.close();
+    if (waited > 10_000) throw new Error(`no socket at ${csiSocketPath} after 10 s`);
+    await Bun.sleep(5);
+  }
+  // A stale socket from a killed driver refuses connections until the new one replaces it. A
+  // fresh client each try: a refused channel would back off for a second.
+  for (let attempt = 0; ; attempt++) {
+    const { identity } = clients(csiSocketPath);
+    try {
+      await identity.probe({}, { deadline: Date.now() + 5000 });
+      return;
+    } catch (error) {
+      if (attempt === 500 || driver.proc.exitCode !== null) throw error;
+      await Bun.sleep(10);
+    } finally {
+      identity.close();
+    }
+  }
+}
+
+function isSocket(path: string): boolean {
+  try {
+    return lstatSync(path).isSocket();
+  } catch {
+    return false;
   }
 }
 
@@ -105,13 +118,28 @@ export function tempDir(prefix: string): string {
 }
 
 /**
- * Mount tests must run in a private mount namespace (`npm test` runs them under
+ * Mount tests must run in a mount namespace of their own (`npm test` runs them under
  * `unshare --mount --propagation private`), so that a crash cannot leave mounts on the machine.
+ * Proof: some ancestor process is in another mount namespace than this one.
  */
 export function assertPrivateMountNamespace(): void {
-  if (readlinkSync("/proc/self/ns/mnt") === readlinkSync("/proc/1/ns/mnt")) {
-    throw new Error(
-      "mount tests must run in a private mount namespace: use `npm test`, or `unshare --mount --propagation private bun test`",
-    );
+  const own = readlinkSync("/proc/self/ns/mnt");
+  for (let pid = parentOf("self"); pid > 1; pid = parentOf(String(pid))) {
+    let theirs: string;
+    try {
+      theirs = readlinkSync(`/proc/${pid}/ns/mnt`);
+    } catch {
+      break;
+    }
+    if (theirs !== own) return;
   }
+  throw new Error(
+    "mount tests must run in a private mount namespace: use `npm test`, or `unshare --mount --propagation private bun test`",
+  );
+}
+
+function parentOf(pid: string): number {
+  // /proc/<pid>/stat: "pid (comm) state ppid ..."; comm may hold spaces, so split after ")".
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
 }

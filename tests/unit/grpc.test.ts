@@ -1,12 +1,13 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { rmSync } from "node:fs";
 import { join } from "node:path";
-import { Client, credentials, Server, ServerCredentials, status } from "@grpc/grpc-js";
+import { Server, ServerCredentials, status } from "@grpc/grpc-js";
 import { Identity } from "../../src/gen/csi/v1/csi_pb.ts";
 import { createClient } from "../../src/grpc/client.ts";
 import { type CallRecord, grpcService } from "../../src/grpc/service.ts";
 import { RpcError } from "../../src/grpc/status.ts";
 import { tempDir } from "../helpers/driver.ts";
+import { rpcFailure, sendRawRequest } from "../helpers/rpc.ts";
 
 const dir = tempDir("grpc");
 const socketPath = join(dir, "test.sock");
@@ -43,32 +44,6 @@ afterAll(() => {
 
 const client = createClient(Identity, address);
 
-async function failure(call: Promise<unknown>): Promise<{ code: number; details: string }> {
-  try {
-    await call;
-  } catch (error) {
-    return error as { code: number; details: string };
-  }
-  throw new Error("the call succeeded");
-}
-
-/** Sends raw bytes as a request, as a broken or hostile client would. */
-function sendRaw(path: string, bytes: Buffer): Promise<{ code: number; details: string }> {
-  const raw = new Client(address, credentials.createInsecure());
-  return new Promise((resolve) => {
-    raw.makeUnaryRequest(
-      path,
-      (b: Buffer) => b,
-      (b: Buffer) => b,
-      bytes,
-      (error) => {
-        raw.close();
-        resolve(error ?? { code: status.OK, details: "" });
-      },
-    );
-  });
-}
-
 test("answers with the handler's message", async () => {
   const info = await client.getPluginInfo({});
   expect(info.name).toBe("test.example.com");
@@ -76,13 +51,13 @@ test("answers with the handler's message", async () => {
 });
 
 test("an RpcError reaches the caller with its code and message", async () => {
-  const error = await failure(client.getPluginCapabilities({}));
+  const error = await rpcFailure(client.getPluginCapabilities({}));
   expect(error.code).toBe(status.FAILED_PRECONDITION);
   expect(error.details).toBe("not today");
 });
 
 test("an unexpected exception is INTERNAL with a safe message, and is reported in full", async () => {
-  const error = await failure(client.probe({}));
+  const error = await rpcFailure(client.probe({}));
   expect(error.code).toBe(status.INTERNAL);
   expect(error.details).not.toContain("/etc/shadow");
   const record = records.findLast((r) => r.method.name === "Probe");
@@ -91,14 +66,18 @@ test("an unexpected exception is INTERNAL with a safe message, and is reported i
 });
 
 test("bytes that are not a valid message are INVALID_ARGUMENT, and the server stays up", async () => {
-  const error = await sendRaw("/csi.v1.Identity/GetPluginInfo", Buffer.from([0x0a, 0xff, 0xff]));
+  const error = await sendRawRequest(
+    address,
+    "/csi.v1.Identity/GetPluginInfo",
+    Buffer.from([0x0a, 0xff, 0xff]),
+  );
   expect(error.code).toBe(status.INVALID_ARGUMENT);
   expect(error.details).toContain("csi.v1.GetPluginInfoRequest");
   expect((await client.getPluginInfo({})).name).toBe("test.example.com");
 });
 
 test("a method the service does not have is UNIMPLEMENTED", async () => {
-  const error = await sendRaw("/csi.v1.Node/NodeStageVolume", Buffer.alloc(0));
+  const error = await sendRawRequest(address, "/csi.v1.Node/NodeStageVolume", Buffer.alloc(0));
   expect(error.code).toBe(status.UNIMPLEMENTED);
 });
 
