@@ -13,6 +13,7 @@ import {
   tempDir,
   waitServing,
 } from "../helpers/driver.ts";
+import { residentMemory } from "../helpers/kubelet.ts";
 import type { Job, PhaseResult } from "./load.ts";
 
 assertPrivateMountNamespace();
@@ -105,19 +106,6 @@ async function load(
   return JSON.parse(output);
 }
 
-interface Memory {
-  rssMb: number;
-  anonMb: number;
-  peakMb: number;
-}
-
-function memory(pid: number): Memory {
-  const status = readFileSync(`/proc/${pid}/status`, "utf8");
-  const kb = (key: string) =>
-    Number(new RegExp(`^${key}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? Number.NaN);
-  return { rssMb: kb("VmRSS") / 1024, anonMb: kb("RssAnon") / 1024, peakMb: kb("VmHWM") / 1024 };
-}
-
 function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return Number.NaN;
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN;
@@ -170,14 +158,14 @@ for (let i = 0; i < STARTS; i++) {
 progress("memory: idle");
 let { driver } = await startDriver();
 await Bun.sleep(1000);
-const idle = memory(driver.proc.pid);
+const idle = residentMemory(driver.proc.pid);
 progress(`memory: ${WARMUP_CYCLES} warm-up cycles`);
 const warmup = await load({ kind: "cycles", volumes: WARMUP_CYCLES, concurrency: 16 });
-const warm = memory(driver.proc.pid);
+const warm = residentMemory(driver.proc.pid);
 progress(`memory: ${CYCLES} publish/unpublish cycles`);
 const cycles = await load({ kind: "cycles", volumes: CYCLES, concurrency: 16 });
 await Bun.sleep(1000);
-const afterCycles = memory(driver.proc.pid);
+const afterCycles = residentMemory(driver.proc.pid);
 const cycleErrors = (warmup.cycle?.errors ?? 0) + (cycles.cycle?.errors ?? 0);
 await driver.stop();
 
@@ -200,7 +188,7 @@ for (const mounts of MOUNT_LEVELS) {
     }
   }
 }
-const peak = memory(driver.proc.pid);
+const peak = residentMemory(driver.proc.pid);
 await driver.stop();
 progress("");
 

@@ -2,6 +2,7 @@
 import { existsSync, lstatSync, mkdtempSync, readFileSync, readlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import type { ClientOptions } from "@grpc/grpc-js";
 import type { Subprocess } from "bun";
 import { Controller, Identity, Node } from "../../src/gen/csi/v1/csi_pb.ts";
 import { createClient } from "../../src/grpc/client.ts";
@@ -55,12 +56,12 @@ export function spawnDriver(argv: string[], env: Record<string, string> = {}): D
   );
 }
 
-export function clients(csiSocketPath: string) {
+export function clients(csiSocketPath: string, options: ClientOptions = {}) {
   const address = `unix://${csiSocketPath}`;
   return {
-    identity: createClient(Identity, address),
-    controller: createClient(Controller, address),
-    node: createClient(Node, address),
+    identity: createClient(Identity, address, options),
+    controller: createClient(Controller, address, options),
+    node: createClient(Node, address, options),
   };
 }
 

@@ -1,8 +1,8 @@
 // Stands in for the kubelet: builds exactly the requests it sends for an inline ephemeral CSI
 // volume (see ../shared/docs/kubelet-contract.md) and prepares the directories it prepares.
 import { createHash, randomUUID } from "node:crypto";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { mkdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import {
   type NodeGetVolumeStatsRequest,
@@ -100,4 +100,26 @@ export function mountsUnder(dir: string): number {
   return parseMountInfo(readFileSync("/proc/self/mountinfo", "utf8")).filter(
     (mount) => mount.mountPoint === dir || mount.mountPoint.startsWith(`${dir}/`),
   ).length;
+}
+
+/**
+ * What the kubelet does after a successful NodeUnpublishVolume: removes vol_data.json and the
+ * volume directory, then the pod's directories. rmdir fails if the driver left its mount
+ * directory behind.
+ */
+export function removeVolume(volume: PodVolume): void {
+  rmSync(join(volume.volumeDir, "vol_data.json"), { force: true });
+  rmdirSync(volume.volumeDir);
+  const podDir = dirname(dirname(dirname(volume.volumeDir)));
+  for (const dir of [dirname(volume.volumeDir), dirname(dirname(volume.volumeDir)), podDir]) {
+    rmdirSync(dir);
+  }
+}
+
+/** The process's resident memory, from /proc/<pid>/status, in MiB. */
+export function residentMemory(pid: number): { rssMb: number; anonMb: number; peakMb: number } {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const kb = (key: string) =>
+    Number(new RegExp(`^${key}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? Number.NaN);
+  return { rssMb: kb("VmRSS") / 1024, anonMb: kb("RssAnon") / 1024, peakMb: kb("VmHWM") / 1024 };
 }
