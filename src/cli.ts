@@ -10,9 +10,9 @@ import { CommandMounter } from "./mount/mounter.ts";
 import { rpcLogger, StartError, startServer } from "./server.ts";
 import { VERSION } from "./version.ts";
 
-// How long SIGTERM waits for calls in flight (a mount takes milliseconds; a hung one is killed
-// after --mount-timeout anyway).
-const SHUTDOWN_GRACE_MS = 10_000;
+// SIGTERM waits for calls in flight for the mount timeout and this much more: a hung `mount` is
+// killed by its timeout before the driver exits, so none is left running behind it.
+const SHUTDOWN_MARGIN_MS = 1_000;
 
 const args = {
   "workload-api-socket-dir": {
@@ -92,7 +92,13 @@ export function configFromArgs(
   }
   const text = (name: keyof typeof args) => {
     const value = parsed[name];
-    return typeof value === "string" ? value : undefined;
+    if (value === undefined) return undefined;
+    // A flag given with no value (`-node-id` at the end, `--no-node-id`) is a mistake, as Go's
+    // flag package says; silently falling back to a default would hide it.
+    if (typeof value !== "string" || value === "") {
+      throw new ConfigError(`flag -${name} needs a value`);
+    }
+    return value;
   };
   const raw: RawSettings = {
     workloadApiSocketDir: text("workload-api-socket-dir"),
@@ -158,6 +164,7 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
   const observe = rpcLogger(logger);
   const node = new NodeService({
     nodeId: config.nodeId,
+    pluginName: config.pluginName,
     workloadApiSocketDir: config.workloadApiSocketDir,
     mounter,
   });
@@ -183,7 +190,7 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
     process.once("SIGINT", resolve);
   });
   logger.info("shutting down", { signal });
-  await server.close(SHUTDOWN_GRACE_MS);
+  await server.close(config.mountTimeoutMs + SHUTDOWN_MARGIN_MS);
   logger.info("stopped");
   process.exit(0);
 }

@@ -29,18 +29,20 @@ export interface RawSettings {
   mountTimeout: string;
 }
 
-// CSI: "63 characters or less, beginning and ending with an alphanumeric character with dashes,
-// dots, and alphanumerics between", in domain name notation.
-const PLUGIN_NAME = /^[a-zA-Z0-9](?:[a-zA-Z0-9.-]{0,61}[a-zA-Z0-9])?$/;
+// CSI: domain name notation, at most 63 characters, beginning and ending with an alphanumeric
+// character, with dashes, dots and alphanumerics between: labels of letters, digits and inner
+// dashes, joined by dots.
+const PLUGIN_NAME_LABEL = /^[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?$/;
+const MAX_PLUGIN_NAME = 63;
 // CSI size limit for node_id.
 const MAX_NODE_ID_BYTES = 256;
 
 export function validatePluginName(name: string): string | undefined {
-  if (!PLUGIN_NAME.test(name)) {
-    return `plugin name ${JSON.stringify(name)} is not valid: it must be at most 63 characters of letters, digits, '-' and '.', beginning and ending with a letter or digit`;
-  }
-  if (name.includes("..")) {
-    return `plugin name ${JSON.stringify(name)} is not valid: it must be in domain notation (no empty labels)`;
+  if (
+    name.length > MAX_PLUGIN_NAME ||
+    !name.split(".").every((label) => PLUGIN_NAME_LABEL.test(label))
+  ) {
+    return `plugin name ${JSON.stringify(name)} is not valid: it must be a domain name of at most ${MAX_PLUGIN_NAME} characters (letters, digits, '-' inside labels, labels joined by '.')`;
   }
   return undefined;
 }

@@ -14,6 +14,7 @@ import {
   NodeServiceCapability_RPC_Type as NodeCapability,
   type NodeGetVolumeStatsResponseSchema,
   VolumeUsage_Unit as UsageUnit,
+  type VolumeConditionSchema,
 } from "../gen/csi/v1/csi_pb.ts";
 import type { ServiceHandlers } from "../grpc/service.ts";
 import { RpcError } from "../grpc/status.ts";
@@ -24,22 +25,25 @@ import {
   inspectTarget,
   isErrno,
   sameInode,
+  type TargetState,
 } from "../mount/inspect.ts";
 import { MountCommandError, type Mounter } from "../mount/mounter.ts";
 import { findMount } from "../mount/mountinfo.ts";
+import { readVolumeData, redirectedVolumeDir } from "./kubelet.ts";
 import { KeyedMutex } from "./locks.ts";
 import { quote, validatePublish, validateUnpublish, validateVolumeStats } from "./validate.ts";
 
 export interface NodeServiceOptions {
   nodeId: string;
+  pluginName: string;
   workloadApiSocketDir: string;
   mounter: Mounter;
 }
 
 // The kubelet creates <volume-name>/ with 0750; the mount directory gets the same.
 const TARGET_DIR_MODE = 0o750;
-// More mounts stacked on one target than any real node has shown; a bound on the unmount loop.
-const MAX_STACKED_MOUNTS = 64;
+
+type Condition = MessageInitShape<typeof VolumeConditionSchema>;
 
 function failedPrecondition(message: string): RpcError {
   return new RpcError(status.FAILED_PRECONDITION, message);
@@ -47,6 +51,16 @@ function failedPrecondition(message: string): RpcError {
 
 function internal(message: string, cause?: unknown): RpcError {
   return new RpcError(status.INTERNAL, message, { cause });
+}
+
+/** Runs a file-system call; a failure becomes INTERNAL saying what was done and to which path. */
+function fs<T>(what: string, call: () => T): T {
+  try {
+    return call();
+  } catch (error) {
+    if (error instanceof RpcError) throw error;
+    throw internal(`${what}: ${(error as Error).message}`, error);
+  }
 }
 
 /** A failed `mount`/`umount`: DEADLINE_EXCEEDED (which the kubelet retries) when it hung. */
@@ -74,7 +88,7 @@ export class NodeService {
     return {
       nodePublishVolume: async (req) => {
         validatePublish(req);
-        await this.locks.run(req.targetPath, () => this.publish(req.targetPath));
+        await this.locks.run(req.targetPath, () => this.publish(req.volumeId, req.targetPath));
         return {};
       },
       nodeUnpublishVolume: async (req) => {
@@ -96,24 +110,37 @@ export class NodeService {
     };
   }
 
-  private async publish(targetPath: string): Promise<void> {
-    const source = directoryInode(this.socketDir);
-    if (!source) {
+  private async publish(volumeId: string, targetPath: string): Promise<void> {
+    const source = this.source();
+    const sourceProblem = this.sourceProblem(source);
+    if (sourceProblem || !source) {
+      throw new RpcError(status.UNAVAILABLE, sourceProblem ?? "no Workload API directory");
+    }
+    this.checkVolumeDir(targetPath, "publish");
+    const record = fs(`reading the kubelet's record beside ${quote(targetPath)}`, () =>
+      readVolumeData(targetPath),
+    );
+    if (record?.driverName !== undefined && record.driverName !== this.options.pluginName) {
+      throw failedPrecondition(
+        `target_path ${quote(targetPath)} belongs to a volume of driver ${quote(record.driverName)}`,
+      );
+    }
+    if (record?.volumeHandle !== undefined && record.volumeHandle !== volumeId) {
       throw new RpcError(
-        status.UNAVAILABLE,
-        `the Workload API socket directory ${quote(this.socketDir)} does not exist (is the SPIFFE agent running?)`,
+        status.ALREADY_EXISTS,
+        `target_path ${quote(targetPath)} belongs to volume ${quote(record.volumeHandle)}, not ${quote(volumeId)}`,
       );
     }
     const created = this.createTarget(targetPath);
-    let target = this.directoryAt(targetPath, "target_path");
+    let target = this.directoryAt(targetPath, "publish");
     // A kubelet restart re-publishes every volume: a target that already shows the directory is
     // published, and mounting again would stack one more mount on it at each restart.
-    if (this.shows(target, source)) return;
+    if (sameInode(target, source)) return;
     if (target.mountPoint) {
       // Still a mount, but of a directory that was removed and re-created since: drop the stale
       // mounts, then bind the directory as it is now.
       target = await this.unmountAll(targetPath, target, source);
-      if (this.shows(target, source)) return;
+      if (sameInode(target, source)) return;
     } else if (!created && !isEmptyDirectory(targetPath)) {
       throw failedPrecondition(
         `target_path ${quote(targetPath)} is a directory with contents and not a mount point; refusing to mount over it`,
@@ -129,8 +156,8 @@ export class NodeService {
       this.undoPublish(targetPath, created, source);
       throw commandFailed(`bind-mounting ${quote(this.socketDir)} at ${quote(targetPath)}`, error);
     }
-    target = this.directoryAt(targetPath, "target_path");
-    if (!this.shows(target, source)) {
+    target = this.directoryAt(targetPath, "publish");
+    if (!sameInode(target, source)) {
       throw internal(
         `mount reported success, but target_path ${quote(targetPath)} does not show ${quote(this.socketDir)}`,
       );
@@ -138,7 +165,7 @@ export class NodeService {
   }
 
   private async unpublish(targetPath: string): Promise<void> {
-    const state = inspectTarget(targetPath);
+    const state = this.inspect(targetPath, "unpublish");
     switch (state.kind) {
       // Never published, or already unpublished: CSI asks for OK.
       case "missing":
@@ -152,9 +179,10 @@ export class NodeService {
           `target_path ${quote(targetPath)} is not a directory; refusing to remove it`,
         );
     }
+    this.checkVolumeDir(targetPath, "unpublish");
     // Every mount goes, including duplicates stacked by older drivers. After a node reboot
     // there is none, and the directory is simply removed.
-    await this.unmountAll(targetPath, state, directoryInode(this.socketDir));
+    await this.unmountAll(targetPath, state, this.source());
     try {
       rmdirSync(targetPath);
     } catch (error) {
@@ -174,36 +202,36 @@ export class NodeService {
   private volumeStats(
     volumePath: string,
   ): MessageInitShape<typeof NodeGetVolumeStatsResponseSchema> {
-    const state = inspectTarget(volumePath);
-    if (state.kind !== "directory") {
-      const what = {
-        missing: "it does not exist",
-        symlink: "it is a symbolic link",
-        "not-directory": "it is not a directory",
-      }[state.kind];
-      throw new RpcError(
+    const state = this.inspect(volumePath, "volume stats");
+    const notFound = (why: string) =>
+      new RpcError(
         status.NOT_FOUND,
-        `no volume is published at volume_path ${quote(volumePath)}: ${what}`,
+        `no volume is published at volume_path ${quote(volumePath)}: ${why}`,
       );
+    switch (state.kind) {
+      case "missing":
+        throw notFound("it does not exist");
+      case "symlink":
+        throw notFound("it is a symbolic link");
+      case "not-directory":
+        throw notFound("it is not a directory");
     }
-    return {
-      usage: usageOf(volumePath),
-      volumeCondition: this.condition(volumePath, state),
-    };
+    const redirected = fs(`resolving ${quote(volumePath)}`, () => redirectedVolumeDir(volumePath));
+    if (redirected) throw notFound(`it passes through a symbolic link to ${quote(redirected)}`);
+    return { usage: usageOf(volumePath), volumeCondition: this.condition(volumePath, state) };
   }
 
-  private condition(volumePath: string, state: DirectoryState) {
-    const abnormal = (message: string) => ({ abnormal: true, message });
+  private condition(volumePath: string, state: DirectoryState): Condition {
+    const abnormal = (message: string): Condition => ({ abnormal: true, message });
     if (!state.mountPoint) {
       return abnormal(
         `${volumePath} is not a mount point: the Workload API directory is not mounted`,
       );
     }
-    const source = directoryInode(this.socketDir);
-    if (!source) {
-      return abnormal(`the Workload API socket directory ${this.socketDir} does not exist`);
-    }
-    if (!this.shows(state, source)) {
+    const source = this.source();
+    const sourceProblem = this.sourceProblem(source);
+    if (sourceProblem || !source) return abnormal(sourceProblem ?? "no Workload API directory");
+    if (!sameInode(state, source)) {
       return abnormal(
         `${volumePath} no longer shows the Workload API directory ${this.socketDir} (it was removed or replaced after the volume was published); publishing the volume again repairs it`,
       );
@@ -216,56 +244,110 @@ export class NodeService {
     return { abnormal: false, message: `the Workload API directory ${this.socketDir} is mounted` };
   }
 
+  /** The Workload API directory as the driver sees it now; undefined when it is missing. */
+  private source(): Inode | undefined {
+    return fs(`inspecting the Workload API directory ${quote(this.socketDir)}`, () =>
+      directoryInode(this.socketDir),
+    );
+  }
+
+  /** Why the Workload API directory cannot be published now, or undefined when it can. */
+  private sourceProblem(source: Inode | undefined): string | undefined {
+    if (!source) {
+      return `the Workload API socket directory ${quote(this.socketDir)} does not exist (is the SPIFFE agent running?)`;
+    }
+    // The driver's own view of the directory is a removed one: in a container, the host
+    // directory behind a hostPath mount was deleted and re-created after the driver started.
+    // Binding it would give pods an empty, dead directory.
+    if (source.nlink === 0) {
+      return `the Workload API socket directory ${quote(this.socketDir)} was removed after the driver started, and the driver still sees the removed one; restart the driver (and mount the directory's parent into its container, so that this cannot happen)`;
+    }
+    return undefined;
+  }
+
+  /** Refuses a target whose volume directory is missing, or is reached through a symbolic link. */
+  private checkVolumeDir(targetPath: string, operation: string): void {
+    let redirected: string | undefined;
+    try {
+      redirected = redirectedVolumeDir(targetPath);
+    } catch (error) {
+      if (isErrno(error, "ENOENT")) {
+        throw failedPrecondition(
+          `the volume directory of target_path ${quote(targetPath)} does not exist (the kubelet creates it before publishing)`,
+        );
+      }
+      throw internal(
+        `${operation}: resolving ${quote(targetPath)}: ${(error as Error).message}`,
+        error,
+      );
+    }
+    if (redirected) {
+      throw new RpcError(
+        status.INVALID_ARGUMENT,
+        `target_path ${quote(targetPath)} passes through a symbolic link below the kubelet root (it leads to ${quote(redirected)}); refusing to use it`,
+      );
+    }
+  }
+
   /** Creates the target directory (the kubelet creates only its parent); true if it did. */
   private createTarget(targetPath: string): boolean {
     try {
       mkdirSync(targetPath, { mode: TARGET_DIR_MODE });
-      chmodSync(targetPath, TARGET_DIR_MODE);
-      return true;
     } catch (error) {
       if (isErrno(error, "EEXIST")) return false;
-      if (isErrno(error, "ENOENT")) {
-        throw failedPrecondition(
-          `the parent directory of target_path ${quote(targetPath)} does not exist (the kubelet creates it before publishing)`,
-        );
-      }
       throw internal(
         `creating target_path ${quote(targetPath)}: ${(error as Error).message}`,
         error,
       );
     }
+    fs(`setting the mode of ${quote(targetPath)}`, () => chmodSync(targetPath, TARGET_DIR_MODE));
+    return true;
   }
 
-  private directoryAt(path: string, field: string): DirectoryState {
-    const state = inspectTarget(path);
+  private inspect(path: string, operation: string): TargetState {
+    return fs(`${operation}: inspecting ${quote(path)}`, () => inspectTarget(path));
+  }
+
+  private directoryAt(path: string, operation: string): DirectoryState {
+    const state = this.inspect(path, operation);
     switch (state.kind) {
       case "directory":
         return state;
       case "symlink":
         // A symbolic link could redirect the bind mount anywhere on the node.
-        throw failedPrecondition(`${field} ${quote(path)} is a symbolic link; refusing to use it`);
+        throw failedPrecondition(
+          `target_path ${quote(path)} is a symbolic link; refusing to use it`,
+        );
       case "not-directory":
-        throw failedPrecondition(`${field} ${quote(path)} exists and is not a directory`);
+        throw failedPrecondition(`target_path ${quote(path)} exists and is not a directory`);
       case "missing":
-        throw internal(`${field} ${quote(path)} disappeared while it was being published`);
+        throw internal(`${operation}: target_path ${quote(path)} disappeared while in use`);
     }
-  }
-
-  private shows(target: DirectoryState, source: Inode): boolean {
-    return sameInode(target, source);
   }
 
   /**
-   * Whether a mount at a target is one this driver makes: a bind of the Workload API directory,
-   * as it is now or as it was before being removed (an unlinked directory on the same device).
-   * Anything else mounted there was not made by this driver and is left alone.
+   * Whether a mount at the target may be removed. The fast answer: it shows the Workload API
+   * directory. Otherwise the kubelet's record beside the target says whose volume this is: this
+   * driver's volumes may hold a stale bind of a directory since replaced (whatever file system it
+   * was on), and everything at them is this driver's to remove. Without a record, only a bind of
+   * a removed directory on the Workload API directory's device is taken for a stale one of ours.
    */
-  private isOwnMount(target: DirectoryState, source: Inode | undefined): boolean {
-    if (source) {
-      return sameInode(target, source) || (target.nlink === 0 && target.dev === source.dev);
-    }
-    const parent = directoryInode(dirname(this.socketDir));
-    return target.nlink === 0 && parent !== undefined && target.dev === parent.dev;
+  private ownsMount(
+    targetPath: string,
+    target: DirectoryState,
+    source: Inode | undefined,
+  ): boolean {
+    if (source && sameInode(target, source)) return true;
+    const record = fs(`reading the kubelet's record beside ${quote(targetPath)}`, () =>
+      readVolumeData(targetPath),
+    );
+    if (record?.driverName !== undefined) return record.driverName === this.options.pluginName;
+    const device =
+      source?.dev ??
+      fs(`inspecting ${quote(dirname(this.socketDir))}`, () =>
+        directoryInode(dirname(this.socketDir)),
+      )?.dev;
+    return target.nlink === 0 && target.dev === device;
   }
 
   /** Unmounts the target for as long as it is a mount point of this driver's. */
@@ -275,15 +357,10 @@ export class NodeService {
     source: Inode | undefined,
   ): Promise<DirectoryState> {
     let current = state;
-    for (let unmounted = 0; current.mountPoint; unmounted++) {
-      if (!this.isOwnMount(current, source)) {
+    while (current.mountPoint) {
+      if (!this.ownsMount(targetPath, current, source)) {
         throw failedPrecondition(
-          `target_path ${quote(targetPath)} is a mount point (${describeMount(current.mountId)}) that is not a bind of the Workload API directory ${quote(this.socketDir)}; refusing to unmount it`,
-        );
-      }
-      if (unmounted === MAX_STACKED_MOUNTS) {
-        throw internal(
-          `target_path ${quote(targetPath)} is still a mount point after ${MAX_STACKED_MOUNTS} unmounts`,
+          `target_path ${quote(targetPath)} is a mount point (${describeMount(current.mountId)}) that is not this driver's; refusing to unmount it`,
         );
       }
       try {
@@ -291,19 +368,23 @@ export class NodeService {
       } catch (error) {
         throw commandFailed(`unmounting ${quote(targetPath)}`, error);
       }
-      current = this.directoryAt(targetPath, "target_path");
+      const previous = current;
+      current = this.directoryAt(targetPath, "unmount");
+      if (current.mountPoint && current.mountId === previous.mountId) {
+        throw internal(`umount reported success, but ${quote(targetPath)} is still the same mount`);
+      }
     }
     return current;
   }
 
   /** After a failed mount: keep a mount that did happen, remove a directory this call made. */
   private undoPublish(targetPath: string, created: boolean, source: Inode): void {
-    const state = inspectTarget(targetPath);
-    if (!created || state.kind !== "directory" || state.mountPoint || this.shows(state, source)) {
-      return;
-    }
+    if (!created) return;
     try {
-      rmdirSync(targetPath);
+      const state = inspectTarget(targetPath);
+      if (state.kind === "directory" && !state.mountPoint && !sameInode(state, source)) {
+        rmdirSync(targetPath);
+      }
     } catch {
       // The kubelet removes the directory after a final error anyway.
     }
@@ -312,24 +393,24 @@ export class NodeService {
 
 /** What is mounted, for an error message: the one place the mount table is read. */
 function describeMount(mountId: number): string {
-  const mount = findMount(mountId);
-  return mount
-    ? `${mount.fsType} ${mount.source}, root ${mount.root}, device ${mount.device}`
-    : `mount id ${mountId}`;
+  try {
+    const mount = findMount(mountId);
+    if (mount) return `${mount.fsType} ${mount.source}, root ${mount.root}, device ${mount.device}`;
+  } catch {
+    // Only an error message is at stake.
+  }
+  return `mount id ${mountId}`;
 }
 
 function isEmptyDirectory(path: string): boolean {
-  return readdirSync(path).length === 0;
+  return fs(`listing ${quote(path)}`, () => readdirSync(path)).length === 0;
 }
 
 /** Bytes and inodes of the file system under the path; older kubelets require both. */
 function usageOf(path: string) {
-  let stats: BigIntStatsFs;
-  try {
-    stats = statfsSync(path, { bigint: true });
-  } catch (error) {
-    throw internal(`statfs ${quote(path)}: ${(error as Error).message}`, error);
-  }
+  const stats: BigIntStatsFs = fs(`statfs ${quote(path)}`, () =>
+    statfsSync(path, { bigint: true }),
+  );
   return [
     {
       unit: UsageUnit.BYTES,

@@ -6,6 +6,7 @@ import {
   type NodeUnpublishVolumeRequest,
 } from "../gen/csi/v1/csi_pb.ts";
 import { RpcError } from "../grpc/status.ts";
+import { KUBELET_CSI_VOLUME_PATH } from "./kubelet.ts";
 
 // CSI size limit for identifiers such as volume_id.
 const MAX_VOLUME_ID_BYTES = 128;
@@ -13,15 +14,6 @@ const MAX_VOLUME_ID_BYTES = 128;
 const MAX_PATH_BYTES = 4096;
 
 export const EPHEMERAL_CONTEXT_KEY = "csi.storage.k8s.io/ephemeral";
-
-/**
- * Where the kubelet asks for an inline CSI volume:
- * <kubelet-root>/pods/<pod-uid>/volumes/kubernetes.io~csi/<volume-name>/mount.
- * The kubelet root differs between distributions, so only the tail is fixed. Requiring this shape
- * means no request can make the driver mount over, unmount or remove anything else on the node.
- */
-const KUBELET_CSI_VOLUME_PATH =
-  /^\/(?:[^/]+\/)*pods\/[^/]+\/volumes\/kubernetes\.io~csi\/[^/]+\/mount$/;
 
 /** Quotes a value for an error message, cut short so a hostile megabyte string stays out. */
 export function quote(value: string): string {
@@ -110,6 +102,7 @@ export function validateVolumeStats(req: NodeGetVolumeStatsRequest): void {
   checkVolumeId(req.volumeId);
   if (!req.volumePath) throw invalid("volume_path is required");
   if (req.volumePath.includes("\0")) throw invalid("volume_path must not contain a NUL byte");
+  // Any other reason the path cannot be a kubelet volume path means no volume is there.
   const pathProblem = targetPathProblem("volume_path", req.volumePath);
   if (pathProblem) {
     throw new RpcError(

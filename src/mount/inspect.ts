@@ -32,12 +32,8 @@ export type TargetState =
   | { kind: "not-directory" }
   | DirectoryState;
 
-export interface DirectoryState {
+export interface DirectoryState extends Inode {
   kind: "directory";
-  dev: number;
-  ino: number;
-  /** Zero when the directory has been removed (a mount can still hold it). */
-  nlink: number;
   /** The kernel's id of the mount the directory is on. */
   mountId: number;
   /** The root of a mount (its mount id differs from its parent's). */
@@ -47,6 +43,8 @@ export interface DirectoryState {
 export interface Inode {
   dev: number;
   ino: number;
+  /** Zero when the directory has been removed (a mount can still hold it). */
+  nlink: number;
 }
 
 const OPEN_DIRECTORY = constants.O_RDONLY | constants.O_DIRECTORY;
@@ -75,18 +73,18 @@ export function inspectTarget(path: string): TargetState {
   }
 }
 
-/** (device, inode) of a directory, following symbolic links; undefined when it is missing. */
+/** Device, inode and link count of a directory, following symbolic links; undefined when missing. */
 export function directoryInode(path: string): Inode | undefined {
   try {
     const stat = statSync(path);
-    return stat.isDirectory() ? { dev: stat.dev, ino: stat.ino } : undefined;
+    return stat.isDirectory() ? { dev: stat.dev, ino: stat.ino, nlink: stat.nlink } : undefined;
   } catch (error) {
     if (isErrno(error, "ENOENT") || isErrno(error, "ENOTDIR")) return undefined;
     throw error;
   }
 }
 
-export function sameInode(a: Inode, b: Inode): boolean {
+export function sameInode(a: Omit<Inode, "nlink">, b: Omit<Inode, "nlink">): boolean {
   return a.dev === b.dev && a.ino === b.ino;
 }
 

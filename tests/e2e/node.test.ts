@@ -137,11 +137,21 @@ describe("NodePublishVolume", () => {
     expect(readdirSync(volume.targetPath)).toEqual(["data"]);
   });
 
+  test("a target recorded for another volume id: ALREADY_EXISTS", async () => {
+    const volume = await published();
+    const error = await rpcFailure(
+      node.nodePublishVolume({ ...publishRequest(volume), volumeId: "csi-someone-else" }),
+    );
+    expect(error.code).toBe(status.ALREADY_EXISTS);
+    expect(error.details).toContain(`belongs to volume "${volume.volumeId}"`);
+    expect(mountsAt(volume.targetPath)).toBe(1);
+  });
+
   test("the kubelet's volume directory missing: FAILED_PRECONDITION, nothing created", async () => {
     const volume = podVolume(kubeletRoot);
     const error = await rpcFailure(node.nodePublishVolume(publishRequest(volume)));
     expect(error.code).toBe(status.FAILED_PRECONDITION);
-    expect(error.details).toContain("parent directory of target_path");
+    expect(error.details).toContain("volume directory of target_path");
     expect(existsSync(volume.volumeDir)).toBe(false);
   });
 });
@@ -185,8 +195,12 @@ describe("NodeUnpublishVolume", () => {
     expect(existsSync(volume.targetPath)).toBe(false);
   });
 
-  test("a mount this driver did not make is left mounted, with an error", async () => {
+  test("another driver's volume is left mounted, with an error", async () => {
     const volume = preparedVolume();
+    writeFileSync(
+      join(volume.volumeDir, "vol_data.json"),
+      JSON.stringify({ driverName: "secrets.example.com", volumeHandle: volume.volumeId }),
+    );
     mkdirSync(volume.targetPath);
     expect(Bun.spawnSync(["mount", "-t", "tmpfs", "tmpfs", volume.targetPath]).exitCode).toBe(0);
     const error = await rpcFailure(node.nodeUnpublishVolume(unpublishRequest(volume)));
@@ -194,7 +208,43 @@ describe("NodeUnpublishVolume", () => {
     expect(error.details).toContain("tmpfs");
     expect(error.details).toContain("refusing to unmount it");
     expect(mountsAt(volume.targetPath)).toBe(1);
+    const publish = await rpcFailure(node.nodePublishVolume(publishRequest(volume)));
+    expect(publish.code).toBe(status.FAILED_PRECONDITION);
+    expect(publish.details).toContain('belongs to a volume of driver "secrets.example.com"');
     expect(Bun.spawnSync(["umount", volume.targetPath]).exitCode).toBe(0);
+  });
+
+  test("without the kubelet's record, a mount that is not a bind of the agent's directory stays", async () => {
+    const volume = preparedVolume();
+    rmSync(join(volume.volumeDir, "vol_data.json"));
+    mkdirSync(volume.targetPath);
+    expect(Bun.spawnSync(["mount", "-t", "tmpfs", "tmpfs", volume.targetPath]).exitCode).toBe(0);
+    const error = await rpcFailure(node.nodeUnpublishVolume(unpublishRequest(volume)));
+    expect(error.code).toBe(status.FAILED_PRECONDITION);
+    expect(mountsAt(volume.targetPath)).toBe(1);
+    expect(Bun.spawnSync(["umount", volume.targetPath]).exitCode).toBe(0);
+  });
+
+  test("a pod directory that is a symbolic link is refused, and nothing is mounted or removed", async () => {
+    const volume = podVolume(kubeletRoot);
+    const outside = join(root, "outside-pod");
+    const podDir = join(kubeletRoot, "pods", volume.podUid);
+    mkdirSync(join(outside, "volumes", "kubernetes.io~csi", volume.volumeName, "mount"), {
+      recursive: true,
+    });
+    mkdirSync(join(kubeletRoot, "pods"), { recursive: true });
+    symlinkSync(outside, podDir);
+    const publish = await rpcFailure(node.nodePublishVolume(publishRequest(volume)));
+    expect(publish.code).toBe(status.INVALID_ARGUMENT);
+    expect(publish.details).toContain("passes through a symbolic link below the kubelet root");
+    const unpublish = await rpcFailure(node.nodeUnpublishVolume(unpublishRequest(volume)));
+    expect(unpublish.code).toBe(status.INVALID_ARGUMENT);
+    expect(mountsUnder(outside)).toBe(0);
+    expect(
+      existsSync(join(outside, "volumes", "kubernetes.io~csi", volume.volumeName, "mount")),
+    ).toBe(true);
+    const stats = await rpcFailure(node.nodeGetVolumeStats(statsRequest(volume)));
+    expect(stats.code).toBe(status.NOT_FOUND);
   });
 
   test("a directory that is not a mount point and not empty is an error, and is kept", async () => {
@@ -300,6 +350,26 @@ describe("the agent's directory over time", () => {
   });
 });
 
+describe("the agent's directory as a file system of its own", () => {
+  test("replaced by a new tmpfs: stats abnormal, unpublish still removes the old bind", async () => {
+    const volume = await published();
+    agent.stop(true);
+    expect(Bun.spawnSync(["mount", "-t", "tmpfs", "agent-tmpfs", socketDir]).exitCode).toBe(0);
+    try {
+      agent = startAgent(socketDir);
+      const stats = await node.nodeGetVolumeStats(statsRequest(volume));
+      expect(stats.volumeCondition?.abnormal).toBe(true);
+      await node.nodeUnpublishVolume(unpublishRequest(volume));
+      expect(mountsAt(volume.targetPath)).toBe(0);
+      expect(existsSync(volume.targetPath)).toBe(false);
+    } finally {
+      agent.stop(true);
+      expect(Bun.spawnSync(["umount", socketDir]).exitCode).toBe(0);
+      agent = startAgent(socketDir);
+    }
+  });
+});
+
 describe("NodeGetCapabilities and NodeGetInfo", () => {
   test("advertise VOLUME_CONDITION and GET_VOLUME_STATS", async () => {
     const { capabilities } = await node.nodeGetCapabilities({});
@@ -355,14 +425,53 @@ describe("mount failures", () => {
   });
 });
 
-test("the driver refuses to start without mount on PATH", async () => {
-  const emptyBin = join(root, "empty-bin");
-  mkdirSync(emptyBin);
-  const lonely = spawnDriver(
-    ["-workload-api-socket-dir", socketDir, "-csi-socket-path", join(root, "lonely", "csi.sock")],
-    { MY_NODE_NAME: "n", PATH: emptyBin },
-  );
-  const { code, stderr } = await lonely.exited();
-  expect(code).toBe(1);
-  expect(stderr).toContain("cannot find mount on PATH");
+describe("a stale view of the agent's directory", () => {
+  test("the driver's directory replaced under a bind (a hostPath in a container): UNAVAILABLE", async () => {
+    // The driver sees the agent's directory through a bind mount, as through a hostPath volume.
+    const hostDir = join(root, "host-agent-sockets");
+    const view = join(root, "driver-view");
+    mkdirSync(hostDir);
+    mkdirSync(view);
+    expect(Bun.spawnSync(["mount", "--bind", hostDir, view]).exitCode).toBe(0);
+    const viewSocketPath = join(root, "view", "csi.sock");
+    const viewDriver = await startDriver({
+      workloadApiSocketDir: view,
+      csiSocketPath: viewSocketPath,
+    });
+    try {
+      const viewNode = clients(viewSocketPath).node;
+      // The agent re-creates its directory on the host; the driver's bind still holds the old one.
+      rmdirSync(hostDir);
+      mkdirSync(hostDir);
+      const error = await rpcFailure(viewNode.nodePublishVolume(publishRequest(preparedVolume())));
+      expect(error.code).toBe(status.UNAVAILABLE);
+      expect(error.details).toContain("restart the driver");
+    } finally {
+      await viewDriver.stop();
+      expect(Bun.spawnSync(["umount", view]).exitCode).toBe(0);
+    }
+  });
 });
+
+test.each(["mount", "umount"])(
+  "the driver refuses to start without %s on PATH",
+  async (missing) => {
+    // A PATH holding only the other of the two programs.
+    const bin = join(root, `only-${missing}`);
+    mkdirSync(bin);
+    const present = missing === "mount" ? "umount" : "mount";
+    symlinkSync(Bun.which(present) ?? `/usr/bin/${present}`, join(bin, present));
+    const socketPath = join(root, `without-${missing}`, "csi.sock");
+    const lonely = spawnDriver(
+      ["-workload-api-socket-dir", socketDir, "-csi-socket-path", socketPath],
+      {
+        MY_NODE_NAME: "n",
+        PATH: bin,
+      },
+    );
+    const { code, stderr } = await lonely.exited();
+    expect(code).toBe(1);
+    expect(stderr).toContain(`cannot find ${missing} on PATH`);
+    expect(existsSync(socketPath)).toBe(false);
+  },
+);

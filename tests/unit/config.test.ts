@@ -83,6 +83,18 @@ describe("configFromArgs", () => {
     ["bad mount timeout", { "mount-timeout": "0" }, { MY_NODE_NAME: "n" }, /--mount-timeout/],
     ["unknown flag", { bogus: "1" }, { MY_NODE_NAME: "n" }, /unknown flag --bogus/],
     ["positional", { _: ["serve"] }, { MY_NODE_NAME: "n" }, /unexpected argument "serve"/],
+    [
+      "-node-id with no value",
+      { "node-id": "" },
+      { MY_NODE_NAME: "n" },
+      /flag -node-id needs a value/,
+    ],
+    [
+      "--no-node-id-env",
+      { "node-id-env": false },
+      { MY_NODE_NAME: "n" },
+      /flag -node-id-env needs a value/,
+    ],
   ];
   for (const [name, flags, env, message] of problems) {
     test(`rejects ${name}`, () => {
@@ -97,10 +109,17 @@ describe("validatePluginName", () => {
     expect(validatePluginName(name)).toBeUndefined();
   });
 
-  test.each(["", "-a.b", "a.b-", "a..b", "a_b.io", "a".repeat(64), "csi.spiffe.io."])(
-    "rejects %p",
-    (name) => {
-      expect(validatePluginName(name)).toBeString();
-    },
-  );
+  test.each([
+    "",
+    "-a.b",
+    "a.b-",
+    "a..b",
+    "a.-b",
+    "a-.b",
+    "a_b.io",
+    "a".repeat(64),
+    "csi.spiffe.io.",
+  ])("rejects %p", (name) => {
+    expect(validatePluginName(name)).toBeString();
+  });
 });

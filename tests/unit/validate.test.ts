@@ -1,4 +1,6 @@
-import { describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
+import { mkdirSync, rmSync } from "node:fs";
+import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { status } from "@grpc/grpc-js";
 import { NodeService } from "../../src/driver/node.ts";
@@ -10,8 +12,9 @@ import {
 } from "../../src/gen/csi/v1/csi_pb.ts";
 import { RpcError } from "../../src/grpc/status.ts";
 import type { Mounter } from "../../src/mount/mounter.ts";
+import { tempDir } from "../helpers/driver.ts";
 import { invalidPublishRequests } from "../helpers/invalid.ts";
-import { podVolume, publishRequest } from "../helpers/kubelet.ts";
+import { podVolume, prepareVolume, publishRequest } from "../helpers/kubelet.ts";
 
 /** Records calls; validation must reject bad requests before any reaches it. */
 class RecordingMounter implements Mounter {
@@ -55,12 +58,20 @@ describe("targetPathProblem", () => {
 });
 
 describe("NodeService validation", () => {
+  const root = tempDir("unit-node");
+  const socketDir = join(root, "agent-sockets");
+  mkdirSync(socketDir);
+  const kubeletRoot = join(root, "kubelet");
+  afterAll(() => rmSync(root, { recursive: true, force: true }));
+
   const mounter = new RecordingMounter();
   const handlers = new NodeService({
     nodeId: "node-1",
-    workloadApiSocketDir: "/nonexistent/spire",
+    pluginName: "csi.spiffe.io",
+    workloadApiSocketDir: socketDir,
     mounter,
   }).handlers();
+
   async function codeOf(call: Promise<unknown>): Promise<[number, string]> {
     try {
       await call;
@@ -71,7 +82,9 @@ describe("NodeService validation", () => {
     throw new Error("the call succeeded");
   }
 
-  const volume = podVolume("/var/lib/kubelet");
+  // Prepared as the kubelet prepares it, so a valid request would go on to the mounter.
+  const volume = podVolume(kubeletRoot);
+  prepareVolume(volume);
   for (const [name, request, message] of invalidPublishRequests(volume)) {
     test(`NodePublishVolume with ${name}: INVALID_ARGUMENT`, async () => {
       const [code, details] = await codeOf(
@@ -84,17 +97,12 @@ describe("NodeService validation", () => {
     });
   }
 
-  test("a valid request with the agent's directory missing: UNAVAILABLE", async () => {
-    const [code, details] = await codeOf(
-      handlers.nodePublishVolume(create(NodePublishVolumeRequestSchema, publishRequest(volume))),
-    );
-    expect(code).toBe(status.UNAVAILABLE);
-    expect(details).toContain('"/nonexistent/spire" does not exist');
-  });
-
   test.each([
     [{ volumeId: "", targetPath: KUBELET_TARGET }, "volume_id is required"],
     [{ volumeId: "v", targetPath: "" }, "target_path is required"],
+    [{ volumeId: "v", targetPath: "relative/path" }, "must be an absolute path"],
+    [{ volumeId: "v", targetPath: `${KUBELET_TARGET}/../x` }, "'..' segments"],
+    [{ volumeId: "v", targetPath: `${KUBELET_TARGET}\0` }, "NUL byte"],
     [{ volumeId: "v", targetPath: "/dev/shm" }, "kubelet CSI volume path"],
     [{ volumeId: "v", targetPath: "/" }, "clean path"],
   ])("NodeUnpublishVolume %p: INVALID_ARGUMENT", async (fields, message) => {
@@ -124,7 +132,83 @@ describe("NodeService validation", () => {
     expect(details).toContain(message);
   });
 
-  test("no invalid request reached the mounter", () => {
+  test("no invalid request reached the mounter; the valid one does", async () => {
     expect(mounter.calls).toEqual([]);
+    // The fake mounter mounts nothing, so the driver's own check after mounting fails.
+    const [code, details] = await codeOf(
+      handlers.nodePublishVolume(create(NodePublishVolumeRequestSchema, publishRequest(volume))),
+    );
+    expect(code).toBe(status.INTERNAL);
+    expect(details).toContain("mount reported success");
+    expect(mounter.calls).toEqual([["bind", socketDir, volume.targetPath]]);
+  });
+
+  test("a valid request with the agent's directory missing: UNAVAILABLE", async () => {
+    const missing = new NodeService({
+      nodeId: "node-1",
+      pluginName: "csi.spiffe.io",
+      workloadApiSocketDir: join(root, "no-agent"),
+      mounter,
+    }).handlers();
+    const [code, details] = await codeOf(
+      missing.nodePublishVolume(create(NodePublishVolumeRequestSchema, publishRequest(volume))),
+    );
+    expect(code).toBe(status.UNAVAILABLE);
+    expect(details).toContain("does not exist (is the SPIFFE agent running?)");
+  });
+});
+
+describe("NodeService concurrency", () => {
+  const root = tempDir("unit-locks");
+  const socketDir = join(root, "agent-sockets");
+  mkdirSync(socketDir);
+  afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+  /** Takes a while per call and counts how many calls overlap. */
+  class SlowMounter implements Mounter {
+    running = 0;
+    most = 0;
+    async bindMount() {
+      this.running++;
+      this.most = Math.max(this.most, this.running);
+      await Bun.sleep(20);
+      this.running--;
+    }
+    async unmount() {}
+  }
+
+  function service(mounter: Mounter) {
+    return new NodeService({
+      nodeId: "node-1",
+      pluginName: "csi.spiffe.io",
+      workloadApiSocketDir: socketDir,
+      mounter,
+    }).handlers();
+  }
+
+  function prepared(): ReturnType<typeof podVolume> {
+    const volume = podVolume(join(root, "kubelet"));
+    prepareVolume(volume);
+    return volume;
+  }
+
+  const publish = (handlers: ReturnType<typeof service>, volume: ReturnType<typeof podVolume>) =>
+    handlers
+      .nodePublishVolume(create(NodePublishVolumeRequestSchema, publishRequest(volume)))
+      .catch(() => {});
+
+  test("calls for one target never overlap", async () => {
+    const mounter = new SlowMounter();
+    const handlers = service(mounter);
+    const volume = prepared();
+    await Promise.all(Array.from({ length: 10 }, () => publish(handlers, volume)));
+    expect(mounter.most).toBe(1);
+  });
+
+  test("calls for different targets run in parallel", async () => {
+    const mounter = new SlowMounter();
+    const handlers = service(mounter);
+    await Promise.all(Array.from({ length: 10 }, () => publish(handlers, prepared())));
+    expect(mounter.most).toBe(10);
   });
 });
