@@ -158,6 +158,7 @@ export class NodeService {
     }
     target = this.directoryAt(targetPath, "publish");
     if (!sameInode(target, source)) {
+      this.undoPublish(targetPath, created, source);
       throw internal(
         `mount reported success, but target_path ${quote(targetPath)} does not show ${quote(this.socketDir)}`,
       );
