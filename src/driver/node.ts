@@ -117,9 +117,7 @@ export class NodeService {
       throw new RpcError(status.UNAVAILABLE, sourceProblem ?? "no Workload API directory");
     }
     this.checkVolumeDir(targetPath, "publish");
-    const record = fs(`reading the kubelet's record beside ${quote(targetPath)}`, () =>
-      readVolumeData(targetPath),
-    );
+    const record = this.volumeRecord(targetPath);
     if (record?.driverName !== undefined && record.driverName !== this.options.pluginName) {
       throw failedPrecondition(
         `target_path ${quote(targetPath)} belongs to a volume of driver ${quote(record.driverName)}`,
@@ -219,6 +217,10 @@ export class NodeService {
     }
     const redirected = fs(`resolving ${quote(volumePath)}`, () => redirectedVolumeDir(volumePath));
     if (redirected) throw notFound(`it passes through a symbolic link to ${quote(redirected)}`);
+    const driverName = this.recordedDriver(volumePath);
+    if (driverName !== undefined && driverName !== this.options.pluginName) {
+      throw notFound(`it is a volume of driver ${quote(driverName)}`);
+    }
     return { usage: usageOf(volumePath), volumeCondition: this.condition(volumePath, state) };
   }
 
@@ -243,6 +245,17 @@ export class NodeService {
       return abnormal(`cannot list ${volumePath}: ${(error as Error).message}`);
     }
     return { abnormal: false, message: `the Workload API directory ${this.socketDir} is mounted` };
+  }
+
+  /** The driver the kubelet recorded for the volume at the target, if it recorded one. */
+  private recordedDriver(targetPath: string): string | undefined {
+    return this.volumeRecord(targetPath)?.driverName;
+  }
+
+  private volumeRecord(targetPath: string) {
+    return fs(`reading the kubelet's record beside ${quote(targetPath)}`, () =>
+      readVolumeData(targetPath),
+    );
   }
 
   /** The Workload API directory as the driver sees it now; undefined when it is missing. */
@@ -339,10 +352,8 @@ export class NodeService {
     source: Inode | undefined,
   ): boolean {
     if (source && sameInode(target, source)) return true;
-    const record = fs(`reading the kubelet's record beside ${quote(targetPath)}`, () =>
-      readVolumeData(targetPath),
-    );
-    if (record?.driverName !== undefined) return record.driverName === this.options.pluginName;
+    const driverName = this.recordedDriver(targetPath);
+    if (driverName !== undefined) return driverName === this.options.pluginName;
     const device =
       source?.dev ??
       fs(`inspecting ${quote(dirname(this.socketDir))}`, () =>

@@ -211,6 +211,8 @@ describe("NodeUnpublishVolume", () => {
     const publish = await rpcFailure(node.nodePublishVolume(publishRequest(volume)));
     expect(publish.code).toBe(status.FAILED_PRECONDITION);
     expect(publish.details).toContain('belongs to a volume of driver "secrets.example.com"');
+    const stats = await rpcFailure(node.nodeGetVolumeStats(statsRequest(volume)));
+    expect(stats.code).toBe(status.NOT_FOUND);
     expect(Bun.spawnSync(["umount", volume.targetPath]).exitCode).toBe(0);
   });
 
