@@ -57,11 +57,13 @@ export class CommandMounter implements Mounter {
       timeout: this.timeoutMs,
       killSignal: "SIGKILL",
     });
-    const stderr = new Response(child.stderr).text();
+    // stderr is read only when the command failed: its few lines fit in the pipe's buffer, and
+    // a successful call (the common one) skips setting up the read.
     const exitCode = await child.exited;
     if (exitCode === 0) {
       return;
     }
+    const stderr = new Response(child.stderr).text();
     const message = await Promise.race([stderr, Bun.sleep(STDERR_DRAIN_MS).then(() => "")]);
     throw new MountCommandError(
       argv,
