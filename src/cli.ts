@@ -4,11 +4,15 @@ import { type Config, ConfigError, type RawSettings, resolveConfig } from "./con
 import { controllerHandlers, identityHandlers } from "./driver/identity.ts";
 import { NodeService } from "./driver/node.ts";
 import { Controller, Identity, Node } from "./gen/csi/v1/csi_pb.ts";
-import { grpcService } from "./grpc/service.ts";
+import { type CallObserver, grpcService } from "./grpc/service.ts";
 import { createLogger, type Logger } from "./log.ts";
+import { idleCollector } from "./memory.ts";
 import { CommandMounter } from "./mount/mounter.ts";
 import { rpcLogger, StartError, startServer } from "./server.ts";
 import { VERSION } from "./version.ts";
+
+// Garbage is collected after this long without a call.
+const IDLE_COLLECT_MS = 1_000;
 
 // SIGTERM waits for calls in flight for the mount timeout and this much more: a hung `mount` is
 // killed by its timeout before the driver exits, so none is left running behind it.
@@ -161,7 +165,12 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
       path: config.workloadApiSocketDir,
     });
   }
-  const observe = rpcLogger(logger);
+  const logCall = rpcLogger(logger);
+  const callMade = idleCollector(IDLE_COLLECT_MS);
+  const observe: CallObserver = (call) => {
+    logCall(call);
+    callMade();
+  };
   const node = new NodeService({
     nodeId: config.nodeId,
     pluginName: config.pluginName,
@@ -184,6 +193,8 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
     throw error;
   }
   logger.info("serving CSI", { csi_socket_path: config.csiSocketPath });
+  // Start-up leaves garbage too.
+  callMade();
 
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     process.once("SIGTERM", resolve);

@@ -1,4 +1,9 @@
-import { type ConsolaInstance, type ConsolaReporter, createConsola, type LogObject } from "consola/core";
+import {
+  type ConsolaInstance,
+  type ConsolaReporter,
+  createConsola,
+  type LogObject,
+} from "consola/core";
 
 export const LOG_LEVELS = { error: 0, warn: 1, info: 3, debug: 4, trace: 5 } as const;
 export type LogLevel = keyof typeof LOG_LEVELS;

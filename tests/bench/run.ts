@@ -27,6 +27,8 @@ const CYCLES = quick ? 1_000 : 10_000;
 const WARMUP_CYCLES = 1_000;
 const PHASE_LIMIT_MS = 20_000;
 const STARTS = 7;
+// Memory is read at rest: the driver collects garbage after a second without calls.
+const SETTLE_MS = 2500;
 
 const root = tempDir("bench");
 const socketDir = join(root, "agent-sockets");
@@ -157,14 +159,15 @@ for (let i = 0; i < STARTS; i++) {
 // 2. Memory: idle, after a warm-up, after CYCLES publish/unpublish cycles, peak.
 progress("memory: idle");
 let { driver } = await startDriver();
-await Bun.sleep(1000);
+await Bun.sleep(SETTLE_MS);
 const idle = residentMemory(driver.proc.pid);
 progress(`memory: ${WARMUP_CYCLES} warm-up cycles`);
 const warmup = await load({ kind: "cycles", volumes: WARMUP_CYCLES, concurrency: 16 });
+await Bun.sleep(SETTLE_MS);
 const warm = residentMemory(driver.proc.pid);
 progress(`memory: ${CYCLES} publish/unpublish cycles`);
 const cycles = await load({ kind: "cycles", volumes: CYCLES, concurrency: 16 });
-await Bun.sleep(1000);
+await Bun.sleep(SETTLE_MS);
 const afterCycles = residentMemory(driver.proc.pid);
 const cycleErrors = (warmup.cycle?.errors ?? 0) + (cycles.cycle?.errors ?? 0);
 await driver.stop();
@@ -267,7 +270,7 @@ const lines = [
       `| ${name} | ${reference} | ${target} | ${measured} | ${met ? "yes" : "**no**"} |`,
   ),
   "",
-  `Memory: idle ${fixed(idle.rssMb, 1)} MB resident (${fixed(idle.anonMb, 1)} MB anonymous); after ${WARMUP_CYCLES.toLocaleString("en")} warm-up cycles ${fixed(warm.rssMb, 1)} MB (${fixed(warm.anonMb, 1)} MB anonymous); after ${CYCLES.toLocaleString("en")} more publish/unpublish cycles at c=16 ${fixed(afterCycles.rssMb, 1)} MB (${fixed(afterCycles.anonMb, 1)} MB anonymous), ${cycleErrors} errors; peak ${fixed(peak.peakMb, 1)} MB over the whole matrix.`,
+  `Memory, read at rest (${SETTLE_MS / 1000} s after the last call): idle ${fixed(idle.rssMb, 1)} MB resident (${fixed(idle.anonMb, 1)} MB anonymous); after ${WARMUP_CYCLES.toLocaleString("en")} warm-up cycles ${fixed(warm.rssMb, 1)} MB (${fixed(warm.anonMb, 1)} MB anonymous); after ${CYCLES.toLocaleString("en")} more publish/unpublish cycles at c=16 ${fixed(afterCycles.rssMb, 1)} MB (${fixed(afterCycles.anonMb, 1)} MB anonymous), ${cycleErrors} errors; peak ${fixed(peak.peakMb, 1)} MB over the whole matrix.`,
   `Start-up (exec to a socket answering Probe), ${STARTS} starts: median ${fixed(median(startTimes), 1)} ms, min ${fixed(Math.min(...startTimes), 1)} ms, max ${fixed(Math.max(...startTimes), 1)} ms.`,
   "",
   "| mounts on node | concurrency | operation | calls | errors | p50 ms | p99 ms | ops/s |",
