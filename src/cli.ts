@@ -57,6 +57,11 @@ const args = {
     description: "Seconds one mount or umount may run before it is killed",
     default: "30",
   },
+  "health-addr": {
+    type: "string",
+    description: "host:port (or :port) for HTTP /healthz, /readyz and /metrics; off when unset",
+    valueHint: "addr",
+  },
 } satisfies ArgsDef;
 
 const FLAG_NAMES = new Set([...Object.keys(args), "help", "version"]);
@@ -113,6 +118,7 @@ export function configFromArgs(
     logLevel: text("log-level") ?? "",
     logFormat: text("log-format") ?? "",
     mountTimeout: text("mount-timeout") ?? "",
+    healthAddr: text("health-addr"),
   };
   return resolveConfig(raw, env);
 }
@@ -127,7 +133,8 @@ export const main = defineCommand({
   meta: {
     name: "spiffe-csi-driver",
     version: VERSION,
-    description: "CSI node plugin that bind-mounts the SPIFFE Workload API directory into pods",
+    description:
+      "CSI node plugin that bind-mounts the SPIFFE Workload API directory into pods. Also: `spiffe-csi-driver probe --help`, `spiffe-csi-driver doctor --help`",
   },
   args,
   async run({ args: parsed }) {
@@ -165,18 +172,25 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
       path: config.workloadApiSocketDir,
     });
   }
-  const logCall = rpcLogger(logger);
-  const callMade = idleCollector(IDLE_COLLECT_MS);
-  const observe: CallObserver = (call) => {
-    logCall(call);
-    callMade();
-  };
+  // Metrics are loaded only with --health-addr: a driver without them starts lighter.
+  const metrics = config.healthAddr
+    ? new (await import("./metrics.ts")).Metrics(VERSION, () => node.publishedVolumes)
+    : undefined;
   const node = new NodeService({
     nodeId: config.nodeId,
     pluginName: config.pluginName,
     workloadApiSocketDir: config.workloadApiSocketDir,
     mounter,
+    onMountFailure: (operation) => metrics?.mountFailed(operation),
   });
+  if (metrics) node.adoptPublished();
+  const logCall = rpcLogger(logger);
+  const callMade = idleCollector(IDLE_COLLECT_MS);
+  const observe: CallObserver = (call) => {
+    logCall(call);
+    metrics?.observeCall(call);
+    callMade();
+  };
   let server: Awaited<ReturnType<typeof startServer>>;
   try {
     server = await startServer(
@@ -192,16 +206,36 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
     if (error instanceof StartError) exitWith(1, error.message);
     throw error;
   }
+  let serving = true;
   logger.info("serving CSI", { csi_socket_path: config.csiSocketPath });
   // Start-up leaves garbage too.
   callMade();
+
+  let health: { stop(force?: boolean): unknown } | undefined;
+  if (config.healthAddr && metrics) {
+    const { startHealthServer } = await import("./health.ts");
+    try {
+      health = startHealthServer({
+        address: config.healthAddr,
+        workloadApiSocketDir: config.workloadApiSocketDir,
+        serving: () => serving,
+        metrics,
+      });
+    } catch (error) {
+      await server.close(0);
+      exitWith(1, `cannot serve --health-addr ${config.healthAddr}: ${(error as Error).message}`);
+    }
+    logger.info("serving health and metrics", { health_addr: config.healthAddr });
+  }
 
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     process.once("SIGTERM", resolve);
     process.once("SIGINT", resolve);
   });
   logger.info("shutting down", { signal });
+  serving = false;
   await server.close(config.mountTimeoutMs + SHUTDOWN_MARGIN_MS);
+  health?.stop(true);
   logger.info("stopped");
   process.exit(0);
 }

@@ -1,4 +1,5 @@
 import { isAbsolute } from "node:path";
+import { parseAddress } from "./address.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 
 /** A setting that is missing or wrong: the program says so in one line and exits with status 2. */
@@ -15,6 +16,8 @@ export interface Config {
   logFormat: LogFormat;
   /** How long one `mount` or `umount` may run before it is killed. */
   mountTimeoutMs: number;
+  /** host:port for the HTTP health and metrics endpoint; none when unset. */
+  healthAddr?: string;
 }
 
 /** The flags as the command line gives them, before checking. */
@@ -27,6 +30,7 @@ export interface RawSettings {
   logLevel: string;
   logFormat: string;
   mountTimeout: string;
+  healthAddr?: string;
 }
 
 // CSI: domain name notation, at most 63 characters, beginning and ending with an alphanumeric
@@ -87,7 +91,11 @@ export function resolveConfig(raw: RawSettings, env: Record<string, string | und
       `--mount-timeout must be a positive number of seconds, got "${raw.mountTimeout}"`,
     );
   }
+  if (raw.healthAddr !== undefined && !parseAddress(raw.healthAddr)) {
+    throw new ConfigError(`--health-addr must be host:port or :port, got "${raw.healthAddr}"`);
+  }
   return {
+    healthAddr: raw.healthAddr,
     workloadApiSocketDir: socketDir,
     csiSocketPath: raw.csiSocketPath,
     pluginName: raw.pluginName,

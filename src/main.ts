@@ -1,4 +1,13 @@
 import { runMain } from "citty";
 import { main, normalizeArgv } from "./cli.ts";
 
-await runMain(main, { rawArgs: normalizeArgv(process.argv.slice(2)) });
+// `probe` and `doctor` are loaded only when asked for.
+const argv = normalizeArgv(process.argv.slice(2));
+const [first, ...rest] = argv;
+if (first === "probe") {
+  await runMain((await import("./probe.ts")).probe, { rawArgs: rest });
+} else if (first === "doctor") {
+  await runMain((await import("./doctor.ts")).doctor, { rawArgs: rest });
+} else {
+  await runMain(main, { rawArgs: argv });
+}

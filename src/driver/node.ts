@@ -3,6 +3,7 @@ import {
   chmodSync,
   mkdirSync,
   readdirSync,
+  readFileSync,
   rmdirSync,
   statfsSync,
 } from "node:fs";
@@ -28,8 +29,8 @@ import {
   type TargetState,
 } from "../mount/inspect.ts";
 import { MountCommandError, type Mounter } from "../mount/mounter.ts";
-import { findMount } from "../mount/mountinfo.ts";
-import { readVolumeData, redirectedVolumeDir } from "./kubelet.ts";
+import { findMount, parseMountInfo } from "../mount/mountinfo.ts";
+import { KUBELET_CSI_VOLUME_PATH, readVolumeData, redirectedVolumeDir } from "./kubelet.ts";
 import { KeyedMutex } from "./locks.ts";
 import { quote, validatePublish, validateUnpublish, validateVolumeStats } from "./validate.ts";
 
@@ -38,6 +39,8 @@ export interface NodeServiceOptions {
   pluginName: string;
   workloadApiSocketDir: string;
   mounter: Mounter;
+  /** Told of every `mount` or `umount` that failed (for metrics). */
+  onMountFailure?: (operation: "mount" | "umount") => void;
 }
 
 // The kubelet creates <volume-name>/ with 0750; the mount directory gets the same.
@@ -79,6 +82,8 @@ function commandFailed(what: string, error: unknown): RpcError {
 export class NodeService {
   private readonly locks = new KeyedMutex();
   private readonly socketDir: string;
+  /** Targets published now, as far as this process knows (see adoptPublished). */
+  private readonly published = new Set<string>();
 
   constructor(private readonly options: NodeServiceOptions) {
     this.socketDir = options.workloadApiSocketDir;
@@ -89,11 +94,13 @@ export class NodeService {
       nodePublishVolume: async (req) => {
         validatePublish(req);
         await this.locks.run(req.targetPath, () => this.publish(req.volumeId, req.targetPath));
+        this.published.add(req.targetPath);
         return {};
       },
       nodeUnpublishVolume: async (req) => {
         validateUnpublish(req);
         await this.locks.run(req.targetPath, () => this.unpublish(req.targetPath));
+        this.published.delete(req.targetPath);
         return {};
       },
       nodeGetVolumeStats: async (req) => {
@@ -108,6 +115,32 @@ export class NodeService {
       // No volume limit: every pod on the node may have the volume.
       nodeGetInfo: async () => ({ nodeId: this.options.nodeId, maxVolumesPerNode: 0n }),
     };
+  }
+
+  /** How many volumes are published now. */
+  get publishedVolumes(): number {
+    return this.published.size;
+  }
+
+  /**
+   * Learns which volumes were published before this process started, from one read of the mount
+   * table at start-up (never on a call's path): kubelet CSI volume paths that show the Workload
+   * API directory.
+   */
+  adoptPublished(): void {
+    const source = directoryInode(this.socketDir);
+    if (!source) return;
+    for (const mount of parseMountInfo(readFileSync("/proc/self/mountinfo", "utf8"))) {
+      if (!KUBELET_CSI_VOLUME_PATH.test(mount.mountPoint)) continue;
+      try {
+        const state = inspectTarget(mount.mountPoint);
+        if (state.kind === "directory" && sameInode(state, source)) {
+          this.published.add(mount.mountPoint);
+        }
+      } catch {
+        // Not readable now: not counted.
+      }
+    }
   }
 
   private async publish(volumeId: string, targetPath: string): Promise<void> {
@@ -152,6 +185,7 @@ export class NodeService {
       await this.options.mounter.bindMount(this.socketDir, targetPath);
     } catch (error) {
       this.undoPublish(targetPath, created, source);
+      this.options.onMountFailure?.("mount");
       throw commandFailed(`bind-mounting ${quote(this.socketDir)} at ${quote(targetPath)}`, error);
     }
     target = this.directoryAt(targetPath, "publish");
@@ -378,6 +412,7 @@ export class NodeService {
       try {
         await this.options.mounter.unmount(targetPath);
       } catch (error) {
+        this.options.onMountFailure?.("umount");
         throw commandFailed(`unmounting ${quote(targetPath)}`, error);
       }
       const previous = current;

@@ -101,7 +101,8 @@ function mountIdOf(path: string): number {
   }
 }
 
-function readMountId(fd: number): number {
+/** The kernel's id of the mount an open file is on, from /proc/self/fdinfo. */
+export function readMountId(fd: number): number {
   const info = readFileSync(`/proc/self/fdinfo/${fd}`, "latin1");
   const match = /^mnt_id:\s*(\d+)$/m.exec(info);
   if (!match?.[1]) {

@@ -1,0 +1,63 @@
+import { lstatSync, readdirSync } from "node:fs";
+import { connect } from "node:net";
+import { join } from "node:path";
+import { isErrno } from "./mount/inspect.ts";
+
+// How long a connection to the agent's socket may take before it counts as not answering.
+const CONNECT_TIMEOUT_MS = 1000;
+
+export type AgentCheck = { ok: true; socket: string } | { ok: false; problem: string };
+
+/**
+ * Whether the SPIFFE agent is there: the Workload API directory exists and holds a socket that
+ * accepts a connection. Asynchronous and bounded in time; nothing here is on a CSI call's path.
+ */
+export async function checkAgent(socketDir: string): Promise<AgentCheck> {
+  let entries: string[];
+  try {
+    entries = readdirSync(socketDir);
+  } catch (error) {
+    const why = isErrno(error, "ENOENT") ? "does not exist" : (error as Error).message;
+    return { ok: false, problem: `the Workload API socket directory ${socketDir} ${why}` };
+  }
+  const sockets = entries
+    .map((name) => join(socketDir, name))
+    .filter((path) => {
+      try {
+        return lstatSync(path).isSocket();
+      } catch {
+        return false;
+      }
+    });
+  if (sockets.length === 0) {
+    return { ok: false, problem: `the Workload API socket directory ${socketDir} holds no socket` };
+  }
+  const refusals: string[] = [];
+  for (const socket of sockets) {
+    const refusal = await connects(socket);
+    if (refusal === undefined) return { ok: true, socket };
+    refusals.push(`${socket}: ${refusal}`);
+  }
+  return {
+    ok: false,
+    problem: `no socket in ${socketDir} accepts a connection (${refusals.join("; ")})`,
+  };
+}
+
+/** Undefined when a connection to the socket succeeds, else why not. */
+export function connects(
+  path: string,
+  timeoutMs = CONNECT_TIMEOUT_MS,
+): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    const socket = connect({ path });
+    const done = (problem: string | undefined) => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(problem);
+    };
+    const timer = setTimeout(() => done(`no answer within ${timeoutMs} ms`), timeoutMs);
+    socket.once("connect", () => done(undefined));
+    socket.once("error", (error) => done(error.message));
+  });
+}

@@ -1,0 +1,314 @@
+import {
+  accessSync,
+  closeSync,
+  constants,
+  existsSync,
+  openSync,
+  readFileSync,
+  statSync,
+} from "node:fs";
+import { dirname, join } from "node:path";
+import { defineCommand } from "citty";
+import { checkAgent, connects } from "./agent.ts";
+import { validatePluginName } from "./config.ts";
+import { Identity } from "./gen/csi/v1/csi_pb.ts";
+import { createClient } from "./grpc/client.ts";
+import { readMountId } from "./mount/inspect.ts";
+import { findMount } from "./mount/mountinfo.ts";
+
+export interface Check {
+  name: string;
+  ok: boolean;
+  detail: string;
+  /** What to change, for a failed check. */
+  fix?: string;
+}
+
+export interface DoctorOptions {
+  workloadApiSocketDir: string;
+  csiSocketPath: string;
+  /** Query the driver on the CSI socket too. */
+  queryDriver: boolean;
+  pluginName: string;
+  kubeletDir: string;
+  registrationDir: string;
+}
+
+const pass = (name: string, detail: string): Check => ({ name, ok: true, detail });
+const fail = (name: string, detail: string, fix: string): Check => ({
+  name,
+  ok: false,
+  detail,
+  fix,
+});
+
+// Linux capability number of CAP_SYS_ADMIN.
+const CAP_SYS_ADMIN = 21n;
+
+/** Runs every check of a node's set-up; each yields one line. */
+export async function runChecks(options: DoctorOptions): Promise<Check[]> {
+  const checks: Check[] = [...(await agentChecks(options.workloadApiSocketDir))];
+  checks.push(socketDirectoryCheck(options.csiSocketPath));
+  checks.push(...kubeletChecks(options.kubeletDir));
+  checks.push(
+    existsSync(options.registrationDir)
+      ? pass("registration directory exists", options.registrationDir)
+      : fail(
+          "registration directory exists",
+          `${options.registrationDir} does not exist`,
+          "mount the kubelet's plugins_registry directory (hostPath) where node-driver-registrar or --kubelet-registration-dir expects it; on a node, check the kubelet's --root-dir",
+        ),
+  );
+  for (const program of ["mount", "umount"]) {
+    const path = Bun.which(program);
+    checks.push(
+      path
+        ? pass(`${program} is on PATH`, path)
+        : fail(
+            `${program} is on PATH`,
+            `not found on ${process.env.PATH ?? ""}`,
+            "install util-linux, or add its directory to PATH",
+          ),
+    );
+  }
+  checks.push(capabilityCheck());
+  const nameProblem = validatePluginName(options.pluginName);
+  checks.push(
+    nameProblem
+      ? fail(
+          "plugin name is valid",
+          nameProblem,
+          "set -plugin-name to the CSIDriver object's name, e.g. csi.spiffe.io",
+        )
+      : pass("plugin name is valid", options.pluginName),
+  );
+  if (options.queryDriver) checks.push(...(await driverChecks(options)));
+  return checks;
+}
+
+async function agentChecks(socketDir: string): Promise<Check[]> {
+  const exists = "Workload API socket directory exists";
+  const holds = "Workload API socket directory holds a socket";
+  const accepts = "Workload API socket accepts a connection";
+  let stat: ReturnType<typeof statSync>;
+  try {
+    stat = statSync(socketDir);
+  } catch (error) {
+    return [
+      fail(
+        exists,
+        `${socketDir}: ${(error as Error).message}`,
+        "start the SPIFFE agent, and give -workload-api-socket-dir the directory its socket is in (as the driver sees it: in a container, where the hostPath volume is mounted)",
+      ),
+    ];
+  }
+  if (!stat.isDirectory()) {
+    return [
+      fail(
+        exists,
+        `${socketDir} is not a directory`,
+        "give -workload-api-socket-dir the directory holding the socket, not the socket itself",
+      ),
+    ];
+  }
+  const agent = await checkAgent(socketDir);
+  if (agent.ok) {
+    return [pass(exists, socketDir), pass(holds, agent.socket), pass(accepts, agent.socket)];
+  }
+  if (agent.problem.includes("holds no socket")) {
+    return [
+      pass(exists, socketDir),
+      fail(
+        holds,
+        agent.problem,
+        "start the SPIFFE agent, or point its socket_path into this directory",
+      ),
+    ];
+  }
+  return [
+    pass(exists, socketDir),
+    pass(holds, socketDir),
+    fail(accepts, agent.problem, "the socket is stale: restart the SPIFFE agent"),
+  ];
+}
+
+function socketDirectoryCheck(csiSocketPath: string): Check {
+  const name = "CSI socket directory is writable";
+  let dir = dirname(csiSocketPath);
+  // A missing directory is created at start: what counts is its nearest existing ancestor.
+  while (!existsSync(dir) && dir !== "/") dir = dirname(dir);
+  try {
+    accessSync(dir, constants.W_OK);
+    return pass(
+      name,
+      dir === dirname(csiSocketPath) ? dir : `${dir} (${dirname(csiSocketPath)} will be created)`,
+    );
+  } catch (error) {
+    return fail(
+      name,
+      `${dir}: ${(error as Error).message}`,
+      "mount a writable volume (hostPath of the kubelet's plugins/<driver> directory) at the socket's directory",
+    );
+  }
+}
+
+function kubeletChecks(kubeletDir: string): Check[] {
+  const podsDir = join(kubeletDir, "pods");
+  if (!existsSync(podsDir)) {
+    return [
+      fail(
+        "kubelet pods directory exists",
+        `${podsDir} does not exist`,
+        "mount the kubelet's root directory (/var/lib/kubelet, or the distribution's, e.g. /var/snap/microk8s/common/var/lib/kubelet) into the driver, and pass it as --kubelet-dir",
+      ),
+    ];
+  }
+  const name = "kubelet pods directory is a shared mount";
+  let propagation: string[];
+  let where: string;
+  try {
+    const fd = openSync(podsDir, constants.O_RDONLY | constants.O_DIRECTORY);
+    let mountId: number;
+    try {
+      mountId = readMountId(fd);
+    } finally {
+      closeSync(fd);
+    }
+    const mount = findMount(mountId);
+    if (!mount) throw new Error(`mount ${mountId} is not in /proc/self/mountinfo`);
+    propagation = mount.propagation;
+    where = mount.mountPoint;
+  } catch (error) {
+    return [
+      pass("kubelet pods directory exists", podsDir),
+      fail(name, (error as Error).message, "check that /proc is mounted"),
+    ];
+  }
+  const shared = propagation.find((field) => field.startsWith("shared:"));
+  return [
+    pass("kubelet pods directory exists", podsDir),
+    shared
+      ? pass(name, `${podsDir} is on ${where} (${propagation.join(" ")})`)
+      : fail(
+          name,
+          `${podsDir} is on ${where}, which is ${propagation.length > 0 ? propagation.join(" ") : "private"}: mounts made here never reach the kubelet`,
+          "mount the kubelet directory into the driver's container with mountPropagation: Bidirectional; on the host it must itself be shared (mount --make-rshared /, systemd's default)",
+        ),
+  ];
+}
+
+function capabilityCheck(): Check {
+  const name = "process has CAP_SYS_ADMIN";
+  const effective = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync("/proc/self/status", "utf8"))?.[1];
+  const has = effective !== undefined && ((BigInt(`0x${effective}`) >> CAP_SYS_ADMIN) & 1n) === 1n;
+  return has
+    ? pass(name, `CapEff ${effective}`)
+    : fail(
+        name,
+        `CapEff ${effective ?? "unknown"}`,
+        "run the driver as root in a privileged container (securityContext.privileged: true)",
+      );
+}
+
+async function driverChecks(options: DoctorOptions): Promise<Check[]> {
+  const address = `unix://${options.csiSocketPath}`;
+  const refusal = await connects(options.csiSocketPath);
+  if (refusal !== undefined) {
+    return [
+      fail(
+        "driver answers on the CSI socket",
+        `${options.csiSocketPath}: ${refusal}`,
+        "start the driver with this -csi-socket-path, and check its log",
+      ),
+    ];
+  }
+  const client = createClient(Identity, address);
+  const deadline = () => ({ deadline: Date.now() + 5000 });
+  const checks: Check[] = [];
+  try {
+    const info = await client.getPluginInfo({}, deadline());
+    checks.push(
+      info.name === options.pluginName
+        ? pass("driver answers GetPluginInfo", `${info.name} ${info.vendorVersion}`)
+        : fail(
+            "driver answers GetPluginInfo",
+            `it is ${info.name}, not ${options.pluginName}`,
+            "make -plugin-name, the CSIDriver object and the registrar's socket path agree",
+          ),
+    );
+    const probed = await client.probe({}, deadline());
+    checks.push(
+      probed.ready === false
+        ? fail("driver answers Probe", "not ready", "check the driver's log")
+        : pass("driver answers Probe", "ready"),
+    );
+  } catch (error) {
+    const { details, message } = error as { details?: string; message: string };
+    checks.push(
+      fail("driver answers on the CSI socket", details ?? message, "check the driver's log"),
+    );
+  } finally {
+    client.close();
+  }
+  return checks;
+}
+
+export function formatChecks(checks: Check[]): string {
+  return checks
+    .map((check) => {
+      const line = `${check.ok ? "PASS" : "FAIL"}  ${check.name}: ${check.detail}`;
+      return check.fix ? `${line}\n      fix: ${check.fix}` : line;
+    })
+    .join("\n");
+}
+
+export const doctor = defineCommand({
+  meta: {
+    name: "doctor",
+    description: "Check this node's set-up for the driver: one line per check",
+  },
+  args: {
+    "workload-api-socket-dir": {
+      type: "string",
+      description: "Directory holding the Workload API socket (required)",
+      valueHint: "dir",
+    },
+    "csi-socket-path": {
+      type: "string",
+      description: "CSI socket; when given, the driver on it is queried too",
+      valueHint: "path",
+    },
+    "plugin-name": { type: "string", description: "CSI plugin name", default: "csi.spiffe.io" },
+    "kubelet-dir": {
+      type: "string",
+      description: "The kubelet's root directory",
+      default: "/var/lib/kubelet",
+      valueHint: "dir",
+    },
+    "registration-dir": {
+      type: "string",
+      description:
+        "The kubelet's plugin registration directory (default <kubelet-dir>/plugins_registry)",
+      valueHint: "dir",
+    },
+    json: { type: "boolean", description: "Print the checks as JSON" },
+  },
+  async run({ args }) {
+    if (!args["workload-api-socket-dir"]) {
+      process.stderr.write("spiffe-csi-driver doctor: -workload-api-socket-dir is required\n");
+      process.exit(2);
+    }
+    const checks = await runChecks({
+      workloadApiSocketDir: args["workload-api-socket-dir"],
+      csiSocketPath: args["csi-socket-path"] ?? "/spiffe-csi/csi.sock",
+      queryDriver: args["csi-socket-path"] !== undefined,
+      pluginName: args["plugin-name"],
+      kubeletDir: args["kubelet-dir"],
+      registrationDir: args["registration-dir"] ?? join(args["kubelet-dir"], "plugins_registry"),
+    });
+    process.stdout.write(
+      args.json ? `${JSON.stringify(checks, null, 2)}\n` : `${formatChecks(checks)}\n`,
+    );
+    process.exit(checks.every((check) => check.ok) ? 0 : 1);
+  },
+});

@@ -1,0 +1,48 @@
+import type { Server } from "bun";
+import { parseAddress } from "./address.ts";
+import { checkAgent } from "./agent.ts";
+import type { Metrics } from "./metrics.ts";
+
+export interface HealthOptions {
+  /** host:port, or :port for every address. */
+  address: string;
+  workloadApiSocketDir: string;
+  /** True while the gRPC server is serving. */
+  serving: () => boolean;
+  metrics: Metrics;
+}
+
+/**
+ * /healthz, /readyz and /metrics over HTTP. Each answer is computed on request, asynchronously and
+ * bounded in time, on the event loop the gRPC server shares, without waiting on any CSI call.
+ */
+export function startHealthServer(options: HealthOptions): Server<undefined> {
+  const address = parseAddress(options.address);
+  if (!address) throw new Error(`--health-addr must be host:port or :port, got ${options.address}`);
+  const text = (body: string, status = 200) =>
+    new Response(`${body}\n`, { status, headers: { "content-type": "text/plain; charset=utf-8" } });
+  return Bun.serve({
+    ...address,
+    async fetch(request) {
+      if (request.method !== "GET" && request.method !== "HEAD") {
+        return text("method not allowed", 405);
+      }
+      switch (new URL(request.url).pathname) {
+        case "/healthz":
+          return options.serving() ? text("ok") : text("the CSI server is not serving", 503);
+        case "/readyz": {
+          const agent = await checkAgent(options.workloadApiSocketDir);
+          return agent.ok
+            ? text(`ok: ${agent.socket} accepts connections`)
+            : text(agent.problem, 503);
+        }
+        case "/metrics":
+          return new Response(await options.metrics.registry.metrics(), {
+            headers: { "content-type": options.metrics.registry.contentType },
+          });
+        default:
+          return text("not found: try /healthz, /readyz or /metrics", 404);
+      }
+    },
+  });
+}

@@ -1,0 +1,342 @@
+// The health endpoint, the probe subcommand and the node doctor, on real files, sockets and mounts.
+import { afterAll, describe, expect, test } from "bun:test";
+import { chmodSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { Server, ServerCredentials } from "@grpc/grpc-js";
+import type { Check } from "../../src/doctor.ts";
+import { Identity } from "../../src/gen/csi/v1/csi_pb.ts";
+import { grpcService } from "../../src/grpc/service.ts";
+import { startAgent } from "../helpers/agent.ts";
+import {
+  assertPrivateMountNamespace,
+  BINARY,
+  clients,
+  type DriverProcess,
+  startDriver,
+  tempDir,
+} from "../helpers/driver.ts";
+import { podVolume, prepareVolume, publishRequest, unpublishRequest } from "../helpers/kubelet.ts";
+
+assertPrivateMountNamespace();
+
+const root = tempDir("operability");
+const running: DriverProcess[] = [];
+const mounted: string[] = [];
+
+afterAll(async () => {
+  for (const driver of running) if (driver.proc.exitCode === null) await driver.stop("SIGKILL");
+  for (const path of mounted.reverse()) Bun.spawnSync(["umount", path]);
+  rmSync(root, { recursive: true, force: true });
+});
+
+function mount(argv: string[], target: string): void {
+  mkdirSync(target, { recursive: true });
+  expect(Bun.spawnSync(["mount", ...argv, target]).exitCode).toBe(0);
+  mounted.push(target);
+}
+
+/** Runs the binary with a subcommand; resolves to its exit status and output. */
+async function run(argv: string[], env: Record<string, string> = {}, prefix: string[] = []) {
+  const proc = Bun.spawn([...prefix, BINARY, ...argv], {
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...env },
+  });
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(proc.stdout).text(),
+    new Response(proc.stderr).text(),
+    proc.exited,
+  ]);
+  return { code, stdout, stderr };
+}
+
+let port = 19_800 + Math.floor(Math.random() * 100);
+
+describe("the health endpoint", async () => {
+  const socketDir = join(root, "health-agent");
+  mkdirSync(socketDir);
+  const healthPort = port++;
+  const csiSocketPath = join(root, "health", "csi.sock");
+  const driver = await startDriver({
+    workloadApiSocketDir: socketDir,
+    csiSocketPath,
+    args: ["--health-addr", `127.0.0.1:${healthPort}`],
+  });
+  running.push(driver);
+  const url = (path: string) => `http://127.0.0.1:${healthPort}${path}`;
+  const get = async (path: string) => {
+    const response = await fetch(url(path));
+    return { status: response.status, body: await response.text() };
+  };
+
+  test("/healthz answers 200 while serving", async () => {
+    expect(await get("/healthz")).toEqual({ status: 200, body: "ok\n" });
+  });
+
+  test("/readyz answers 503 with the reason until the agent's socket accepts connections", async () => {
+    const empty = await get("/readyz");
+    expect(empty.status).toBe(503);
+    expect(empty.body).toContain("holds no socket");
+    // A socket file nobody listens on, as a killed agent leaves it.
+    const stale = Bun.spawnSync([
+      "python3",
+      "-c",
+      `import socket; socket.socket(socket.AF_UNIX).bind(${JSON.stringify(join(socketDir, "agent.sock"))})`,
+    ]);
+    expect(stale.exitCode).toBe(0);
+    const refused = await get("/readyz");
+    expect(refused.status).toBe(503);
+    expect(refused.body).toContain("accepts a connection");
+    const agent = startAgent(socketDir);
+    try {
+      const ready = await get("/readyz");
+      expect(ready.status).toBe(200);
+      expect(ready.body).toContain("agent.sock accepts connections");
+    } finally {
+      agent.stop(true);
+    }
+  });
+
+  test("/metrics: Prometheus text with RPCs, published volumes, mount failures and the process", async () => {
+    const agent = startAgent(socketDir);
+    const volume = podVolume(join(root, "kubelet"));
+    prepareVolume(volume);
+    const { node } = clients(csiSocketPath);
+    await node.nodePublishVolume(publishRequest(volume));
+    const published = await get("/metrics");
+    expect(published.status).toBe(200);
+    expect(published.body).toContain(
+      'spiffe_csi_rpc_requests_total{method="NodePublishVolume",code="OK"} 1',
+    );
+    expect(published.body).toContain(
+      'spiffe_csi_rpc_duration_seconds_count{method="NodePublishVolume",code="OK"} 1',
+    );
+    expect(published.body).toContain("spiffe_csi_published_volumes 1");
+    expect(published.body).toContain('spiffe_csi_mount_failures_total{operation="mount"} 0');
+    expect(published.body).toMatch(/^process_resident_memory_bytes \d+/m);
+    expect(published.body).toMatch(/^process_open_fds \d+/m);
+    await node.nodeUnpublishVolume(unpublishRequest(volume));
+    expect((await get("/metrics")).body).toContain("spiffe_csi_published_volumes 0");
+    agent.stop(true);
+  });
+
+  test("unknown paths answer 404", async () => {
+    expect((await get("/nope")).status).toBe(404);
+  });
+
+  test("the bind address is respected", async () => {
+    await expect(fetch(`http://127.0.0.2:${healthPort}/healthz`)).rejects.toThrow();
+  });
+});
+
+describe("metrics of a driver started beside published volumes, and of failed mounts", () => {
+  test("counts volumes published before it started; counts mount failures", async () => {
+    const socketDir = join(root, "adopt-agent");
+    mkdirSync(socketDir);
+    const first = await startDriver({
+      workloadApiSocketDir: socketDir,
+      csiSocketPath: join(root, "adopt1", "csi.sock"),
+    });
+    const volume = podVolume(join(root, "kubelet"));
+    prepareVolume(volume);
+    await clients(join(root, "adopt1", "csi.sock")).node.nodePublishVolume(publishRequest(volume));
+    await first.stop();
+
+    const bin = join(root, "failing-bin");
+    mkdirSync(bin);
+    writeFileSync(join(bin, "mount"), "#!/bin/sh\nexit 32\n");
+    chmodSync(join(bin, "mount"), 0o755);
+    const healthPort = port++;
+    const second = await startDriver({
+      workloadApiSocketDir: socketDir,
+      csiSocketPath: join(root, "adopt2", "csi.sock"),
+      args: ["--health-addr", `127.0.0.1:${healthPort}`],
+      env: { PATH: `${bin}:${process.env.PATH}` },
+    });
+    running.push(second);
+    const fresh = podVolume(join(root, "kubelet"));
+    prepareVolume(fresh);
+    await clients(join(root, "adopt2", "csi.sock"))
+      .node.nodePublishVolume(publishRequest(fresh))
+      .catch(() => {});
+    const body = await (await fetch(`http://127.0.0.1:${healthPort}/metrics`)).text();
+    expect(body).toContain("spiffe_csi_published_volumes 1");
+    expect(body).toContain('spiffe_csi_mount_failures_total{operation="mount"} 1');
+    expect(Bun.spawnSync(["umount", volume.targetPath]).exitCode).toBe(0);
+  });
+});
+
+describe("probe", () => {
+  test("exits 0 when the driver is ready", async () => {
+    const csiSocketPath = join(root, "probe", "csi.sock");
+    running.push(await startDriver({ workloadApiSocketDir: root, csiSocketPath }));
+    const { code, stderr } = await run(["probe", "-csi-socket-path", csiSocketPath]);
+    expect(stderr).toBe("");
+    expect(code).toBe(0);
+  });
+
+  test("exits 1 when the plugin answers not ready", async () => {
+    const csiSocketPath = join(root, "not-ready.sock");
+    const server = new Server();
+    const { definition, implementation } = grpcService(
+      Identity,
+      {
+        getPluginInfo: async () => ({ name: "csi.spiffe.io", vendorVersion: "0" }),
+        getPluginCapabilities: async () => ({}),
+        probe: async () => ({ ready: false }),
+      },
+      () => {},
+    );
+    server.addService(definition, implementation);
+    await new Promise<void>((resolve, reject) =>
+      server.bindAsync(`unix://${csiSocketPath}`, ServerCredentials.createInsecure(), (error) =>
+        error ? reject(error) : resolve(),
+      ),
+    );
+    try {
+      const { code, stderr } = await run(["probe", "--csi-socket-path", csiSocketPath]);
+      expect(code).toBe(1);
+      expect(stderr).toContain("is not ready");
+    } finally {
+      server.forceShutdown();
+    }
+  });
+
+  test("exits 1 when nothing answers, within the timeout", async () => {
+    const { code, stderr } = await run([
+      "probe",
+      "--csi-socket-path",
+      join(root, "nobody.sock"),
+      "--timeout",
+      "1",
+    ]);
+    expect(code).toBe(1);
+    expect(stderr).toContain("no answer from");
+  });
+});
+
+describe("doctor", () => {
+  // A set-up that passes every check: agent socket, writable CSI directory, kubelet directory on
+  // a shared mount, registration directory, a running driver.
+  const good = join(root, "good");
+  const agentDir = join(good, "agent");
+  const kubeletDir = join(good, "kubelet");
+  mkdirSync(agentDir, { recursive: true });
+  const agent = startAgent(agentDir);
+  mount(["-t", "tmpfs", "kubelet"], kubeletDir);
+  expect(Bun.spawnSync(["mount", "--make-shared", kubeletDir]).exitCode).toBe(0);
+  mkdirSync(join(kubeletDir, "pods"));
+  mkdirSync(join(kubeletDir, "plugins_registry"));
+  const csiSocketPath = join(good, "plugin", "csi.sock");
+  const baseArgs = ["doctor", "-workload-api-socket-dir", agentDir, "--kubelet-dir", kubeletDir];
+  afterAll(() => agent.stop(true));
+
+  async function doctor(
+    args: string[] = [],
+    env: Record<string, string> = {},
+    prefix: string[] = [],
+  ) {
+    const result = await run([...baseArgs, ...args, "--json"], env, prefix);
+    return { code: result.code, checks: JSON.parse(result.stdout) as Check[] };
+  }
+  const status = (checks: Check[], name: string) => checks.find((check) => check.name === name)?.ok;
+
+  test("every check passes on a good set-up, and it exits 0", async () => {
+    running.push(await startDriver({ workloadApiSocketDir: agentDir, csiSocketPath }));
+    const { code, checks } = await doctor(["-csi-socket-path", csiSocketPath]);
+    expect(checks.filter((check) => !check.ok)).toEqual([]);
+    expect(checks.map((check) => check.name)).toEqual([
+      "Workload API socket directory exists",
+      "Workload API socket directory holds a socket",
+      "Workload API socket accepts a connection",
+      "CSI socket directory is writable",
+      "kubelet pods directory exists",
+      "kubelet pods directory is a shared mount",
+      "registration directory exists",
+      "mount is on PATH",
+      "umount is on PATH",
+      "process has CAP_SYS_ADMIN",
+      "plugin name is valid",
+      "driver answers GetPluginInfo",
+      "driver answers Probe",
+    ]);
+    expect(code).toBe(0);
+    const text = await run([...baseArgs, "-csi-socket-path", csiSocketPath]);
+    expect(text.stdout).toContain("PASS  kubelet pods directory is a shared mount");
+  });
+
+  test("the agent's directory missing, empty, or with a stale socket fails, saying what to fix", async () => {
+    const missing = await doctor(["-workload-api-socket-dir", join(root, "no-such-dir")]);
+    expect(status(missing.checks, "Workload API socket directory exists")).toBe(false);
+    expect(missing.code).toBe(1);
+    const emptyDir = join(root, "empty-agent");
+    mkdirSync(emptyDir);
+    const empty = await doctor(["-workload-api-socket-dir", emptyDir]);
+    expect(status(empty.checks, "Workload API socket directory holds a socket")).toBe(false);
+    Bun.spawnSync([
+      "python3",
+      "-c",
+      `import socket; socket.socket(socket.AF_UNIX).bind(${JSON.stringify(join(emptyDir, "stale.sock"))})`,
+    ]);
+    const stale = await doctor(["-workload-api-socket-dir", emptyDir]);
+    expect(status(stale.checks, "Workload API socket accepts a connection")).toBe(false);
+    expect(stale.checks.find((check) => !check.ok)?.fix).toContain("restart the SPIFFE agent");
+  });
+
+  test("a read-only CSI socket directory fails", async () => {
+    const readOnly = join(root, "read-only");
+    mount(["-t", "tmpfs", "-o", "ro", "read-only"], readOnly);
+    const { checks } = await doctor(["-csi-socket-path", join(readOnly, "csi.sock")]);
+    expect(status(checks, "CSI socket directory is writable")).toBe(false);
+  });
+
+  test("a kubelet directory on a private mount fails; a missing one fails", async () => {
+    const privateKubelet = join(root, "private-kubelet");
+    mount(["-t", "tmpfs", "private-kubelet"], privateKubelet);
+    mkdirSync(join(privateKubelet, "pods"));
+    const { checks } = await doctor(["--kubelet-dir", privateKubelet]);
+    expect(status(checks, "kubelet pods directory exists")).toBe(true);
+    expect(status(checks, "kubelet pods directory is a shared mount")).toBe(false);
+    expect(
+      checks.find((check) => check.name === "kubelet pods directory is a shared mount")?.fix,
+    ).toContain("Bidirectional");
+    expect(status(checks, "registration directory exists")).toBe(false);
+    const missing = await doctor(["--kubelet-dir", join(root, "no-kubelet")]);
+    expect(status(missing.checks, "kubelet pods directory exists")).toBe(false);
+  });
+
+  test("mount and umount missing from PATH fail", async () => {
+    const empty = join(root, "empty-path");
+    mkdirSync(empty);
+    const { checks } = await doctor([], { PATH: empty });
+    expect(status(checks, "mount is on PATH")).toBe(false);
+    expect(status(checks, "umount is on PATH")).toBe(false);
+  });
+
+  test("without CAP_SYS_ADMIN it fails", async () => {
+    const { checks } = await doctor([], {}, [
+      "setpriv",
+      "--bounding-set",
+      "-sys_admin",
+      "--inh-caps",
+      "-sys_admin",
+    ]);
+    expect(status(checks, "process has CAP_SYS_ADMIN")).toBe(false);
+  });
+
+  test("a bad plugin name fails, and so does a driver of another name", async () => {
+    const { checks } = await doctor([
+      "-plugin-name",
+      "bad_name",
+      "-csi-socket-path",
+      csiSocketPath,
+    ]);
+    expect(status(checks, "plugin name is valid")).toBe(false);
+    expect(status(checks, "driver answers GetPluginInfo")).toBe(false);
+  });
+
+  test("a CSI socket nobody serves fails", async () => {
+    const { checks } = await doctor(["-csi-socket-path", join(root, "nobody-here.sock")]);
+    expect(status(checks, "driver answers on the CSI socket")).toBe(false);
+  });
+});
