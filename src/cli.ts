@@ -1,9 +1,12 @@
 import { existsSync } from "node:fs";
+import { join } from "node:path";
 import { type ArgsDef, defineCommand } from "citty";
 import { type Config, ConfigError, type RawSettings, resolveConfig } from "./config.ts";
 import { controllerHandlers, identityHandlers } from "./driver/identity.ts";
 import { NodeService } from "./driver/node.ts";
+import { registrationHandlers } from "./driver/registration.ts";
 import { Controller, Identity, Node } from "./gen/csi/v1/csi_pb.ts";
+import { Registration } from "./gen/pluginregistration/v1/api_pb.ts";
 import { type CallObserver, grpcService } from "./grpc/service.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { idleCollector } from "./memory.ts";
@@ -56,6 +59,18 @@ const args = {
     type: "string",
     description: "Seconds one mount or umount may run before it is killed",
     default: "30",
+  },
+  "kubelet-registration-dir": {
+    type: "string",
+    description:
+      "Register with the kubelet without node-driver-registrar: its plugins_registry directory (e.g. /var/lib/kubelet/plugins_registry); off when unset",
+    valueHint: "dir",
+  },
+  "kubelet-registration-path": {
+    type: "string",
+    description:
+      "The CSI socket's path as the kubelet sees it, for --kubelet-registration-dir (default: -csi-socket-path)",
+    valueHint: "path",
   },
   "health-addr": {
     type: "string",
@@ -119,6 +134,8 @@ export function configFromArgs(
     logFormat: text("log-format") ?? "",
     mountTimeout: text("mount-timeout") ?? "",
     healthAddr: text("health-addr"),
+    kubeletRegistrationDir: text("kubelet-registration-dir"),
+    kubeletRegistrationPath: text("kubelet-registration-path"),
   };
   return resolveConfig(raw, env);
 }
@@ -206,6 +223,32 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
     if (error instanceof StartError) exitWith(1, error.message);
     throw error;
   }
+  let registration: Awaited<ReturnType<typeof startServer>> | undefined;
+  if (config.kubeletRegistration) {
+    const { dir, endpoint } = config.kubeletRegistration;
+    const socketPath = join(dir, `${config.pluginName}-reg.sock`);
+    try {
+      registration = await startServer(
+        socketPath,
+        [
+          grpcService(
+            Registration,
+            registrationHandlers(config.pluginName, endpoint, logger),
+            observe,
+          ),
+        ],
+        logger,
+      );
+    } catch (error) {
+      await server.close(0);
+      if (error instanceof StartError) exitWith(1, error.message);
+      throw error;
+    }
+    logger.info("serving kubelet plugin registration", {
+      registration_socket: socketPath,
+      endpoint,
+    });
+  }
   let serving = true;
   logger.info("serving CSI", { csi_socket_path: config.csiSocketPath });
   // Start-up leaves garbage too.
@@ -234,6 +277,9 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
   });
   logger.info("shutting down", { signal });
   serving = false;
+  // The registration socket goes first: the kubelet stops sending calls to a driver that is
+  // leaving.
+  await registration?.close(0);
   await server.close(config.mountTimeoutMs + SHUTDOWN_MARGIN_MS);
   health?.stop(true);
   logger.info("stopped");

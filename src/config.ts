@@ -18,6 +18,9 @@ export interface Config {
   mountTimeoutMs: number;
   /** host:port for the HTTP health and metrics endpoint; none when unset. */
   healthAddr?: string;
+  /** Built-in kubelet registration: the plugins_registry directory, and the CSI socket's path as
+   * the kubelet sees it. */
+  kubeletRegistration?: { dir: string; endpoint: string };
 }
 
 /** The flags as the command line gives them, before checking. */
@@ -31,6 +34,8 @@ export interface RawSettings {
   logFormat: string;
   mountTimeout: string;
   healthAddr?: string;
+  kubeletRegistrationDir?: string;
+  kubeletRegistrationPath?: string;
 }
 
 // CSI: domain name notation, at most 63 characters, beginning and ending with an alphanumeric
@@ -94,7 +99,18 @@ export function resolveConfig(raw: RawSettings, env: Record<string, string | und
   if (raw.healthAddr !== undefined && !parseAddress(raw.healthAddr)) {
     throw new ConfigError(`--health-addr must be host:port or :port, got "${raw.healthAddr}"`);
   }
+  const registrationDir = raw.kubeletRegistrationDir;
+  if (registrationDir !== undefined && !isAbsolute(registrationDir)) {
+    throw new ConfigError(
+      `--kubelet-registration-dir must be an absolute path, got ${registrationDir}`,
+    );
+  }
+  const endpoint = raw.kubeletRegistrationPath ?? raw.csiSocketPath;
+  if (!isAbsolute(endpoint)) {
+    throw new ConfigError(`--kubelet-registration-path must be an absolute path, got ${endpoint}`);
+  }
   return {
+    kubeletRegistration: registrationDir ? { dir: registrationDir, endpoint } : undefined,
     healthAddr: raw.healthAddr,
     workloadApiSocketDir: socketDir,
     csiSocketPath: raw.csiSocketPath,
