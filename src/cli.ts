@@ -21,7 +21,7 @@ const IDLE_COLLECT_MS = 1_000;
 // killed by its timeout before the driver exits, so none is left running behind it.
 const SHUTDOWN_MARGIN_MS = 1_000;
 
-const args = {
+export const args = {
   "workload-api-socket-dir": {
     type: "string",
     description:
