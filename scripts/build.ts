@@ -1,9 +1,21 @@
 // Compiles the driver into one executable: dist/spiffe-csi-driver.
 // BUILD_TARGET chooses another platform (e.g. bun-linux-arm64), BUILD_OUTFILE another path.
+// In a container build, TARGETARCH (amd64, arm64) chooses the platform when BUILD_TARGET is unset.
 import pkg from "../package.json" with { type: "json" };
 
-// Without BUILD_TARGET, the platform this runs on.
-const target = process.env.BUILD_TARGET as Bun.Build.CompileTarget | undefined;
+const TARGETS: Record<string, Bun.Build.CompileTarget> = {
+  amd64: "bun-linux-x64",
+  arm64: "bun-linux-arm64",
+};
+const arch = process.env.TARGETARCH;
+if (arch && !TARGETS[arch]) {
+  console.error(`TARGETARCH ${arch} is not one of ${Object.keys(TARGETS).join(", ")}`);
+  process.exit(1);
+}
+// Without either, the platform this runs on.
+const target =
+  (process.env.BUILD_TARGET as Bun.Build.CompileTarget | undefined) ??
+  (arch ? TARGETS[arch] : undefined);
 const outfile = process.env.BUILD_OUTFILE ?? "dist/spiffe-csi-driver";
 
 const result = await Bun.build({

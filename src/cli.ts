@@ -7,7 +7,7 @@ import { NodeService } from "./driver/node.ts";
 import { registrationHandlers } from "./driver/registration.ts";
 import { Controller, Identity, Node } from "./gen/csi/v1/csi_pb.ts";
 import { Registration } from "./gen/pluginregistration/v1/api_pb.ts";
-import { type CallObserver, grpcService } from "./grpc/service.ts";
+import { type CallObserver, grpcService, InFlightCalls } from "./grpc/service.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { idleCollector } from "./memory.ts";
 import { CommandMounter } from "./mount/mounter.ts";
@@ -208,16 +208,18 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
     metrics?.observeCall(call);
     callMade();
   };
+  const inFlight = new InFlightCalls();
   let server: Awaited<ReturnType<typeof startServer>>;
   try {
     server = await startServer(
       config.csiSocketPath,
       [
-        grpcService(Identity, identityHandlers(config.pluginName), observe),
-        grpcService(Controller, controllerHandlers(), observe),
-        grpcService(Node, node.handlers(), observe),
+        grpcService(Identity, identityHandlers(config.pluginName), observe, inFlight),
+        grpcService(Controller, controllerHandlers(), observe, inFlight),
+        grpcService(Node, node.handlers(), observe, inFlight),
       ],
       logger,
+      inFlight,
     );
   } catch (error) {
     if (error instanceof StartError) exitWith(1, error.message);
@@ -238,6 +240,8 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
           ),
         ],
         logger,
+        // Its own count: closing it must not wait for CSI calls.
+        new InFlightCalls(),
       );
     } catch (error) {
       await server.close(0);

@@ -2,7 +2,7 @@ import { chmodSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
 import { connect } from "node:net";
 import { dirname } from "node:path";
 import { Server, ServerCredentials, status } from "@grpc/grpc-js";
-import type { CallObserver, GrpcService } from "./grpc/service.ts";
+import type { CallObserver, GrpcService, InFlightCalls } from "./grpc/service.ts";
 import { codeName } from "./grpc/status.ts";
 import type { Logger } from "./log.ts";
 import { isErrno } from "./mount/inspect.ts";
@@ -26,6 +26,7 @@ export async function startServer(
   socketPath: string,
   services: GrpcService[],
   logger: Logger,
+  inFlight: InFlightCalls,
 ): Promise<RunningServer> {
   await prepareSocketPath(socketPath, logger);
   const server = new Server();
@@ -51,15 +52,17 @@ export async function startServer(
   return {
     async close(graceMs) {
       let timer: Timer | undefined;
-      const drained = new Promise<boolean>((resolve) => server.tryShutdown(() => resolve(true)));
-      const expired = new Promise<boolean>((resolve) => {
-        timer = setTimeout(() => resolve(false), graceMs);
+      // No new calls from here on; the calls being handled may finish. A client that merely keeps
+      // its connection open holds nothing up: once no call is running, the rest is closed.
+      const drained = new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+      const expired = new Promise<"expired">((resolve) => {
+        timer = setTimeout(() => resolve("expired"), graceMs);
       });
-      if (!(await Promise.race([drained, expired]))) {
+      if ((await Promise.race([drained, inFlight.idle(), expired])) === "expired") {
         logger.warn("calls still running after the grace period; cancelling them", { graceMs });
-        server.forceShutdown();
       }
       clearTimeout(timer);
+      server.forceShutdown();
       removeOwnSocket(socketPath, socketInode);
     },
   };

@@ -44,6 +44,30 @@ export interface GrpcService {
 
 const passThrough = (bytes: Buffer): Buffer => bytes;
 
+/** Counts calls being handled, so that a shutdown waits for them and for nothing else. */
+export class InFlightCalls {
+  private count = 0;
+  private waiters: (() => void)[] = [];
+
+  start(): void {
+    this.count++;
+  }
+
+  finish(): void {
+    this.count--;
+    if (this.count === 0) {
+      for (const wake of this.waiters.splice(0)) wake();
+    }
+  }
+
+  /** Resolves once no call is being handled. */
+  idle(): Promise<void> {
+    return this.count === 0
+      ? Promise.resolve()
+      : new Promise((resolve) => this.waiters.push(resolve));
+  }
+}
+
 /**
  * Turns a protobuf-es service descriptor and its handlers into a grpc-js service.
  *
@@ -54,6 +78,7 @@ export function grpcService<M extends GenServiceMethods>(
   service: GenService<M>,
   handlers: UnaryHandlers<M>,
   observe: CallObserver,
+  inFlight: InFlightCalls = new InFlightCalls(),
 ): GrpcService {
   const definition: Record<string, ServiceDefinition[string]> = {};
   const implementation: UntypedServiceImplementation = {};
@@ -79,6 +104,7 @@ export function grpcService<M extends GenServiceMethods>(
       method,
       handler as (request: unknown) => Promise<unknown>,
       observe,
+      inFlight,
     );
   }
   return { definition, implementation };
@@ -88,9 +114,11 @@ function unaryCall(
   method: DescMethod,
   handler: (request: unknown) => Promise<unknown>,
   observe: CallObserver,
+  inFlight: InFlightCalls,
 ) {
   return async (call: ServerUnaryCall<Buffer, Buffer>, callback: sendUnaryData<Buffer>) => {
     const started = performance.now();
+    inFlight.start();
     let request: unknown;
     let response: Buffer | undefined;
     let outcome: CallStatus = { code: status.OK, details: "" };
@@ -109,6 +137,7 @@ function unaryCall(
     } else {
       callback({ code: outcome.code, details: outcome.details });
     }
+    inFlight.finish();
     try {
       observe({ ...outcome, method, request, durationMs: performance.now() - started });
     } catch (error) {

@@ -191,6 +191,27 @@ describe("socket lifecycle", () => {
     expect(lstatSync(csiSocketPath).isSocket()).toBe(true);
   });
 
+  test("SIGTERM does not wait for a client that keeps its connection open with no call", async () => {
+    const { driver, csiSocketPath } = await started("idle-clients");
+    // A client that made a call and then stopped reading its connection.
+    const stuck = Bun.spawn(
+      [process.execPath, join(import.meta.dir, "../helpers/stuck-client.ts"), csiSocketPath],
+      {
+        stdout: "pipe",
+      },
+    );
+    const reader = stuck.stdout.getReader();
+    expect(new TextDecoder().decode((await reader.read()).value)).toBe("connected\n");
+    try {
+      // The grace period is 31 s; the test's own limit, 5 s, is what fails a shutdown that waits.
+      const { code } = await driver.stop("SIGTERM");
+      expect(code).toBe(0);
+      expect(existsSync(csiSocketPath)).toBe(false);
+    } finally {
+      stuck.kill("SIGKILL");
+    }
+  });
+
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
     test(`${signal}: stops, removes the socket, exits 0`, async () => {
       const { driver, csiSocketPath } = await started(`signal-${signal}`);

@@ -1,0 +1,339 @@
+// The container image: the real Containerfile, built with buildah against local stand-ins for its
+// base images (made from the Debian packages those images are made of), run with podman, and
+// driven from the host over the CSI socket in a shared volume.
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmdirSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+} from "node:fs";
+import { join, resolve } from "node:path";
+import { parseMountInfo } from "../../src/mount/mountinfo.ts";
+import { startAgent, talkToAgent } from "../helpers/agent.ts";
+import { assertPrivateMountNamespace, clients, tempDir } from "../helpers/driver.ts";
+import {
+  mountsAt,
+  podVolume,
+  prepareVolume,
+  publishRequest,
+  unpublishRequest,
+} from "../helpers/kubelet.ts";
+
+assertPrivateMountNamespace();
+
+const repo = resolve(import.meta.dir, "../..");
+const arch = process.arch === "arm64" ? "arm64" : "amd64";
+const root = tempDir("image");
+const storage = [
+  "--root",
+  join(root, "storage"),
+  "--runroot",
+  join(root, "run"),
+  "--storage-driver",
+  "vfs",
+];
+const podman = [
+  "podman",
+  ...storage,
+  "--runtime",
+  "runc",
+  "--cgroup-manager",
+  "cgroupfs",
+  "--events-backend",
+  "file",
+];
+const buildah = ["buildah", ...storage];
+const IMAGE = "localhost/spiffe-csi-driver:test";
+const STAND_INS = {
+  BUN_IMAGE: "localhost/stand-in/bun:1.4.4-debian",
+  UTIL_LINUX_IMAGE: "localhost/stand-in/debian:12-slim",
+  BASE_IMAGE: "localhost/stand-in/distroless-base:debian12",
+};
+
+function run(argv: string[], options: { cwd?: string; allowFailure?: boolean } = {}) {
+  const result = Bun.spawnSync(argv, {
+    cwd: options.cwd ?? root,
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" },
+  });
+  const out = {
+    code: result.exitCode,
+    stdout: result.stdout.toString(),
+    stderr: result.stderr.toString(),
+  };
+  if (out.code !== 0 && !options.allowFailure) {
+    throw new Error(`${argv.join(" ")} exited ${out.code}:\n${out.stderr.slice(-3000)}`);
+  }
+  return out;
+}
+
+/** podman, buildah and runc, from Debian's packages, when missing. */
+function ensureTools(): void {
+  if (["podman", "buildah", "runc"].every((tool) => Bun.which(tool))) return;
+  console.log("image: installing podman, buildah and runc");
+  run(["apt-get", "update", "-qq"]);
+  run(["apt-get", "install", "-y", "-qq", "podman", "buildah", "runc"]);
+}
+
+/** A root file system made of Debian packages, as a base image is. */
+function rootfs(name: string, packages: string[], mergedUsr: boolean): string {
+  const debs = join(root, "debs");
+  mkdirSync(debs, { recursive: true });
+  run(["apt-get", "download", ...packages], { cwd: debs });
+  const dir = join(root, "rootfs", name);
+  mkdirSync(dir, { recursive: true });
+  for (const deb of readdirSync(debs).filter((f) => packages.some((p) => f.startsWith(`${p}_`)))) {
+    run(["dpkg-deb", "-x", join(debs, deb), dir]);
+  }
+  if (mergedUsr) {
+    // Debian 12 images have /bin, /sbin and /lib as links into /usr.
+    for (const top of ["bin", "sbin", "lib"]) {
+      const from = join(dir, top);
+      mkdirSync(join(dir, "usr", top), { recursive: true });
+      if (existsSync(from)) {
+        mergeInto(from, join(dir, "usr", top));
+        rmdirSync(from);
+      }
+      symlinkSync(`usr/${top}`, from);
+    }
+  }
+  for (const needed of ["tmp", "root", "etc"]) mkdirSync(join(dir, needed), { recursive: true });
+  chmodSync(join(dir, "tmp"), 0o1777);
+  return dir;
+}
+
+/** Moves everything in `from` into `to`, merging directories both have; leaves `from` empty. */
+function mergeInto(from: string, to: string): void {
+  for (const entry of readdirSync(from)) {
+    const source = join(from, entry);
+    const target = join(to, entry);
+    if (existsSync(target) && lstatSync(target).isDirectory() && lstatSync(source).isDirectory()) {
+      mergeInto(source, target);
+      rmdirSync(source);
+    } else {
+      renameSync(source, target);
+    }
+  }
+}
+
+function commit(dir: string, image: string, env: string[] = []): void {
+  const container = run([...buildah, "from", "scratch"]).stdout.trim();
+  run([...buildah, "copy", container, `${dir}/`, "/"]);
+  for (const pair of env) run([...buildah, "config", "--env", pair, container]);
+  run([...buildah, "commit", "--rm", container, image]);
+}
+
+const running: string[] = [];
+const kubeletDir = join(root, "kubelet");
+const pluginDir = join(root, "plugin");
+const agentDir = join(root, "agent-sockets");
+
+beforeAll(() => {
+  ensureTools();
+  run(["apt-get", "update", "-qq"]);
+  // gcr.io/distroless/base-debian12 is made of these.
+  commit(
+    rootfs(
+      "base",
+      ["libc6", "libssl3", "ca-certificates", "tzdata", "base-files", "netbase"],
+      false,
+    ),
+    STAND_INS.BASE_IMAGE,
+  );
+  // debian:12-slim, as far as the Containerfile takes from it.
+  commit(
+    rootfs(
+      "debian",
+      ["libc6", "mount", "libmount1", "libblkid1", "libselinux1", "libpcre2-8-0"],
+      true,
+    ),
+    STAND_INS.UTIL_LINUX_IMAGE,
+  );
+  // oven/bun:1.4.4-debian: Debian with bun in /usr/local/bin.
+  const bun = rootfs("bun", ["libc6", "ca-certificates"], true);
+  mkdirSync(join(bun, "usr/local/bin"), { recursive: true });
+  copyFileSync(process.execPath, join(bun, "usr/local/bin/bun"));
+  chmodSync(join(bun, "usr/local/bin/bun"), 0o755);
+  // The builder reaches the npm registry through this machine's network, which may sit behind
+  // a TLS proxy with a certificate authority of its own: the stand-in trusts what the host does.
+  const hostCa = process.env.NODE_EXTRA_CA_CERTS ?? "/etc/ssl/certs/ca-certificates.crt";
+  mkdirSync(join(bun, "etc/ssl/certs"), { recursive: true });
+  copyFileSync(hostCa, join(bun, "etc/ssl/certs/host-ca.crt"));
+  commit(bun, STAND_INS.BUN_IMAGE, ["NODE_EXTRA_CA_CERTS=/etc/ssl/certs/host-ca.crt"]);
+}, 600_000);
+
+afterAll(() => {
+  for (const name of running) run([...podman, "rm", "-f", name], { allowFailure: true });
+  // Nothing of the test's may stay mounted before its files go.
+  const mounts = parseMountInfo(readFileSync("/proc/self/mountinfo", "utf8"))
+    .filter((m) => m.mountPoint.startsWith(`${root}/`))
+    .map((m) => m.mountPoint)
+    .reverse();
+  for (const mount of mounts) run(["umount", "-l", mount], { allowFailure: true });
+  rmSync(root, { recursive: true, force: true });
+});
+
+test("the Containerfile builds with buildah against the stand-ins", () => {
+  const started = performance.now();
+  run(
+    [
+      ...buildah,
+      "build",
+      "--isolation",
+      "chroot",
+      "--network",
+      "host",
+      "--platform",
+      `linux/${arch}`,
+      ...Object.entries(STAND_INS).flatMap(([name, image]) => ["--build-arg", `${name}=${image}`]),
+      "-t",
+      IMAGE,
+      "-f",
+      "Containerfile",
+      ".",
+    ],
+    { cwd: repo },
+  );
+  const labels = JSON.parse(
+    run([...podman, "image", "inspect", "--format", "{{json .Labels}}", IMAGE]).stdout,
+  );
+  expect(labels["org.opencontainers.image.source"]).toBeString();
+  expect(labels["org.opencontainers.image.version"]).toBe("0.1.0");
+  expect(labels["org.opencontainers.image.licenses"]).toBe("Apache-2.0");
+  console.log(`image: built ${IMAGE} in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+}, 600_000);
+
+test("the image serves CSI with the reference's DaemonSet args; publish mounts where the host sees it", async () => {
+  // The kubelet's directory must be a shared mount, as Bidirectional propagation needs.
+  mkdirSync(kubeletDir, { recursive: true });
+  run(["mount", "-t", "tmpfs", "image-kubelet", kubeletDir]);
+  run(["mount", "--make-shared", kubeletDir]);
+  mkdirSync(pluginDir);
+  mkdirSync(agentDir);
+  const agent = startAgent(agentDir);
+  const name = "spiffe-csi-image-test";
+  running.push(name);
+  run([
+    ...podman,
+    "run",
+    "-d",
+    "--name",
+    name,
+    "--privileged",
+    "--network",
+    "none",
+    "--read-only",
+    "--read-only-tmpfs=false",
+    "--ulimit",
+    "nofile=20000:20000",
+    "--ulimit",
+    "nproc=32768:32768",
+    "-e",
+    "MY_NODE_NAME=image-node",
+    "-v",
+    `${agentDir}:/spire-agent-socket:ro`,
+    "-v",
+    `${pluginDir}:/spiffe-csi`,
+    "-v",
+    `${kubeletDir}:${kubeletDir}:rshared`,
+    IMAGE,
+    "-workload-api-socket-dir",
+    "/spire-agent-socket",
+    "-csi-socket-path",
+    "/spiffe-csi/csi.sock",
+  ]);
+  try {
+    const socket = join(pluginDir, "csi.sock");
+    for (let waited = 0; !existsSync(socket); waited += 50) {
+      if (waited > 30_000)
+        throw new Error(
+          `no socket: ${run([...podman, "logs", name], { allowFailure: true }).stderr}`,
+        );
+      await Bun.sleep(50);
+    }
+    const { identity, node } = clients(socket);
+    expect((await identity.getPluginInfo({})).name).toBe("csi.spiffe.io");
+    const volume = podVolume(kubeletDir);
+    prepareVolume(volume);
+    await node.nodePublishVolume(publishRequest(volume));
+    // The mount made in the container reached the host, and leads to the agent.
+    expect(mountsAt(volume.targetPath)).toBe(1);
+    expect(await talkToAgent(volume.targetPath)).toBe("pong ping");
+    await node.nodeUnpublishVolume(unpublishRequest(volume));
+    expect(mountsAt(volume.targetPath)).toBe(0);
+    expect(existsSync(volume.targetPath)).toBe(false);
+
+    run([...podman, "stop", "-t", "10", name]);
+    const exitCode = run([
+      ...podman,
+      "inspect",
+      "--format",
+      "{{.State.ExitCode}}",
+      name,
+    ]).stdout.trim();
+    const logs = run([...podman, "logs", name], { allowFailure: true });
+    expect(`exit ${exitCode}\n${logs.stdout}${logs.stderr}`).toStartWith("exit 0\n");
+    expect(existsSync(socket)).toBe(false);
+  } finally {
+    agent.stop(true);
+  }
+}, 120_000);
+
+test("the image has no shell and no package manager", () => {
+  const shell = run(
+    [...podman, "run", "--rm", "--network", "none", "--entrypoint", "/bin/sh", IMAGE, "-c", "true"],
+    { allowFailure: true },
+  );
+  expect(shell.code).not.toBe(0);
+  const container = run([...podman, "create", IMAGE]).stdout.trim();
+  const listing = run([
+    "sh",
+    "-c",
+    `${podman.join(" ")} export ${container} | tar -t`,
+  ]).stdout.split("\n");
+  run([...podman, "rm", container]);
+  for (const path of [
+    "bin/sh",
+    "bin/bash",
+    "usr/bin/sh",
+    "usr/bin/bash",
+    "usr/bin/apt",
+    "usr/bin/apt-get",
+    "usr/bin/dpkg",
+  ]) {
+    expect(listing).not.toContain(path);
+  }
+  expect(listing).toContain("usr/bin/mount");
+  expect(listing).toContain("spiffe-csi-driver");
+  const size = Number(
+    run([...podman, "image", "inspect", "--format", "{{.Size}}", IMAGE]).stdout.trim(),
+  );
+  console.log(
+    `image: ${(size / 2 ** 20).toFixed(1)} MiB, ${listing.filter(Boolean).length} entries, no shell, no package manager`,
+  );
+});
+
+test("an arm64 executable is produced: an aarch64 ELF", () => {
+  const outfile = join(root, "spiffe-csi-driver-arm64");
+  run(
+    ["env", "TARGETARCH=arm64", `BUILD_OUTFILE=${outfile}`, process.execPath, "scripts/build.ts"],
+    { cwd: repo },
+  );
+  const header = readFileSync(outfile).subarray(0, 20);
+  expect([...header.subarray(0, 4)]).toEqual([0x7f, 0x45, 0x4c, 0x46]);
+  // e_machine (bytes 18-19, little-endian): 183 is EM_AARCH64.
+  expect(header.readUInt16LE(18)).toBe(183);
+  console.log(
+    `image: arm64 executable ${(statSync(outfile).size / 2 ** 20).toFixed(1)} MiB, aarch64 ELF`,
+  );
+}, 300_000);
