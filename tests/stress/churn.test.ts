@@ -1,10 +1,9 @@
 // 10,000 kubelet-like publish/unpublish cycles at concurrency 32, with re-publishes and stats in
 // between: no error, nothing left behind, memory back where it started.
-import { afterAll, expect, test } from "bun:test";
-import { existsSync, mkdirSync, readdirSync, rmSync } from "node:fs";
+import { expect, test } from "bun:test";
+import { existsSync, mkdirSync, readdirSync } from "node:fs";
 import { join } from "node:path";
-import { startAgent } from "../helpers/agent.ts";
-import { assertPrivateMountNamespace, clients, startDriver, tempDir } from "../helpers/driver.ts";
+import { assertPrivateMountNamespace, clients, startDriver } from "../helpers/driver.ts";
 import {
   mountsUnder,
   podVolume,
@@ -15,6 +14,7 @@ import {
   statsRequest,
   unpublishRequest,
 } from "../helpers/kubelet.ts";
+import { testbed } from "../helpers/testbed.ts";
 
 assertPrivateMountNamespace();
 
@@ -22,18 +22,8 @@ const CYCLES = 10_000;
 const WARMUP = 1_000;
 const CONCURRENCY = 32;
 
-const root = tempDir("churn");
-const socketDir = join(root, "agent-sockets");
-const kubeletRoot = join(root, "kubelet");
-const csiSocketPath = join(root, "plugin", "csi.sock");
-mkdirSync(socketDir);
+const { root, socketDir, kubeletRoot, csiSocketPath } = testbed("churn");
 mkdirSync(join(kubeletRoot, "pods"), { recursive: true });
-const agent = startAgent(socketDir);
-
-afterAll(() => {
-  agent.stop(true);
-  rmSync(root, { recursive: true, force: true });
-});
 
 test(`${CYCLES.toLocaleString("en")} cycles at concurrency ${CONCURRENCY}`, async () => {
   const driver = await startDriver({ workloadApiSocketDir: socketDir, csiSocketPath });

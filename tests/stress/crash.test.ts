@@ -1,16 +1,14 @@
 // The driver killed with SIGKILL at random moments during churn, restarted, and every unfinished
 // call replayed as the kubelet would: in the end every volume is exactly as the kubelet wants it.
-import { afterAll, expect, test } from "bun:test";
-import { existsSync, mkdirSync, rmSync } from "node:fs";
-import { join } from "node:path";
+import { expect, test } from "bun:test";
+import { existsSync } from "node:fs";
 import { status } from "@grpc/grpc-js";
-import { startAgent, talkToAgent } from "../helpers/agent.ts";
+import { talkToAgent } from "../helpers/agent.ts";
 import {
   assertPrivateMountNamespace,
   clients,
   type DriverProcess,
   startDriver,
-  tempDir,
 } from "../helpers/driver.ts";
 import {
   mountsAt,
@@ -20,6 +18,7 @@ import {
   publishRequest,
   unpublishRequest,
 } from "../helpers/kubelet.ts";
+import { testbed } from "../helpers/testbed.ts";
 
 assertPrivateMountNamespace();
 
@@ -34,17 +33,7 @@ const RETRIED = new Set([
   status.ABORTED,
 ]);
 
-const root = tempDir("crash");
-const socketDir = join(root, "agent-sockets");
-const kubeletRoot = join(root, "kubelet");
-const csiSocketPath = join(root, "plugin", "csi.sock");
-mkdirSync(socketDir);
-const agent = startAgent(socketDir);
-
-afterAll(() => {
-  agent.stop(true);
-  rmSync(root, { recursive: true, force: true });
-});
+const { socketDir, kubeletRoot, csiSocketPath } = testbed("crash");
 
 test(`${KILLS} SIGKILLs during churn: every volume ends as the kubelet wants it`, async () => {
   const start = () => startDriver({ workloadApiSocketDir: socketDir, csiSocketPath });

@@ -1,11 +1,10 @@
 // SIGTERM during churn: calls in flight finish or are cleanly refused, no mount is half made, the
 // socket goes, and a restarted driver finishes the kubelet's work.
-import { afterAll, expect, test } from "bun:test";
-import { existsSync, mkdirSync, readdirSync, rmSync } from "node:fs";
-import { join } from "node:path";
+import { expect, test } from "bun:test";
+import { existsSync, readdirSync } from "node:fs";
 import { status } from "@grpc/grpc-js";
-import { startAgent, talkToAgent } from "../helpers/agent.ts";
-import { assertPrivateMountNamespace, clients, startDriver, tempDir } from "../helpers/driver.ts";
+import { talkToAgent } from "../helpers/agent.ts";
+import { assertPrivateMountNamespace, clients, startDriver } from "../helpers/driver.ts";
 import {
   mountsAt,
   mountsUnder,
@@ -15,23 +14,14 @@ import {
   publishRequest,
   unpublishRequest,
 } from "../helpers/kubelet.ts";
+import { testbed } from "../helpers/testbed.ts";
 
 assertPrivateMountNamespace();
 
 const CONCURRENCY = 32;
 const ROUNDS = 5;
 
-const root = tempDir("shutdown");
-const socketDir = join(root, "agent-sockets");
-const kubeletRoot = join(root, "kubelet");
-const csiSocketPath = join(root, "plugin", "csi.sock");
-mkdirSync(socketDir);
-const agent = startAgent(socketDir);
-
-afterAll(() => {
-  agent.stop(true);
-  rmSync(root, { recursive: true, force: true });
-});
+const { root, socketDir, kubeletRoot, csiSocketPath } = testbed("shutdown");
 
 test(`SIGTERM during churn at concurrency ${CONCURRENCY}, ${ROUNDS} times`, async () => {
   const outcomes = new Map<string, number>();

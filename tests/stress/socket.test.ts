@@ -1,14 +1,12 @@
 // Load on the socket: a thousand connections at once, and clients that connect and say nothing,
 // do not stop other callers from being served.
-import { afterAll, expect, test } from "bun:test";
-import { mkdirSync, rmSync } from "node:fs";
+import { expect, test } from "bun:test";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import type { Socket } from "bun";
 import { Identity } from "../../src/gen/csi/v1/csi_pb.ts";
 import { createClient } from "../../src/grpc/client.ts";
-import { startAgent } from "../helpers/agent.ts";
-import { assertPrivateMountNamespace, clients, startDriver, tempDir } from "../helpers/driver.ts";
+import { assertPrivateMountNamespace, clients, startDriver } from "../helpers/driver.ts";
 import {
   mountsAt,
   podVolume,
@@ -16,21 +14,13 @@ import {
   publishRequest,
   unpublishRequest,
 } from "../helpers/kubelet.ts";
+import { testbed } from "../helpers/testbed.ts";
 
 assertPrivateMountNamespace();
 
 const CONNECTIONS = 1_000;
 
-const root = tempDir("socket");
-const socketDir = join(root, "agent-sockets");
-const csiSocketPath = join(root, "plugin", "csi.sock");
-mkdirSync(socketDir);
-const agent = startAgent(socketDir);
-
-afterAll(() => {
-  agent.stop(true);
-  rmSync(root, { recursive: true, force: true });
-});
+const { root, socketDir, csiSocketPath } = testbed("socket");
 
 test(`${CONNECTIONS} silent connections, a half-sent preface, and ${CONNECTIONS} concurrent clients`, async () => {
   const driver = await startDriver({ workloadApiSocketDir: socketDir, csiSocketPath });
