@@ -170,7 +170,7 @@ describe("the pieces agree", () => {
     expect(fieldPaths.sort()).toEqual(
       [
         "spec.template.spec.volumes.[name=kubelet-dir].hostPath.path",
-        "spec.template.spec.containers.[name=spiffe-csi-driver].volumeMounts.[name=kubelet-dir].mountPath",
+        "spec.template.spec.containers.[name=spiffe-csi-driver].volumeMounts.[mountPath=/var/lib/kubelet].mountPath",
         "spec.template.spec.containers.[name=node-driver-registrar].env.[name=KUBELET_DIR].value",
       ].sort(),
     );
@@ -182,8 +182,60 @@ describe("the pieces agree", () => {
     expect(kustomization.resources.sort()).toEqual(
       files.filter((f) => f !== "workload.yaml").sort(),
     );
+    // kustomize writes every list element a selector matches: each must match exactly one.
+    for (const fieldPath of fieldPaths) {
+      expect(`${fieldPath}: ${resolveFieldPath(daemonSet, fieldPath).length}`).toBe(
+        `${fieldPath}: 1`,
+      );
+    }
   });
+
+  // Where kubectl is installed, the kustomization is rendered too.
+  test.if(Bun.which("kubectl") !== null)(
+    "kubectl kustomize renders valid manifests with unique mount paths",
+    () => {
+      const rendered = Bun.spawnSync(["kubectl", "kustomize", kubernetes], { stderr: "pipe" });
+      expect(rendered.stderr.toString()).toBe("");
+      const docs = parseAllDocuments(rendered.stdout.toString()).map(
+        (doc) => doc.toJS() as Manifest,
+      );
+      for (const doc of docs) {
+        const Model = models[`${doc.apiVersion}/${doc.kind}`];
+        if (Model)
+          expect(() =>
+            new (Model as new (data: Manifest) => { validate(): void })(doc).validate(),
+          ).not.toThrow();
+      }
+      const renderedSet = docs.find((d) => d.kind === "DaemonSet") as unknown as typeof daemonSet;
+      for (const container of renderedSet.spec.template.spec.containers) {
+        const paths = container.volumeMounts.map((m) => m.mountPath);
+        expect(new Set(paths).size).toBe(paths.length);
+      }
+      expect(JSON.stringify(renderedSet)).toContain('"mountPath":"/spiffe-csi"');
+    },
+  );
 });
+
+/** The elements a kustomize field path (`a.b.[key=value].c`) reaches, as kustomize finds them. */
+function resolveFieldPath(root: unknown, fieldPath: string): unknown[] {
+  let nodes: unknown[] = [root];
+  for (const segment of fieldPath.split(/\.(?![^[]*\])/)) {
+    const selector = /^\[(\w+)=(.*)\]$/.exec(segment);
+    nodes = nodes.flatMap((node) => {
+      if (selector) {
+        return Array.isArray(node)
+          ? node.filter(
+              (item) =>
+                String((item as Record<string, unknown>)[selector[1] as string]) === selector[2],
+            )
+          : [];
+      }
+      const value = (node as Record<string, unknown> | undefined)?.[segment];
+      return value === undefined ? [] : [value];
+    });
+  }
+  return nodes;
+}
 
 describe("the systemd unit", () => {
   const unit = readFileSync(join(deploy, "systemd", "spiffe-csi-driver.service"), "utf8");
