@@ -3,5 +3,6 @@ export function parseAddress(address: string): { hostname: string; port: number 
   const match = /^(?:\[([^\]]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(address);
   const port = Number(match?.[3]);
   if (!match || port > 65535) return undefined;
-  return { hostname: match[1] ?? (match[2] || "0.0.0.0"), port };
+  // An empty host means every address, IPv6 and IPv4 alike ("::" takes both on Linux).
+  return { hostname: match[1] ?? (match[2] || "::"), port };
 }

@@ -6,7 +6,9 @@ import { isErrno } from "./mount/inspect.ts";
 // How long a connection to the agent's socket may take before it counts as not answering.
 const CONNECT_TIMEOUT_MS = 1000;
 
-export type AgentCheck = { ok: true; socket: string } | { ok: false; problem: string };
+export type AgentCheck =
+  | { ok: true; socket: string }
+  | { ok: false; reason: "missing" | "unreadable" | "no-socket" | "refused"; problem: string };
 
 /**
  * Whether the SPIFFE agent is there: the Workload API directory exists and holds a socket that
@@ -17,8 +19,17 @@ export async function checkAgent(socketDir: string): Promise<AgentCheck> {
   try {
     entries = readdirSync(socketDir);
   } catch (error) {
-    const why = isErrno(error, "ENOENT") ? "does not exist" : (error as Error).message;
-    return { ok: false, problem: `the Workload API socket directory ${socketDir} ${why}` };
+    return isErrno(error, "ENOENT")
+      ? {
+          ok: false,
+          reason: "missing",
+          problem: `the Workload API socket directory ${socketDir} does not exist`,
+        }
+      : {
+          ok: false,
+          reason: "unreadable",
+          problem: `cannot read the Workload API socket directory ${socketDir}: ${(error as Error).message}`,
+        };
   }
   const sockets = entries
     .map((name) => join(socketDir, name))
@@ -30,7 +41,11 @@ export async function checkAgent(socketDir: string): Promise<AgentCheck> {
       }
     });
   if (sockets.length === 0) {
-    return { ok: false, problem: `the Workload API socket directory ${socketDir} holds no socket` };
+    return {
+      ok: false,
+      reason: "no-socket",
+      problem: `the Workload API socket directory ${socketDir} holds no socket`,
+    };
   }
   const refusals: string[] = [];
   for (const socket of sockets) {
@@ -40,6 +55,7 @@ export async function checkAgent(socketDir: string): Promise<AgentCheck> {
   }
   return {
     ok: false,
+    reason: "refused",
     problem: `no socket in ${socketDir} accepts a connection (${refusals.join("; ")})`,
   };
 }

@@ -5,6 +5,7 @@ import { type Config, ConfigError, type RawSettings, resolveConfig } from "./con
 import { controllerHandlers, identityHandlers } from "./driver/identity.ts";
 import { NodeService } from "./driver/node.ts";
 import { registrationHandlers } from "./driver/registration.ts";
+import { unknownFlags } from "./flags.ts";
 import { Controller, Identity, Node } from "./gen/csi/v1/csi_pb.ts";
 import { Registration } from "./gen/pluginregistration/v1/api_pb.ts";
 import { type CallObserver, grpcService, InFlightCalls } from "./grpc/service.ts";
@@ -79,34 +80,12 @@ export const args = {
   },
 } satisfies ArgsDef;
 
-const FLAG_NAMES = new Set([...Object.keys(args), "help", "version"]);
-
-/**
- * The reference driver's flags are Go flags: `-name value` and `-name=value` with one dash.
- * Rewrites every one-dash word of more than one letter to `--name`, as Go reads it, so the
- * reference's DaemonSet args run unchanged; one-letter flags (-h, -v) stay as they are.
- */
-export function normalizeArgv(argv: readonly string[]): string[] {
-  const end = argv.indexOf("--");
-  const flags = end === -1 ? argv : argv.slice(0, end);
-  const rest = end === -1 ? [] : argv.slice(end);
-  return [...flags.map((arg) => (/^-[^-=][^=]/.test(arg) ? `-${arg}` : arg)), ...rest];
-}
-
-const camelCase = (name: string) =>
-  name.replace(/-(\w)/g, (_, letter: string) => letter.toUpperCase());
-
-function unknownFlags(parsed: Record<string, unknown>): string[] {
-  const known = new Set(["_", ...FLAG_NAMES, ...[...FLAG_NAMES].map(camelCase)]);
-  return Object.keys(parsed).filter((key) => !known.has(key));
-}
-
 /** Reads the parsed flags into a Config; a problem is a ConfigError. */
 export function configFromArgs(
   parsed: Record<string, unknown>,
   env: Record<string, string | undefined>,
 ): Config {
-  const unknown = unknownFlags(parsed);
+  const unknown = unknownFlags(parsed, args);
   if (unknown.length > 0) {
     throw new ConfigError(`unknown flag --${unknown[0]} (see --help)`);
   }
@@ -225,6 +204,25 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
     if (error instanceof StartError) exitWith(1, error.message);
     throw error;
   }
+  let serving = true;
+  let health: { stop(force?: boolean): unknown } | undefined;
+  if (config.healthAddr && metrics) {
+    const { startHealthServer } = await import("./health.ts");
+    try {
+      health = startHealthServer({
+        address: config.healthAddr,
+        workloadApiSocketDir: config.workloadApiSocketDir,
+        csiSocketPath: config.csiSocketPath,
+        serving: () => serving,
+        metrics,
+      });
+    } catch (error) {
+      await server.close(0);
+      exitWith(1, `cannot serve --health-addr ${config.healthAddr}: ${(error as Error).message}`);
+    }
+    logger.info("serving health and metrics", { health_addr: config.healthAddr });
+  }
+
   let registration: Awaited<ReturnType<typeof startServer>> | undefined;
   if (config.kubeletRegistration) {
     const { dir, endpoint } = config.kubeletRegistration;
@@ -236,7 +234,8 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
           grpcService(
             Registration,
             registrationHandlers(config.pluginName, endpoint, logger),
-            observe,
+            // Logged, but not counted among the CSI calls.
+            logCall,
           ),
         ],
         logger,
@@ -244,6 +243,7 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
         new InFlightCalls(),
       );
     } catch (error) {
+      health?.stop(true);
       await server.close(0);
       if (error instanceof StartError) exitWith(1, error.message);
       throw error;
@@ -253,27 +253,9 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
       endpoint,
     });
   }
-  let serving = true;
   logger.info("serving CSI", { csi_socket_path: config.csiSocketPath });
   // Start-up leaves garbage too.
   callMade();
-
-  let health: { stop(force?: boolean): unknown } | undefined;
-  if (config.healthAddr && metrics) {
-    const { startHealthServer } = await import("./health.ts");
-    try {
-      health = startHealthServer({
-        address: config.healthAddr,
-        workloadApiSocketDir: config.workloadApiSocketDir,
-        serving: () => serving,
-        metrics,
-      });
-    } catch (error) {
-      await server.close(0);
-      exitWith(1, `cannot serve --health-addr ${config.healthAddr}: ${(error as Error).message}`);
-    }
-    logger.info("serving health and metrics", { health_addr: config.healthAddr });
-  }
 
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     process.once("SIGTERM", resolve);

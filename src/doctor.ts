@@ -8,9 +8,10 @@ import {
   statSync,
 } from "node:fs";
 import { dirname, join } from "node:path";
-import { defineCommand } from "citty";
+import { type ArgsDef, defineCommand } from "citty";
 import { checkAgent, connects } from "./agent.ts";
 import { validatePluginName } from "./config.ts";
+import { unknownFlags } from "./flags.ts";
 import { Identity } from "./gen/csi/v1/csi_pb.ts";
 import { createClient } from "./grpc/client.ts";
 import { readMountId } from "./mount/inspect.ts";
@@ -115,7 +116,12 @@ async function agentChecks(socketDir: string): Promise<Check[]> {
   if (agent.ok) {
     return [pass(exists, socketDir), pass(holds, agent.socket), pass(accepts, agent.socket)];
   }
-  if (agent.problem.includes("holds no socket")) {
+  if (agent.reason === "unreadable") {
+    return [
+      fail(exists, agent.problem, "make the directory readable by the driver (it runs as root)"),
+    ];
+  }
+  if (agent.reason === "no-socket") {
     return [
       pass(exists, socketDir),
       fail(
@@ -262,52 +268,60 @@ export function formatChecks(checks: Check[]): string {
     .join("\n");
 }
 
+const args = {
+  "workload-api-socket-dir": {
+    type: "string",
+    description: "Directory holding the Workload API socket (required)",
+    valueHint: "dir",
+  },
+  "csi-socket-path": {
+    type: "string",
+    description: "CSI socket; when given, the driver on it is queried too",
+    valueHint: "path",
+  },
+  "plugin-name": { type: "string", description: "CSI plugin name", default: "csi.spiffe.io" },
+  "kubelet-dir": {
+    type: "string",
+    description: "The kubelet's root directory",
+    default: "/var/lib/kubelet",
+    valueHint: "dir",
+  },
+  "registration-dir": {
+    type: "string",
+    description:
+      "The kubelet's plugin registration directory (default <kubelet-dir>/plugins_registry)",
+    valueHint: "dir",
+  },
+  json: { type: "boolean", description: "Print the checks as JSON" },
+} satisfies ArgsDef;
+
 export const doctor = defineCommand({
   meta: {
     name: "doctor",
     description: "Check this node's set-up for the driver: one line per check",
   },
-  args: {
-    "workload-api-socket-dir": {
-      type: "string",
-      description: "Directory holding the Workload API socket (required)",
-      valueHint: "dir",
-    },
-    "csi-socket-path": {
-      type: "string",
-      description: "CSI socket; when given, the driver on it is queried too",
-      valueHint: "path",
-    },
-    "plugin-name": { type: "string", description: "CSI plugin name", default: "csi.spiffe.io" },
-    "kubelet-dir": {
-      type: "string",
-      description: "The kubelet's root directory",
-      default: "/var/lib/kubelet",
-      valueHint: "dir",
-    },
-    "registration-dir": {
-      type: "string",
-      description:
-        "The kubelet's plugin registration directory (default <kubelet-dir>/plugins_registry)",
-      valueHint: "dir",
-    },
-    json: { type: "boolean", description: "Print the checks as JSON" },
-  },
-  async run({ args }) {
-    if (!args["workload-api-socket-dir"]) {
+  args,
+  async run({ args: parsed }) {
+    const unknown = unknownFlags(parsed as Record<string, unknown>, args);
+    if (unknown.length > 0) {
+      process.stderr.write(`spiffe-csi-driver doctor: unknown flag --${unknown[0]}\n`);
+      process.exit(2);
+    }
+    if (!parsed["workload-api-socket-dir"]) {
       process.stderr.write("spiffe-csi-driver doctor: -workload-api-socket-dir is required\n");
       process.exit(2);
     }
     const checks = await runChecks({
-      workloadApiSocketDir: args["workload-api-socket-dir"],
-      csiSocketPath: args["csi-socket-path"] ?? "/spiffe-csi/csi.sock",
-      queryDriver: args["csi-socket-path"] !== undefined,
-      pluginName: args["plugin-name"],
-      kubeletDir: args["kubelet-dir"],
-      registrationDir: args["registration-dir"] ?? join(args["kubelet-dir"], "plugins_registry"),
+      workloadApiSocketDir: parsed["workload-api-socket-dir"],
+      csiSocketPath: parsed["csi-socket-path"] ?? "/spiffe-csi/csi.sock",
+      queryDriver: parsed["csi-socket-path"] !== undefined,
+      pluginName: parsed["plugin-name"],
+      kubeletDir: parsed["kubelet-dir"],
+      registrationDir:
+        parsed["registration-dir"] ?? join(parsed["kubelet-dir"], "plugins_registry"),
     });
     process.stdout.write(
-      args.json ? `${JSON.stringify(checks, null, 2)}\n` : `${formatChecks(checks)}\n`,
+      parsed.json ? `${JSON.stringify(checks, null, 2)}\n` : `${formatChecks(checks)}\n`,
     );
     process.exit(checks.every((check) => check.ok) ? 0 : 1);
   },

@@ -1,13 +1,15 @@
 import type { Server } from "bun";
 import { parseAddress } from "./address.ts";
-import { checkAgent } from "./agent.ts";
+import { checkAgent, connects } from "./agent.ts";
 import type { Metrics } from "./metrics.ts";
 
 export interface HealthOptions {
   /** host:port, or :port for every address. */
   address: string;
   workloadApiSocketDir: string;
-  /** True while the gRPC server is serving. */
+  /** The CSI socket: /healthz connects to it. */
+  csiSocketPath: string;
+  /** False once the driver is shutting down. */
   serving: () => boolean;
   metrics: Metrics;
 }
@@ -28,8 +30,14 @@ export function startHealthServer(options: HealthOptions): Server<undefined> {
         return text("method not allowed", 405);
       }
       switch (new URL(request.url).pathname) {
-        case "/healthz":
-          return options.serving() ? text("ok") : text("the CSI server is not serving", 503);
+        case "/healthz": {
+          if (!options.serving()) return text("the CSI server is shutting down", 503);
+          // What the kubelet needs: the socket answers.
+          const refusal = await connects(options.csiSocketPath);
+          return refusal === undefined
+            ? text("ok")
+            : text(`the CSI socket ${options.csiSocketPath} does not answer: ${refusal}`, 503);
+        }
         case "/readyz": {
           const agent = await checkAgent(options.workloadApiSocketDir);
           return agent.ok

@@ -1,5 +1,6 @@
 import { runMain } from "citty";
-import { main, normalizeArgv } from "./cli.ts";
+import { main } from "./cli.ts";
+import { normalizeArgv } from "./flags.ts";
 
 // `probe` and `doctor` are loaded only when asked for.
 const argv = normalizeArgv(process.argv.slice(2));

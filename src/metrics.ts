@@ -77,9 +77,15 @@ function registerProcessMetrics(registry: Registry): void {
         this.set(value());
       },
     });
-  gauge("process_cpu_seconds_total", "User and system CPU time spent, in seconds.", () => {
-    const { user, system } = process.cpuUsage();
-    return (user + system) / 1e6;
+  new Counter({
+    name: "process_cpu_seconds_total",
+    help: "User and system CPU time spent, in seconds.",
+    registers,
+    collect() {
+      const { user, system } = process.cpuUsage();
+      this.reset();
+      this.inc((user + system) / 1e6);
+    },
   });
   gauge("process_resident_memory_bytes", "Resident memory size, in bytes.", () =>
     process.memoryUsage.rss(),

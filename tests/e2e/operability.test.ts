@@ -1,6 +1,6 @@
 // The health endpoint, the probe subcommand and the node doctor, on real files, sockets and mounts.
 import { afterAll, describe, expect, test } from "bun:test";
-import { chmodSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
 import type { Check } from "../../src/doctor.ts";
@@ -120,6 +120,17 @@ describe("the health endpoint", async () => {
     agent.stop(true);
   });
 
+  test("counters are counters: process CPU time, RPCs, mount failures", async () => {
+    const body = (await get("/metrics")).body;
+    for (const name of [
+      "process_cpu_seconds_total",
+      "spiffe_csi_rpc_requests_total",
+      "spiffe_csi_mount_failures_total",
+    ]) {
+      expect(body).toContain(`# TYPE ${name} counter`);
+    }
+  });
+
   test("unknown paths answer 404", async () => {
     expect((await get("/nope")).status).toBe(404);
   });
@@ -127,6 +138,32 @@ describe("the health endpoint", async () => {
   test("the bind address is respected", async () => {
     await expect(fetch(`http://127.0.0.2:${healthPort}/healthz`)).rejects.toThrow();
   });
+
+  test("/healthz answers 503 when the CSI socket no longer answers", async () => {
+    const moved = `${csiSocketPath}.moved`;
+    renameSync(csiSocketPath, moved);
+    try {
+      const broken = await get("/healthz");
+      expect(broken.status).toBe(503);
+      expect(broken.body).toContain("does not answer");
+    } finally {
+      renameSync(moved, csiSocketPath);
+    }
+    expect((await get("/healthz")).status).toBe(200);
+  });
+});
+
+test("--health-addr :port answers on IPv4 and IPv6 alike", async () => {
+  const healthPort = port++;
+  const driver = await startDriver({
+    workloadApiSocketDir: root,
+    csiSocketPath: join(root, "dual", "csi.sock"),
+    args: ["--health-addr", `:${healthPort}`],
+  });
+  running.push(driver);
+  for (const host of ["127.0.0.1", "[::1]"]) {
+    expect((await fetch(`http://${host}:${healthPort}/healthz`)).status).toBe(200);
+  }
 });
 
 describe("metrics of a driver started beside published volumes, and of failed mounts", () => {
@@ -200,6 +237,12 @@ describe("probe", () => {
     } finally {
       server.forceShutdown();
     }
+  });
+
+  test("a mistaken flag is exit 2, never a probe of the default socket", async () => {
+    const { code, stderr } = await run(["probe", "-csi-sock", join(root, "nobody.sock")]);
+    expect(code).toBe(2);
+    expect(stderr).toContain("unknown flag --csi-sock");
   });
 
   test("exits 1 when nothing answers, within the timeout", async () => {
@@ -333,6 +376,24 @@ describe("doctor", () => {
     ]);
     expect(status(checks, "plugin name is valid")).toBe(false);
     expect(status(checks, "driver answers GetPluginInfo")).toBe(false);
+  });
+
+  test("an unreadable agent directory says so, and a mistaken flag is exit 2", async () => {
+    const locked = join(root, "locked-agent");
+    mkdirSync(locked, { mode: 0o000 });
+    const { checks } = await doctor(["-workload-api-socket-dir", locked], {}, [
+      "setpriv",
+      "--bounding-set",
+      "-dac_override,-dac_read_search",
+      "--inh-caps",
+      "-dac_override,-dac_read_search",
+    ]);
+    const exists = checks.find((check) => check.name === "Workload API socket directory exists");
+    expect(exists?.ok).toBe(false);
+    expect(exists?.detail).toContain("cannot read");
+    const typo = await run([...baseArgs, "--kubelet-root", "/x"]);
+    expect(typo.code).toBe(2);
+    expect(typo.stderr).toContain("unknown flag --kubelet-root");
   });
 
   test("a CSI socket nobody serves fails", async () => {

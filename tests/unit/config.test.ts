@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
-import { configFromArgs, normalizeArgv } from "../../src/cli.ts";
+import { configFromArgs } from "../../src/cli.ts";
 import { ConfigError, validatePluginName } from "../../src/config.ts";
+import { normalizeArgv } from "../../src/flags.ts";
 
 const defaults = {
   _: [],

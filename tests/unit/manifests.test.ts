@@ -8,7 +8,8 @@ import { DaemonSet } from "kubernetes-models/apps/v1";
 import { CSIDriver } from "kubernetes-models/storage.k8s.io/v1";
 import { Namespace, Pod, ServiceAccount } from "kubernetes-models/v1";
 import { parseAllDocuments } from "yaml";
-import { configFromArgs, args as driverArgs, normalizeArgv } from "../../src/cli.ts";
+import { configFromArgs, args as driverArgs } from "../../src/cli.ts";
+import { normalizeArgv } from "../../src/flags.ts";
 
 const deploy = resolve(import.meta.dir, "../../deploy");
 const kubernetes = join(deploy, "kubernetes");
@@ -269,5 +270,18 @@ describe("the systemd unit", () => {
   test("restarts on failure and starts after the agent", () => {
     expect(unit).toMatch(/^Restart=on-failure$/m);
     expect(unit).toMatch(/^After=spire-agent\.service$/m);
+  });
+});
+
+describe("versions", () => {
+  const version = (
+    JSON.parse(readFileSync(resolve(deploy, "../package.json"), "utf8")) as { version: string }
+  ).version;
+
+  test("the Containerfile's version label and the kustomization's image tag are the package version", () => {
+    const containerfile = readFileSync(resolve(deploy, "../Containerfile"), "utf8");
+    expect(/^ARG VERSION=(.*)$/m.exec(containerfile)?.[1]).toBe(version);
+    const kustomization = readFileSync(join(kubernetes, "kustomization.yaml"), "utf8");
+    expect(/^\s+newTag: (.*)$/m.exec(kustomization)?.[1]).toBe(version);
   });
 });
