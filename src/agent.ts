@@ -1,6 +1,6 @@
 import { lstatSync, readdirSync } from "node:fs";
-import { connect } from "node:net";
 import { join } from "node:path";
+import { tryConnect } from "./connect.ts";
 import { isErrno } from "./mount/inspect.ts";
 
 // How long a connection to the agent's socket may take before it counts as not answering.
@@ -61,19 +61,17 @@ export async function checkAgent(socketDir: string): Promise<AgentCheck> {
 }
 
 /** Undefined when a connection to the socket succeeds, else why not. */
-export function connects(
+export async function connects(
   path: string,
   timeoutMs = CONNECT_TIMEOUT_MS,
 ): Promise<string | undefined> {
-  return new Promise((resolve) => {
-    const socket = connect({ path });
-    const done = (problem: string | undefined) => {
-      clearTimeout(timer);
-      socket.destroy();
-      resolve(problem);
-    };
-    const timer = setTimeout(() => done(`no answer within ${timeoutMs} ms`), timeoutMs);
-    socket.once("connect", () => done(undefined));
-    socket.once("error", (error) => done(error.message));
-  });
+  const outcome = await tryConnect(path, timeoutMs);
+  switch (outcome.kind) {
+    case "connected":
+      return undefined;
+    case "timeout":
+      return `no answer within ${timeoutMs} ms`;
+    case "error":
+      return outcome.error.message;
+  }
 }

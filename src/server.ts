@@ -1,7 +1,7 @@
 import { chmodSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
-import { connect } from "node:net";
 import { dirname } from "node:path";
 import { Server, ServerCredentials, status } from "@grpc/grpc-js";
+import { tryConnect } from "./connect.ts";
 import type { CallObserver, GrpcService, InFlightCalls } from "./grpc/service.ts";
 import { codeName } from "./grpc/status.ts";
 import type { Logger } from "./log.ts";
@@ -94,19 +94,11 @@ async function prepareSocketPath(socketPath: string, logger: Logger): Promise<vo
   logger.info("removed a stale socket left by an earlier run", { path: socketPath });
 }
 
-function socketAnswers(socketPath: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect({ path: socketPath });
-    const done = (answers: boolean) => {
-      clearTimeout(timer);
-      socket.destroy();
-      resolve(answers);
-    };
-    // A server too busy to accept within the probe time is still a live server.
-    const timer = setTimeout(() => done(true), LIVE_SOCKET_PROBE_MS);
-    socket.once("connect", () => done(true));
-    socket.once("error", (error) => done(!isErrno(error, "ECONNREFUSED")));
-  });
+async function socketAnswers(socketPath: string): Promise<boolean> {
+  const outcome = await tryConnect(socketPath, LIVE_SOCKET_PROBE_MS);
+  // A server too busy to accept within the probe time is still a live server; only a refused
+  // connection means nobody is there.
+  return outcome.kind !== "error" || !isErrno(outcome.error, "ECONNREFUSED");
 }
 
 function removeOwnSocket(socketPath: string, inode: number): void {
