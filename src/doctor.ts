@@ -14,7 +14,7 @@ import { validatePluginName } from "./config.ts";
 import { unknownFlags } from "./flags.ts";
 import { Identity } from "./gen/csi/v1/csi_pb.ts";
 import { createClient } from "./grpc/client.ts";
-import { readMountId } from "./mount/inspect.ts";
+import { readMountId } from "./mount/descriptors.ts";
 import { findMount } from "./mount/mountinfo.ts";
 
 export interface Check {

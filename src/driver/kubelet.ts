@@ -1,6 +1,8 @@
-import { readFileSync, realpathSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { isErrno } from "../mount/inspect.ts";
+import { constants } from "node:fs";
+import { open } from "node:fs/promises";
+import { join } from "node:path";
+import { type DirectoryHandle, openDirectory, openEntry } from "../mount/descriptors.ts";
+import { classifyOpenError, isErrno } from "../mount/inspect.ts";
 
 /**
  * Where the kubelet asks for an inline CSI volume:
@@ -13,20 +15,121 @@ export const KUBELET_CSI_VOLUME_PATH =
 // pods, <pod-uid>, volumes, kubernetes.io~csi, <volume-name>, mount
 const TAIL_SEGMENTS = 6;
 
+/** The name of the target inside the volume directory. */
+export const TARGET_NAME = "mount";
+
+// The kubelet writes a few hundred bytes; anything larger is not its record.
+const MAX_VOLUME_DATA_BYTES = 64 * 1024;
+
 /** What the kubelet records beside the target before publishing: <volume-dir>/vol_data.json. */
 export interface VolumeData {
   driverName?: string;
   volumeHandle?: string;
 }
 
-/** The kubelet's record for the volume at `targetPath`; undefined when there is none to read. */
-export function readVolumeData(targetPath: string): VolumeData | undefined {
+/** The volume directory of a target path could not be opened as the kubelet made it. */
+export class VolumePathError extends Error {
+  override name = "VolumePathError";
+
+  constructor(
+    /** What is at `path`: nothing, a symbolic link, or something that is not a directory. */
+    readonly kind: "missing" | "symlink" | "not-directory",
+    /** The first path on the way that is not a directory. */
+    readonly path: string,
+  ) {
+    super(`${path}: ${kind}`);
+  }
+}
+
+/** The target's parent (<kubelet-root>/pods/<uid>/volumes/kubernetes.io~csi/<volume>), held open. */
+export class VolumeDirectory implements Disposable {
+  constructor(
+    readonly handle: DirectoryHandle,
+    /** Where the walk found it, with every link above the kubelet root resolved. */
+    readonly location: string,
+  ) {}
+
+  /** Whether the directory is still where it was found (not renamed or removed since). */
+  inPlace(): boolean {
+    return this.handle.location() === this.location;
+  }
+
+  [Symbol.dispose](): void {
+    this.handle.close();
+  }
+}
+
+/**
+ * Opens the volume directory of `targetPath` one name at a time, never following a symbolic
+ * link below the kubelet root: a link in the pod's own directories would let the bind mount, an
+ * unmount or a removal land elsewhere. Links above it (a kubelet root that is itself a link) are
+ * followed, as the kubelet follows them. Throws VolumePathError when the walk stops early.
+ */
+export function openVolumeDir(targetPath: string): VolumeDirectory {
+  const segments = targetPath.split("/");
+  const kubeletRoot = segments.slice(0, -TAIL_SEGMENTS).join("/") || "/";
+  const names = segments.slice(-TAIL_SEGMENTS, -1);
+  let current: DirectoryHandle;
+  try {
+    current = openDirectory(kubeletRoot);
+  } catch (error) {
+    if (isErrno(error, "ENOENT")) throw new VolumePathError("missing", kubeletRoot);
+    if (isErrno(error, "ENOTDIR")) throw new VolumePathError("not-directory", kubeletRoot);
+    throw error;
+  }
+  try {
+    const location = join(current.location(), ...names);
+    for (const [index, name] of names.entries()) {
+      let next: DirectoryHandle;
+      try {
+        next = openEntry(current, name);
+      } catch (error) {
+        const state = classifyOpenError(current.entry(name), error);
+        const at = join(kubeletRoot, ...names.slice(0, index + 1));
+        throw new VolumePathError(state.kind === "directory" ? "missing" : state.kind, at);
+      }
+      current.close();
+      current = next;
+    }
+    return new VolumeDirectory(current, location);
+  } catch (error) {
+    current.close();
+    throw error;
+  }
+}
+
+// Not followed if a link; a FIFO or device opens without waiting for a writer; never a
+// controlling terminal.
+const VOLUME_DATA_OPEN_FLAGS =
+  constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY;
+
+/**
+ * The kubelet's record in the volume directory; undefined when there is none to read. Only a
+ * regular file of at most 64 KiB is read, off the event loop: a link, a FIFO, a device, a socket
+ * or a larger file is no record of the kubelet's.
+ */
+export async function readVolumeData(volumeDir: DirectoryHandle): Promise<VolumeData | undefined> {
+  let file: Awaited<ReturnType<typeof open>>;
+  try {
+    file = await open(volumeDir.entry("vol_data.json"), VOLUME_DATA_OPEN_FLAGS);
+  } catch (error) {
+    // ELOOP: a symbolic link; ENXIO: a socket.
+    if (isErrno(error, "ENOENT") || isErrno(error, "ELOOP") || isErrno(error, "ENXIO")) {
+      return undefined;
+    }
+    throw error;
+  }
   let text: string;
   try {
-    text = readFileSync(join(dirname(targetPath), "vol_data.json"), "utf8");
-  } catch (error) {
-    if (isErrno(error, "ENOENT")) return undefined;
-    throw error;
+    const stat = await file.stat();
+    if (!stat.isFile() || stat.size > MAX_VOLUME_DATA_BYTES) return undefined;
+    // One byte more than allowed: a file that grew since fstat is caught too.
+    const buffer = Buffer.alloc(MAX_VOLUME_DATA_BYTES + 1);
+    const { bytesRead } = await file.read(buffer, 0, buffer.length, 0);
+    if (bytesRead > MAX_VOLUME_DATA_BYTES) return undefined;
+    text = buffer.toString("utf8", 0, bytesRead);
+  } finally {
+    await file.close();
   }
   try {
     const data = JSON.parse(text) as Record<string, unknown>;
@@ -38,18 +141,4 @@ export function readVolumeData(targetPath: string): VolumeData | undefined {
     // A torn or foreign file says nothing about the volume.
     return undefined;
   }
-}
-
-/**
- * Where the volume directory (the target's parent) really is when it is not where the path says:
- * a symbolic link below the kubelet root (in the pod's own directories) would let the bind mount
- * land elsewhere. Links above it (a kubelet root that is itself a link) are followed, as the
- * kubelet follows them. Undefined when the path is as it says; throws ENOENT when it is missing.
- */
-export function redirectedVolumeDir(targetPath: string): string | undefined {
-  const segments = targetPath.split("/");
-  const kubeletRoot = segments.slice(0, -TAIL_SEGMENTS).join("/") || "/";
-  const expected = join(realpathSync(kubeletRoot), ...segments.slice(-TAIL_SEGMENTS, -1));
-  const actual = realpathSync(dirname(targetPath));
-  return actual === expected ? undefined : actual;
 }

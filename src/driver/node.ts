@@ -19,18 +19,28 @@ import {
 } from "../gen/csi/v1/csi_pb.ts";
 import type { ServiceHandlers } from "../grpc/service.ts";
 import { RpcError } from "../grpc/status.ts";
+import type { DirectoryHandle } from "../mount/descriptors.ts";
 import {
   type DirectoryState,
   directoryInode,
   type Inode,
-  inspectTarget,
+  inspectEntry,
   isErrno,
+  openConfiguredDirectory,
   sameInode,
   type TargetState,
 } from "../mount/inspect.ts";
 import { MountCommandError, type Mounter } from "../mount/mounter.ts";
 import { findMount, parseMountInfo } from "../mount/mountinfo.ts";
-import { KUBELET_CSI_VOLUME_PATH, readVolumeData, redirectedVolumeDir } from "./kubelet.ts";
+import {
+  KUBELET_CSI_VOLUME_PATH,
+  openVolumeDir,
+  readVolumeData,
+  TARGET_NAME,
+  type VolumeData,
+  type VolumeDirectory,
+  VolumePathError,
+} from "./kubelet.ts";
 import { KeyedMutex } from "./locks.ts";
 import { quote, validatePublish, validateUnpublish, validateVolumeStats } from "./validate.ts";
 
@@ -78,11 +88,27 @@ function commandFailed(what: string, error: unknown): RpcError {
   return internal(`${what}: ${(error as Error).message}`, error);
 }
 
-/** The CSI Node service: bind-mounts the Workload API socket directory into pods. */
+/** The volume's identity: its volume directory's (device, inode), whatever path names it. */
+function volumeKey(volume: VolumeDirectory): string {
+  return `${volume.handle.dev}:${volume.handle.ino}`;
+}
+
+/** Closes the handle a directory state holds, if it holds one. */
+function release(state: TargetState | undefined): void {
+  if (state?.kind === "directory") state.handle.close();
+}
+
+/**
+ * The CSI Node service: bind-mounts the Workload API socket directory into pods.
+ *
+ * Every call opens the target's volume directory once, without following links below the
+ * kubelet root, and from then on works through descriptors (see ../mount/descriptors.ts): what
+ * it checked is what it mounts on, unmounts and removes, whatever happens to the paths meanwhile.
+ */
 export class NodeService {
   private readonly locks = new KeyedMutex();
   private readonly socketDir: string;
-  /** Targets published now, as far as this process knows (see adoptPublished). */
+  /** Volumes published now, by volume key, as far as this process knows (see adoptPublished). */
   private readonly published = new Set<string>();
 
   constructor(private readonly options: NodeServiceOptions) {
@@ -93,19 +119,25 @@ export class NodeService {
     return {
       nodePublishVolume: async (req) => {
         validatePublish(req);
-        await this.locks.run(req.targetPath, () => this.publish(req.volumeId, req.targetPath));
-        this.published.add(req.targetPath);
+        using volume = this.openVolume(req.targetPath, "publish");
+        const key = volumeKey(volume);
+        await this.locks.run(key, () => this.publish(req.volumeId, req.targetPath, volume));
+        this.published.add(key);
         return {};
       },
       nodeUnpublishVolume: async (req) => {
         validateUnpublish(req);
-        await this.locks.run(req.targetPath, () => this.unpublish(req.targetPath));
-        this.published.delete(req.targetPath);
+        using volume = this.openVolume(req.targetPath, "unpublish");
+        if (!volume) return {};
+        const key = volumeKey(volume);
+        await this.locks.run(key, () => this.unpublish(req.targetPath, volume));
+        this.published.delete(key);
         return {};
       },
       nodeGetVolumeStats: async (req) => {
         validateVolumeStats(req);
-        return this.locks.run(req.volumePath, async () => this.volumeStats(req.volumePath));
+        using volume = this.openVolume(req.volumePath, "volume stats");
+        return this.locks.run(volumeKey(volume), () => this.volumeStats(req.volumePath, volume));
       },
       nodeGetCapabilities: async () => ({
         capabilities: [NodeCapability.VOLUME_CONDITION, NodeCapability.GET_VOLUME_STATS].map(
@@ -133,24 +165,59 @@ export class NodeService {
     for (const mount of parseMountInfo(readFileSync("/proc/self/mountinfo", "utf8"))) {
       if (!KUBELET_CSI_VOLUME_PATH.test(mount.mountPoint)) continue;
       try {
-        const state = inspectTarget(mount.mountPoint);
-        if (state.kind === "directory" && sameInode(state, source)) {
-          this.published.add(mount.mountPoint);
+        using volume = openVolumeDir(mount.mountPoint);
+        const state = inspectEntry(volume.handle, TARGET_NAME);
+        if (state.kind === "directory" && sameInode(state.handle, source)) {
+          this.published.add(volumeKey(volume));
         }
+        release(state);
       } catch {
         // Not readable now: not counted.
       }
     }
   }
 
-  private async publish(volumeId: string, targetPath: string): Promise<void> {
-    const source = this.source();
-    const sourceProblem = this.sourceProblem(source);
-    if (sourceProblem || !source) {
-      throw new RpcError(status.UNAVAILABLE, sourceProblem ?? "no Workload API directory");
+  /**
+   * The target's volume directory, held open, or undefined when unpublish finds none. A missing
+   * directory or a link on the way answers as each call must.
+   */
+  private openVolume(targetPath: string, operation: "publish" | "volume stats"): VolumeDirectory;
+  private openVolume(targetPath: string, operation: "unpublish"): VolumeDirectory | undefined;
+  private openVolume(
+    targetPath: string,
+    operation: "publish" | "unpublish" | "volume stats",
+  ): VolumeDirectory | undefined {
+    try {
+      return openVolumeDir(targetPath);
+    } catch (error) {
+      if (!(error instanceof VolumePathError)) {
+        throw internal(
+          `${operation}: opening the volume directory of ${quote(targetPath)}: ${(error as Error).message}`,
+          error,
+        );
+      }
+      if (operation === "volume stats") throw notFound(targetPath, volumePathProblem(error));
+      if (error.kind !== "missing") {
+        throw new RpcError(
+          status.INVALID_ARGUMENT,
+          `target_path ${quote(targetPath)} ${volumePathProblem(error)}; refusing to use it`,
+        );
+      }
+      // Never published, or already cleaned up: CSI asks unpublish for OK.
+      if (operation === "unpublish") return undefined;
+      throw failedPrecondition(
+        `the volume directory of target_path ${quote(targetPath)} does not exist (the kubelet creates it before publishing)`,
+      );
     }
-    this.checkVolumeDir(targetPath, "publish");
-    const record = this.volumeRecord(targetPath);
+  }
+
+  private async publish(
+    volumeId: string,
+    targetPath: string,
+    volume: VolumeDirectory,
+  ): Promise<void> {
+    using source = this.openSource();
+    const record = await this.volumeRecord(volume, targetPath);
     if (record?.driverName !== undefined && record.driverName !== this.options.pluginName) {
       throw failedPrecondition(
         `target_path ${quote(targetPath)} belongs to a volume of driver ${quote(record.driverName)}`,
@@ -162,43 +229,75 @@ export class NodeService {
         `target_path ${quote(targetPath)} belongs to volume ${quote(record.volumeHandle)}, not ${quote(volumeId)}`,
       );
     }
-    const created = this.createTarget(targetPath);
-    let target = this.directoryAt(targetPath, "publish");
-    // A kubelet restart re-publishes every volume: a target that already shows the directory is
-    // published, and mounting again would stack one more mount on it at each restart.
-    if (sameInode(target, source)) return;
-    if (target.mountPoint) {
-      // Still a mount, but of a directory that was removed and re-created since: drop the stale
-      // mounts, then bind the directory as it is now.
-      target = await this.unmountAll(targetPath, target, source);
-      if (sameInode(target, source)) return;
-    } else if (!created && !isEmptyDirectory(targetPath)) {
-      throw failedPrecondition(
-        `target_path ${quote(targetPath)} is a directory with contents and not a mount point; refusing to mount over it`,
-      );
-    }
+    const created = this.createTarget(volume, targetPath);
+    let target: DirectoryState | undefined = this.directoryAt(volume, targetPath, "publish");
     try {
-      // The mount is read-write on the host on purpose: the container runtime may have to
-      // relabel it (SELinux). The pod must still never write to the agent's directory, which
-      // is why validation insists on a read-only volume: the kubelet then mounts it read-only
-      // into the pod's containers.
-      await this.options.mounter.bindMount(this.socketDir, targetPath);
-    } catch (error) {
-      this.undoPublish(targetPath, created, source);
-      this.options.onMountFailure?.("mount");
-      throw commandFailed(`bind-mounting ${quote(this.socketDir)} at ${quote(targetPath)}`, error);
-    }
-    target = this.directoryAt(targetPath, "publish");
-    if (!sameInode(target, source)) {
-      this.undoPublish(targetPath, created, source);
-      throw internal(
-        `mount reported success, but target_path ${quote(targetPath)} does not show ${quote(this.socketDir)}`,
-      );
+      if (created) {
+        // Through the handle: the directory that was opened, not whatever the name leads to now.
+        const handlePath = target.handle.path;
+        fs(`setting the mode of ${quote(targetPath)}`, () =>
+          chmodSync(handlePath, TARGET_DIR_MODE),
+        );
+      }
+      // A kubelet restart re-publishes every volume: a target that already shows the directory
+      // is published, and mounting again would stack one more mount on it at each restart.
+      if (sameInode(target.handle, source)) return;
+      if (target.mountPoint) {
+        // Still a mount, but of a directory that was removed and re-created since: drop the
+        // stale mounts, then bind the directory as it is now.
+        target = await this.unmountAll(volume, targetPath, target, source, record);
+        if (sameInode(target.handle, source)) return;
+      } else if (!created && !isEmptyDirectory(target.handle, targetPath)) {
+        throw failedPrecondition(
+          `target_path ${quote(targetPath)} is a directory with contents and not a mount point; refusing to mount over it`,
+        );
+      }
+      this.checkInPlace(volume, targetPath);
+      try {
+        // The host-side mount stays read-write: the agent may re-create its socket in the
+        // directory, and the driver may have to label it. Pods get it read-only, because
+        // validation insists on a read-only volume, which the kubelet mounts read-only into the
+        // pod's containers.
+        await this.options.mounter.bindMount(
+          { fd: source.fd, path: this.socketDir },
+          { fd: target.handle.fd, path: targetPath },
+        );
+      } catch (error) {
+        release(target);
+        target = undefined;
+        this.undoPublish(volume, created, source);
+        this.options.onMountFailure?.("mount");
+        throw commandFailed(
+          `bind-mounting ${quote(this.socketDir)} at ${quote(targetPath)}`,
+          error,
+        );
+      }
+      if (!volume.inPlace()) {
+        // Moved while `mount` ran: the mount went wherever the directory is now. Take it back.
+        await this.options.mounter.unmount({ fd: target.handle.fd, path: targetPath });
+        throw failedPrecondition(
+          `the volume directory of target_path ${quote(targetPath)} was moved while it was being published; refusing to use it`,
+        );
+      }
+      release(target);
+      target = this.directoryAt(volume, targetPath, "publish");
+      if (!sameInode(target.handle, source)) {
+        release(target);
+        target = undefined;
+        this.undoPublish(volume, created, source);
+        throw internal(
+          `mount reported success, but target_path ${quote(targetPath)} does not show ${quote(this.socketDir)}`,
+        );
+      }
+    } finally {
+      release(target);
     }
   }
 
-  private async unpublish(targetPath: string): Promise<void> {
-    const state = this.inspect(targetPath, "unpublish");
+  private async unpublish(targetPath: string, volume: VolumeDirectory): Promise<void> {
+    const state = fs(`unpublish: inspecting ${quote(targetPath)}`, () =>
+      inspectEntry(volume.handle, TARGET_NAME),
+    );
     switch (state.kind) {
       // Never published, or already unpublished: CSI asks for OK.
       case "missing":
@@ -212,17 +311,28 @@ export class NodeService {
           `target_path ${quote(targetPath)} is not a directory; refusing to remove it`,
         );
     }
-    this.checkVolumeDir(targetPath, "unpublish");
     // Every mount goes, including duplicates stacked by older drivers. After a node reboot
     // there is none, and the directory is simply removed.
-    await this.unmountAll(targetPath, state, this.source());
+    const source = this.openSourceIfThere();
     try {
-      rmdirSync(targetPath);
+      release(await this.unmountAll(volume, targetPath, state, source));
+    } finally {
+      source?.close();
+    }
+    try {
+      // Only the last name is looked up again, inside the volume directory held open; rmdir
+      // never follows a link there.
+      rmdirSync(volume.handle.entry(TARGET_NAME));
     } catch (error) {
       if (isErrno(error, "ENOENT")) return;
       if (isErrno(error, "ENOTEMPTY") || isErrno(error, "EEXIST")) {
         throw failedPrecondition(
           `target_path ${quote(targetPath)} is not a mount point and is not empty; refusing to remove it`,
+        );
+      }
+      if (isErrno(error, "ENOTDIR")) {
+        throw failedPrecondition(
+          `target_path ${quote(targetPath)} was replaced by something that is not a directory; refusing to remove it`,
         );
       }
       throw internal(
@@ -232,30 +342,33 @@ export class NodeService {
     }
   }
 
-  private volumeStats(
+  private async volumeStats(
     volumePath: string,
-  ): MessageInitShape<typeof NodeGetVolumeStatsResponseSchema> {
-    const state = this.inspect(volumePath, "volume stats");
-    const notFound = (why: string) =>
-      new RpcError(
-        status.NOT_FOUND,
-        `no volume is published at volume_path ${quote(volumePath)}: ${why}`,
-      );
-    switch (state.kind) {
-      case "missing":
-        throw notFound("it does not exist");
-      case "symlink":
-        throw notFound("it is a symbolic link");
-      case "not-directory":
-        throw notFound("it is not a directory");
+    volume: VolumeDirectory,
+  ): Promise<MessageInitShape<typeof NodeGetVolumeStatsResponseSchema>> {
+    const state = fs(`volume stats: inspecting ${quote(volumePath)}`, () =>
+      inspectEntry(volume.handle, TARGET_NAME),
+    );
+    try {
+      switch (state.kind) {
+        case "missing":
+          throw notFound(volumePath, "it does not exist");
+        case "symlink":
+          throw notFound(volumePath, "it is a symbolic link");
+        case "not-directory":
+          throw notFound(volumePath, "it is not a directory");
+      }
+      const driverName = (await this.volumeRecord(volume, volumePath))?.driverName;
+      if (driverName !== undefined && driverName !== this.options.pluginName) {
+        throw notFound(volumePath, `it is a volume of driver ${quote(driverName)}`);
+      }
+      return {
+        usage: usageOf(state.handle, volumePath),
+        volumeCondition: this.condition(volumePath, state),
+      };
+    } finally {
+      release(state);
     }
-    const redirected = fs(`resolving ${quote(volumePath)}`, () => redirectedVolumeDir(volumePath));
-    if (redirected) throw notFound(`it passes through a symbolic link to ${quote(redirected)}`);
-    const driverName = this.recordedDriver(volumePath);
-    if (driverName !== undefined && driverName !== this.options.pluginName) {
-      throw notFound(`it is a volume of driver ${quote(driverName)}`);
-    }
-    return { usage: usageOf(volumePath), volumeCondition: this.condition(volumePath, state) };
   }
 
   private condition(volumePath: string, state: DirectoryState): Condition {
@@ -265,38 +378,57 @@ export class NodeService {
         `${volumePath} is not a mount point: the Workload API directory is not mounted`,
       );
     }
-    const source = this.source();
-    const sourceProblem = this.sourceProblem(source);
-    if (sourceProblem || !source) return abnormal(sourceProblem ?? "no Workload API directory");
-    if (!sameInode(state, source)) {
-      return abnormal(
-        `${volumePath} no longer shows the Workload API directory ${this.socketDir} (it was removed or replaced after the volume was published); publishing the volume again repairs it`,
-      );
+    const source = this.openSourceIfThere();
+    try {
+      const sourceProblem = this.sourceProblem(source);
+      if (sourceProblem || !source) return abnormal(sourceProblem ?? "no Workload API directory");
+      if (!sameInode(state.handle, source)) {
+        return abnormal(
+          `${volumePath} no longer shows the Workload API directory ${this.socketDir} (it was removed or replaced after the volume was published); publishing the volume again repairs it`,
+        );
+      }
+    } finally {
+      source?.close();
     }
     try {
-      readdirSync(volumePath);
+      readdirSync(state.handle.path);
     } catch (error) {
       return abnormal(`cannot list ${volumePath}: ${(error as Error).message}`);
     }
     return { abnormal: false, message: `the Workload API directory ${this.socketDir} is mounted` };
   }
 
-  /** The driver the kubelet recorded for the volume at the target, if it recorded one. */
-  private recordedDriver(targetPath: string): string | undefined {
-    return this.volumeRecord(targetPath)?.driverName;
+  /** The kubelet's record in the volume directory, if it left one that can be read. */
+  private async volumeRecord(
+    volume: VolumeDirectory,
+    targetPath: string,
+  ): Promise<VolumeData | undefined> {
+    try {
+      return await readVolumeData(volume.handle);
+    } catch (error) {
+      throw internal(
+        `reading the kubelet's record beside ${quote(targetPath)}: ${(error as Error).message}`,
+        error,
+      );
+    }
   }
 
-  private volumeRecord(targetPath: string) {
-    return fs(`reading the kubelet's record beside ${quote(targetPath)}`, () =>
-      readVolumeData(targetPath),
-    );
-  }
-
-  /** The Workload API directory as the driver sees it now; undefined when it is missing. */
-  private source(): Inode | undefined {
+  /** The Workload API directory as the driver sees it now, held open; undefined when missing. */
+  private openSourceIfThere(): DirectoryHandle | undefined {
     return fs(`inspecting the Workload API directory ${quote(this.socketDir)}`, () =>
-      directoryInode(this.socketDir),
+      openConfiguredDirectory(this.socketDir),
     );
+  }
+
+  /** The Workload API directory, held open, or UNAVAILABLE saying why it cannot be published. */
+  private openSource(): DirectoryHandle {
+    const source = this.openSourceIfThere();
+    const problem = this.sourceProblem(source);
+    if (problem || !source) {
+      source?.close();
+      throw new RpcError(status.UNAVAILABLE, problem ?? "no Workload API directory");
+    }
+    return source;
   }
 
   /** Why the Workload API directory cannot be published now, or undefined when it can. */
@@ -313,34 +445,22 @@ export class NodeService {
     return undefined;
   }
 
-  /** Refuses a target whose volume directory is missing, or is reached through a symbolic link. */
-  private checkVolumeDir(targetPath: string, operation: string): void {
-    let redirected: string | undefined;
-    try {
-      redirected = redirectedVolumeDir(targetPath);
-    } catch (error) {
-      if (isErrno(error, "ENOENT")) {
-        throw failedPrecondition(
-          `the volume directory of target_path ${quote(targetPath)} does not exist (the kubelet creates it before publishing)`,
-        );
-      }
-      throw internal(
-        `${operation}: resolving ${quote(targetPath)}: ${(error as Error).message}`,
-        error,
-      );
-    }
-    if (redirected) {
-      throw new RpcError(
-        status.INVALID_ARGUMENT,
-        `target_path ${quote(targetPath)} passes through a symbolic link below the kubelet root (it leads to ${quote(redirected)}); refusing to use it`,
+  /** Refuses to go on when the volume directory is no longer where the walk found it. */
+  private checkInPlace(volume: VolumeDirectory, targetPath: string): void {
+    const inPlace = fs(`locating the volume directory of ${quote(targetPath)}`, () =>
+      volume.inPlace(),
+    );
+    if (!inPlace) {
+      throw failedPrecondition(
+        `the volume directory of target_path ${quote(targetPath)} was moved or removed while in use; refusing to use it`,
       );
     }
   }
 
   /** Creates the target directory (the kubelet creates only its parent); true if it did. */
-  private createTarget(targetPath: string): boolean {
+  private createTarget(volume: VolumeDirectory, targetPath: string): boolean {
     try {
-      mkdirSync(targetPath, { mode: TARGET_DIR_MODE });
+      mkdirSync(volume.handle.entry(TARGET_NAME), { mode: TARGET_DIR_MODE });
     } catch (error) {
       if (isErrno(error, "EEXIST")) return false;
       throw internal(
@@ -348,28 +468,29 @@ export class NodeService {
         error,
       );
     }
-    fs(`setting the mode of ${quote(targetPath)}`, () => chmodSync(targetPath, TARGET_DIR_MODE));
     return true;
   }
 
-  private inspect(path: string, operation: string): TargetState {
-    return fs(`${operation}: inspecting ${quote(path)}`, () => inspectTarget(path));
-  }
-
-  private directoryAt(path: string, operation: string): DirectoryState {
-    const state = this.inspect(path, operation);
+  private directoryAt(
+    volume: VolumeDirectory,
+    targetPath: string,
+    operation: string,
+  ): DirectoryState {
+    const state = fs(`${operation}: inspecting ${quote(targetPath)}`, () =>
+      inspectEntry(volume.handle, TARGET_NAME),
+    );
     switch (state.kind) {
       case "directory":
         return state;
       case "symlink":
         // A symbolic link could redirect the bind mount anywhere on the node.
         throw failedPrecondition(
-          `target_path ${quote(path)} is a symbolic link; refusing to use it`,
+          `target_path ${quote(targetPath)} is a symbolic link; refusing to use it`,
         );
       case "not-directory":
-        throw failedPrecondition(`target_path ${quote(path)} exists and is not a directory`);
+        throw failedPrecondition(`target_path ${quote(targetPath)} exists and is not a directory`);
       case "missing":
-        throw internal(`${operation}: target_path ${quote(path)} disappeared while in use`);
+        throw internal(`${operation}: target_path ${quote(targetPath)} disappeared while in use`);
     }
   }
 
@@ -381,12 +502,12 @@ export class NodeService {
    * a removed directory on the Workload API directory's device is taken for a stale one of ours.
    */
   private ownsMount(
-    targetPath: string,
-    target: DirectoryState,
+    target: DirectoryHandle,
     source: Inode | undefined,
+    record: VolumeData | undefined,
   ): boolean {
     if (source && sameInode(target, source)) return true;
-    const driverName = this.recordedDriver(targetPath);
+    const driverName = record?.driverName;
     if (driverName !== undefined) return driverName === this.options.pluginName;
     const device =
       source?.dev ??
@@ -396,45 +517,87 @@ export class NodeService {
     return target.nlink === 0 && target.dev === device;
   }
 
-  /** Unmounts the target for as long as it is a mount point of this driver's. */
+  /**
+   * Unmounts the target for as long as it is a mount point of this driver's. Takes the state's
+   * handle and returns the final state, whose handle the caller closes.
+   */
   private async unmountAll(
+    volume: VolumeDirectory,
     targetPath: string,
     state: DirectoryState,
     source: Inode | undefined,
+    knownRecord?: VolumeData,
   ): Promise<DirectoryState> {
     let current = state;
-    while (current.mountPoint) {
-      if (!this.ownsMount(targetPath, current, source)) {
-        throw failedPrecondition(
-          `target_path ${quote(targetPath)} is a mount point (${describeMount(current.mountId)}) that is not this driver's; refusing to unmount it`,
-        );
+    let record = knownRecord;
+    let recordRead = knownRecord !== undefined;
+    try {
+      while (current.mountPoint) {
+        if (!(source && sameInode(current.handle, source)) && !recordRead) {
+          record = await this.volumeRecord(volume, targetPath);
+          recordRead = true;
+        }
+        if (!this.ownsMount(current.handle, source, record)) {
+          throw failedPrecondition(
+            `target_path ${quote(targetPath)} is a mount point (${describeMount(current.handle.mountId)}) that is not this driver's; refusing to unmount it`,
+          );
+        }
+        try {
+          // The handle names the very mount that was checked: nothing else can be unmounted.
+          await this.options.mounter.unmount({ fd: current.handle.fd, path: targetPath });
+        } catch (error) {
+          this.options.onMountFailure?.("umount");
+          throw commandFailed(`unmounting ${quote(targetPath)}`, error);
+        }
+        const previousMountId = current.handle.mountId;
+        release(current);
+        current = this.directoryAt(volume, targetPath, "unmount");
+        if (current.mountPoint && current.handle.mountId === previousMountId) {
+          throw internal(
+            `umount reported success, but ${quote(targetPath)} is still the same mount`,
+          );
+        }
       }
-      try {
-        await this.options.mounter.unmount(targetPath);
-      } catch (error) {
-        this.options.onMountFailure?.("umount");
-        throw commandFailed(`unmounting ${quote(targetPath)}`, error);
-      }
-      const previous = current;
-      current = this.directoryAt(targetPath, "unmount");
-      if (current.mountPoint && current.mountId === previous.mountId) {
-        throw internal(`umount reported success, but ${quote(targetPath)} is still the same mount`);
-      }
+      return current;
+    } catch (error) {
+      release(current);
+      throw error;
     }
-    return current;
   }
 
   /** After a failed mount: keep a mount that did happen, remove a directory this call made. */
-  private undoPublish(targetPath: string, created: boolean, source: Inode): void {
+  private undoPublish(volume: VolumeDirectory, created: boolean, source: Inode): void {
     if (!created) return;
+    let state: TargetState | undefined;
     try {
-      const state = inspectTarget(targetPath);
-      if (state.kind === "directory" && !state.mountPoint && !sameInode(state, source)) {
-        rmdirSync(targetPath);
+      state = inspectEntry(volume.handle, TARGET_NAME);
+      if (state.kind === "directory" && !state.mountPoint && !sameInode(state.handle, source)) {
+        rmdirSync(volume.handle.entry(TARGET_NAME));
       }
     } catch {
       // The kubelet removes the directory after a final error anyway.
+    } finally {
+      release(state);
     }
+  }
+}
+
+function notFound(volumePath: string, why: string): RpcError {
+  return new RpcError(
+    status.NOT_FOUND,
+    `no volume is published at volume_path ${quote(volumePath)}: ${why}`,
+  );
+}
+
+/** What stopped the walk to a volume directory, for a message about the target. */
+function volumePathProblem(error: VolumePathError): string {
+  switch (error.kind) {
+    case "missing":
+      return `it does not exist (${quote(error.path)} is missing)`;
+    case "symlink":
+      return `passes through a symbolic link below the kubelet root (${quote(error.path)})`;
+    case "not-directory":
+      return `passes through ${quote(error.path)}, which is not a directory`;
   }
 }
 
@@ -449,14 +612,14 @@ function describeMount(mountId: number): string {
   return `mount id ${mountId}`;
 }
 
-function isEmptyDirectory(path: string): boolean {
-  return fs(`listing ${quote(path)}`, () => readdirSync(path)).length === 0;
+function isEmptyDirectory(directory: DirectoryHandle, path: string): boolean {
+  return fs(`listing ${quote(path)}`, () => readdirSync(directory.path)).length === 0;
 }
 
-/** Bytes and inodes of the file system under the path; older kubelets require both. */
-function usageOf(path: string) {
+/** Bytes and inodes of the file system under the directory; older kubelets require both. */
+function usageOf(directory: DirectoryHandle, path: string) {
   const stats: BigIntStatsFs = fs(`statfs ${quote(path)}`, () =>
-    statfsSync(path, { bigint: true }),
+    statfsSync(directory.path, { bigint: true }),
   );
   return [
     {

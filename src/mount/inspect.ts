@@ -1,20 +1,12 @@
-import {
-  closeSync,
-  constants,
-  fstatSync,
-  lstatSync,
-  openSync,
-  readFileSync,
-  statSync,
-} from "node:fs";
-import { dirname } from "node:path";
+import { lstatSync, statSync } from "node:fs";
+import { type DirectoryHandle, openDirectory, openEntry } from "./descriptors.ts";
 
 /**
- * What is at a target path, found without reading the mount table.
+ * What is at a target, found without reading the mount table.
  *
  * The node's mount table can hold tens of thousands of entries; reading it on every call makes
- * latency grow with the node's mount count. Instead, each question is answered from the path
- * itself in a fixed number of system calls:
+ * latency grow with the node's mount count. Instead, each question is answered from the
+ * directory itself in a fixed number of system calls:
  *
  * - "Is it a mount point?" The kernel's mount id of the directory (`mnt_id` in
  *   /proc/self/fdinfo of an open descriptor) differs from its parent's exactly when the
@@ -32,10 +24,10 @@ export type TargetState =
   | { kind: "not-directory" }
   | DirectoryState;
 
-export interface DirectoryState extends Inode {
+export interface DirectoryState {
   kind: "directory";
-  /** The kernel's id of the mount the directory is on. */
-  mountId: number;
+  /** The directory, held open: the caller closes it. */
+  handle: DirectoryHandle;
   /** The root of a mount (its mount id differs from its parent's). */
   mountPoint: boolean;
 }
@@ -47,29 +39,24 @@ export interface Inode {
   nlink: number;
 }
 
-const OPEN_DIRECTORY = constants.O_RDONLY | constants.O_DIRECTORY;
-
-export function inspectTarget(path: string): TargetState {
-  let fd: number;
+/** What is at the entry `name` of `parent`; a symbolic link there is reported, never followed. */
+export function inspectEntry(parent: DirectoryHandle, name: string): TargetState {
+  let handle: DirectoryHandle;
   try {
-    // O_NOFOLLOW: a symbolic link at the target is reported, never followed.
-    fd = openSync(path, OPEN_DIRECTORY | constants.O_NOFOLLOW);
+    handle = openEntry(parent, name);
   } catch (error) {
-    return classifyOpenError(path, error);
+    return classifyOpenError(parent.entry(name), error);
   }
+  return { kind: "directory", handle, mountPoint: handle.mountId !== parent.mountId };
+}
+
+/** The directory at a path the operator configured, held open; undefined when missing. */
+export function openConfiguredDirectory(path: string): DirectoryHandle | undefined {
   try {
-    const stat = fstatSync(fd);
-    const mountId = readMountId(fd);
-    return {
-      kind: "directory",
-      dev: stat.dev,
-      ino: stat.ino,
-      nlink: stat.nlink,
-      mountId,
-      mountPoint: mountId !== mountIdOf(dirname(path)),
-    };
-  } finally {
-    closeSync(fd);
+    return openDirectory(path);
+  } catch (error) {
+    if (isErrno(error, "ENOENT") || isErrno(error, "ENOTDIR")) return undefined;
+    throw error;
   }
 }
 
@@ -92,26 +79,8 @@ export function isErrno(error: unknown, code: string): boolean {
   return (error as NodeJS.ErrnoException | undefined)?.code === code;
 }
 
-function mountIdOf(path: string): number {
-  const fd = openSync(path, OPEN_DIRECTORY);
-  try {
-    return readMountId(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-/** The kernel's id of the mount an open file is on, from /proc/self/fdinfo. */
-export function readMountId(fd: number): number {
-  const info = readFileSync(`/proc/self/fdinfo/${fd}`, "latin1");
-  const match = /^mnt_id:\s*(\d+)$/m.exec(info);
-  if (!match?.[1]) {
-    throw new Error(`no mnt_id in /proc/self/fdinfo/${fd} (is /proc mounted?)`);
-  }
-  return Number(match[1]);
-}
-
-function classifyOpenError(path: string, error: unknown): TargetState {
+/** `path` ends in the name that failed to open; only that name is looked at again. */
+export function classifyOpenError(path: string, error: unknown): TargetState {
   if (isErrno(error, "ENOENT")) return { kind: "missing" };
   // O_NOFOLLOW|O_DIRECTORY fails with ELOOP or ENOTDIR on a symbolic link, and with ENOTDIR
   // on any other non-directory: lstat tells them apart.

@@ -1,9 +1,18 @@
+/** A directory held open by descriptor, and the path it was opened at (for messages only). */
+export interface HeldDirectory {
+  fd: number;
+  path: string;
+}
+
 /** The two OS operations the driver performs. Tests of the CSI rules may pass a fake. */
 export interface Mounter {
-  /** Bind-mounts the directory `source` at `target`, like `mount --bind source target`. */
-  bindMount(source: string, target: string): Promise<void>;
-  /** Removes the topmost mount at `target`, like `umount target`. */
-  unmount(target: string): Promise<void>;
+  /** Bind-mounts the directory `source` at the directory `target`, like `mount --bind`. */
+  bindMount(source: HeldDirectory, target: HeldDirectory): Promise<void>;
+  /**
+   * Removes the mount whose root `target` is held open, like `umount -l`: detached at once, even
+   * though the driver's own descriptor keeps it busy.
+   */
+  unmount(target: HeldDirectory): Promise<void>;
 }
 
 /** `mount` or `umount` failed: exited non-zero, was killed, or ran past its time. */
@@ -30,8 +39,16 @@ const MAX_STDERR_CHARS = 2000;
 // After the command has exited, how long to wait for the rest of its stderr (a grandchild
 // that kept the pipe open must not hold the call).
 const STDERR_DRAIN_MS = 100;
+// The child's descriptors 3 and 4 are the directories it is given.
+const FIRST_PASSED_FD = 3;
 
-/** Runs the util-linux `mount` and `umount` programs, each bounded in time. */
+/**
+ * Runs the util-linux `mount` and `umount` programs, each bounded in time.
+ *
+ * They never see a path that could be resolved differently from what the driver checked: each
+ * directory is passed as an open descriptor and named `/proc/self/fd/N`, and
+ * `--no-canonicalize` keeps them from resolving it into a path and looking that up again.
+ */
 export class CommandMounter implements Mounter {
   constructor(
     private readonly mountPath: string,
@@ -39,37 +56,64 @@ export class CommandMounter implements Mounter {
     private readonly timeoutMs: number,
   ) {}
 
-  bindMount(source: string, target: string): Promise<void> {
-    return this.run([this.mountPath, "--bind", source, target]);
+  bindMount(source: HeldDirectory, target: HeldDirectory): Promise<void> {
+    return this.run(
+      [this.mountPath, "--no-canonicalize", "--bind"],
+      [source, target],
+      [this.mountPath, "--bind", source.path, target.path],
+    );
   }
 
-  unmount(target: string): Promise<void> {
-    return this.run([this.umountPath, target]);
+  unmount(target: HeldDirectory): Promise<void> {
+    // Lazily (MNT_DETACH): the descriptor that names the mount also keeps it busy.
+    return this.run(
+      [this.umountPath, "--no-canonicalize", "--lazy"],
+      [target],
+      [this.umountPath, "--lazy", target.path],
+    );
   }
 
-  private async run(argv: string[]): Promise<void> {
+  private async run(
+    command: string[],
+    directories: HeldDirectory[],
+    shown: string[],
+  ): Promise<void> {
+    const argv = [
+      ...command,
+      ...directories.map((_, index) => `/proc/self/fd/${FIRST_PASSED_FD + index}`),
+    ];
     const child = Bun.spawn(argv, {
-      stdin: "ignore",
-      stdout: "ignore",
-      stderr: "pipe",
+      stdio: ["ignore", "ignore", "pipe", ...directories.map((directory) => directory.fd)],
       // Messages in a stable language, whatever the node's locale.
       env: { PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C" },
-      timeout: this.timeoutMs,
-      killSignal: "SIGKILL",
+      // A process group of its own: a timeout kills whatever the command started too.
+      detached: true,
     });
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      killGroup(child.pid);
+    }, this.timeoutMs);
     // stderr is read only when the command failed: its few lines fit in the pipe's buffer, and
     // a successful call (the common one) skips setting up the read.
     const exitCode = await child.exited;
-    if (exitCode === 0) {
-      return;
-    }
+    clearTimeout(timer);
+    if (exitCode === 0 && !timedOut) return;
     const stderr = new Response(child.stderr).text();
     const message = await Promise.race([stderr, Bun.sleep(STDERR_DRAIN_MS).then(() => "")]);
     throw new MountCommandError(
-      argv,
+      shown,
       child.signalCode === null ? exitCode : null,
       message.trim().slice(0, MAX_STDERR_CHARS),
-      child.killed && child.signalCode === "SIGKILL",
+      timedOut,
     );
+  }
+}
+
+function killGroup(pid: number): void {
+  try {
+    process.kill(-pid, "SIGKILL");
+  } catch {
+    // The group is gone already.
   }
 }

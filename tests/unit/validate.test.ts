@@ -11,7 +11,7 @@ import {
   NodeUnpublishVolumeRequestSchema,
 } from "../../src/gen/csi/v1/csi_pb.ts";
 import { RpcError } from "../../src/grpc/status.ts";
-import type { Mounter } from "../../src/mount/mounter.ts";
+import type { HeldDirectory, Mounter } from "../../src/mount/mounter.ts";
 import { tempDir } from "../helpers/driver.ts";
 import { invalidPublishRequests } from "../helpers/invalid.ts";
 import { podVolume, prepareVolume, publishRequest } from "../helpers/kubelet.ts";
@@ -19,11 +19,11 @@ import { podVolume, prepareVolume, publishRequest } from "../helpers/kubelet.ts"
 /** Records calls; validation must reject bad requests before any reaches it. */
 class RecordingMounter implements Mounter {
   calls: string[][] = [];
-  async bindMount(source: string, target: string) {
-    this.calls.push(["bind", source, target]);
+  async bindMount(source: HeldDirectory, target: HeldDirectory) {
+    this.calls.push(["bind", source.path, target.path]);
   }
-  async unmount(target: string) {
-    this.calls.push(["unmount", target]);
+  async unmount(target: HeldDirectory) {
+    this.calls.push(["unmount", target.path]);
   }
 }
 

@@ -1,0 +1,99 @@
+import { closeSync, constants, fstatSync, openSync, readFileSync, readlinkSync } from "node:fs";
+
+/**
+ * Directories held open by descriptor, so that what was checked is what gets used.
+ *
+ * A path is resolved again by every system call and every program that is given it: between a
+ * check and the `mount`, `umount` or `rmdir` that follows, a directory on the path can be swapped
+ * for a symbolic link. A descriptor names one directory for as long as it is open. The driver
+ * opens each directory below the kubelet root without following links, one name at a time,
+ * checks the directory it got, and from then on works through the descriptor:
+ * `/proc/self/fd/N` (a child process gets the descriptor itself) resolves to exactly that
+ * directory, and `/proc/self/fd/N/name` to the entry `name` inside it, with only that last name
+ * looked up again.
+ */
+
+// Linux's O_PATH: a handle that names a file without opening it for reading (node:fs does not
+// export it). Such a handle cannot be read from, but it can be stat'ed, passed to a child, and
+// resolved through /proc/self/fd.
+const O_PATH = 0o10000000;
+// No O_CLOEXEC: Bun.spawn closes every descriptor it is not asked to pass, and a handle passed
+// to a child must arrive open even when its number is the one it gets there.
+const DIRECTORY_HANDLE = O_PATH | constants.O_DIRECTORY;
+
+/** An open handle on a directory, with what it was when opened. Closed by `using` or close(). */
+export class DirectoryHandle implements Disposable {
+  readonly dev: number;
+  readonly ino: number;
+  /** Zero when the directory has been removed (a mount can still hold it). */
+  readonly nlink: number;
+  /** The kernel's id of the mount the directory is on. */
+  readonly mountId: number;
+  private open = true;
+
+  constructor(readonly fd: number) {
+    const stat = fstatSync(fd);
+    this.dev = stat.dev;
+    this.ino = stat.ino;
+    this.nlink = stat.nlink;
+    this.mountId = readMountId(fd);
+  }
+
+  /** A path that resolves to this very directory, for this process. */
+  get path(): string {
+    return `/proc/self/fd/${this.fd}`;
+  }
+
+  /** A path to the entry `name` of this directory: only `name` is looked up. */
+  entry(name: string): string {
+    return `${this.path}/${name}`;
+  }
+
+  /** Where the directory is now, as the kernel names it (ends in " (deleted)" once removed). */
+  location(): string {
+    return readlinkSync(this.path);
+  }
+
+  close(): void {
+    if (!this.open) return;
+    this.open = false;
+    closeSync(this.fd);
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** Opens a directory the operator named, following symbolic links as the kubelet does. */
+export function openDirectory(path: string): DirectoryHandle {
+  return handle(openSync(path, DIRECTORY_HANDLE));
+}
+
+/**
+ * Opens the directory `name` inside `parent` without following a symbolic link at `name`:
+ * a link fails with ELOOP or ENOTDIR, anything but a directory with ENOTDIR.
+ */
+export function openEntry(parent: DirectoryHandle, name: string): DirectoryHandle {
+  return handle(openSync(parent.entry(name), DIRECTORY_HANDLE | constants.O_NOFOLLOW));
+}
+
+function handle(fd: number): DirectoryHandle {
+  try {
+    return new DirectoryHandle(fd);
+  } catch (error) {
+    closeSync(fd);
+    throw error;
+  }
+}
+
+/** The kernel's id of the mount an open file is on, from /proc/self/fdinfo. */
+export function readMountId(fd: number): number {
+  // A few lines that procfs makes up on the spot: no blocking read, no size to bound.
+  const info = readFileSync(`/proc/self/fdinfo/${fd}`, "latin1");
+  const match = /^mnt_id:\s*(\d+)$/m.exec(info);
+  if (!match?.[1]) {
+    throw new Error(`no mnt_id in /proc/self/fdinfo/${fd} (is /proc mounted?)`);
+  }
+  return Number(match[1]);
+}
