@@ -49,9 +49,12 @@ export class VolumeDirectory implements Disposable {
     readonly location: string,
   ) {}
 
-  /** Whether the directory is still where it was found (not renamed or removed since). */
-  inPlace(): boolean {
-    return this.handle.location() === this.location;
+  /**
+   * Whether `target` (opened inside this directory) is still the target where the walk found the
+   * volume: neither it nor any directory above it was renamed or removed since.
+   */
+  holdsTarget(target: DirectoryHandle): boolean {
+    return target.location() === join(this.location, TARGET_NAME);
   }
 
   [Symbol.dispose](): void {

@@ -252,7 +252,7 @@ export class NodeService {
           `target_path ${quote(targetPath)} is a directory with contents and not a mount point; refusing to mount over it`,
         );
       }
-      this.checkInPlace(volume, targetPath);
+      this.checkInPlace(volume, target.handle, targetPath);
       try {
         // The host-side mount stays read-write: the agent may re-create its socket in the
         // directory, and the driver may have to label it. Pods get it read-only, because
@@ -272,11 +272,11 @@ export class NodeService {
           error,
         );
       }
-      if (!volume.inPlace()) {
+      if (!volume.holdsTarget(target.handle)) {
         // Moved while `mount` ran: the mount went wherever the directory is now. Take it back.
         await this.options.mounter.unmount({ fd: target.handle.fd, path: targetPath });
         throw failedPrecondition(
-          `the volume directory of target_path ${quote(targetPath)} was moved while it was being published; refusing to use it`,
+          `target_path ${quote(targetPath)} was moved while it was being published; refusing to use it`,
         );
       }
       release(target);
@@ -445,14 +445,12 @@ export class NodeService {
     return undefined;
   }
 
-  /** Refuses to go on when the volume directory is no longer where the walk found it. */
-  private checkInPlace(volume: VolumeDirectory, targetPath: string): void {
-    const inPlace = fs(`locating the volume directory of ${quote(targetPath)}`, () =>
-      volume.inPlace(),
-    );
+  /** Refuses to go on when the target is no longer where the walk found it. */
+  private checkInPlace(volume: VolumeDirectory, target: DirectoryHandle, targetPath: string): void {
+    const inPlace = fs(`locating ${quote(targetPath)}`, () => volume.holdsTarget(target));
     if (!inPlace) {
       throw failedPrecondition(
-        `the volume directory of target_path ${quote(targetPath)} was moved or removed while in use; refusing to use it`,
+        `target_path ${quote(targetPath)} was moved or removed while in use; refusing to use it`,
       );
     }
   }
