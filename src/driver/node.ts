@@ -137,7 +137,10 @@ export class NodeService {
       nodeGetVolumeStats: async (req) => {
         validateVolumeStats(req);
         using volume = this.openVolume(req.volumePath, "volume stats");
-        return this.locks.run(volumeKey(volume), () => this.volumeStats(req.volumePath, volume));
+        // Awaited here: `using` closes the volume directory when this function returns.
+        return await this.locks.run(volumeKey(volume), () =>
+          this.volumeStats(req.volumePath, volume),
+        );
       },
       nodeGetCapabilities: async () => ({
         capabilities: [NodeCapability.VOLUME_CONDITION, NodeCapability.GET_VOLUME_STATS].map(

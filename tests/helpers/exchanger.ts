@@ -1,9 +1,10 @@
 // An attacker with root in the pod directories: swaps pairs of paths (a directory and a
 // symbolic link beside it) with renameat2(RENAME_EXCHANGE), as fast as it can, until its
 // standard input closes or the time bound passes. Prints how many swaps it made. Always leaves
-// every pair of names as it found them where it can.
+// every pair of names as it found them.
 //   bun tests/helpers/exchanger.ts MAX_MS A1 B1 [A2 B2 ...]
 import { dlopen, FFIType, ptr } from "bun:ffi";
+import { lstatSync } from "node:fs";
 
 const [maxMs, ...paths] = process.argv.slice(2);
 if (!maxMs || paths.length < 2 || paths.length % 2 !== 0) {
@@ -48,8 +49,9 @@ while (!stop && Date.now() < deadline) {
   }
   await new Promise((resolve) => setImmediate(resolve));
 }
-// An odd count leaves the names swapped: one more puts them back (the caller checks).
+// Each pair as it was: the directory back at the first name, the link at the second.
 for (const pair of pairs) {
-  if (pair.swaps % 2 === 1) exchange(pair);
+  const first = lstatSync(pair.a.subarray(0, -1).toString(), { throwIfNoEntry: false });
+  if (first?.isSymbolicLink()) exchange(pair);
 }
 console.log(String(pairs.reduce((sum, pair) => sum + pair.swaps, 0)));
