@@ -177,6 +177,41 @@ describe("the socket's directory", () => {
   }, 30_000);
 });
 
+test("the doctor reports a socket directory the driver would refuse, with the fix", async () => {
+  const doctor = async (socketPath: string) => {
+    const proc = Bun.spawn(
+      [
+        BINARY,
+        "doctor",
+        "-workload-api-socket-dir",
+        agentDir,
+        "-csi-socket-path",
+        socketPath,
+        "--json",
+      ],
+      { stdout: "pipe", stderr: "pipe" },
+    );
+    const [stdout, code] = await Promise.all([new Response(proc.stdout).text(), proc.exited]);
+    expect(code).toBe(1);
+    const checks = JSON.parse(stdout) as {
+      name: string;
+      ok: boolean;
+      detail: string;
+      fix?: string;
+    }[];
+    return checks.find((check) => check.name === "CSI socket directory is safe");
+  };
+  const open = directory("doctor-open", 0o1777);
+  const unsafe = await doctor(join(open, "csi.sock"));
+  expect(unsafe?.ok).toBe(false);
+  expect(unsafe?.detail).toBe(
+    `the socket directory ${open} is writable by its group or by others (mode 1777)`,
+  );
+  expect(unsafe?.fix).toContain("chmod 0750");
+  const safe = await doctor(join(root, "doctor-new", "csi.sock"));
+  expect(safe?.ok).toBe(true);
+}, 30_000);
+
 describe("removing the socket on shutdown", () => {
   test("a regular file that replaced the socket before SIGTERM is left in place", async () => {
     const registry = directory("registry-ok", 0o750);
