@@ -59,10 +59,10 @@ export function socketDirectoryProblem(
     }
     const writable = (stat.mode & GROUP_OR_OTHER_WRITE) !== 0;
     if (own && writable) {
-      return `the socket directory ${dir} is writable by others (mode ${mode})`;
+      return `the socket directory ${dir} is writable by its group or by others (mode ${mode})`;
     }
     if (!own && writable && (stat.mode & STICKY) === 0) {
-      return `${path}, above the socket directory ${dir}, is writable by others (mode ${mode})`;
+      return `${path}, above the socket directory ${dir}, is writable by its group or by others and not sticky (mode ${mode})`;
     }
   }
   return undefined;
