@@ -61,6 +61,17 @@ export const args = {
     description: "Seconds one mount or umount may run before it is killed",
     default: "30",
   },
+  "max-connections": {
+    type: "string",
+    description:
+      "Connections open at once on each of the driver's sockets; more are closed when accepted",
+    default: "256",
+  },
+  "connection-idle-timeout": {
+    type: "string",
+    description: "Seconds a connection with no call stays open",
+    default: "60",
+  },
   "kubelet-registration-dir": {
     type: "string",
     description:
@@ -112,6 +123,8 @@ export function configFromArgs(
     logLevel: text("log-level") ?? "",
     logFormat: text("log-format") ?? "",
     mountTimeout: text("mount-timeout") ?? "",
+    maxConnections: text("max-connections") ?? "",
+    connectionIdleTimeout: text("connection-idle-timeout") ?? "",
     healthAddr: text("health-addr"),
     kubeletRegistrationDir: text("kubelet-registration-dir"),
     kubeletRegistrationPath: text("kubelet-registration-path"),
@@ -188,6 +201,10 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
     callMade();
   };
   const inFlight = new InFlightCalls();
+  const limits = {
+    maxConnections: config.maxConnections,
+    idleTimeoutMs: config.connectionIdleTimeoutMs,
+  };
   let server: Awaited<ReturnType<typeof startServer>>;
   try {
     server = await startServer(
@@ -199,6 +216,7 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
       ],
       logger,
       inFlight,
+      limits,
     );
   } catch (error) {
     if (error instanceof StartError) exitWith(1, error.message);
@@ -241,6 +259,7 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
         logger,
         // Its own count: closing it must not wait for CSI calls.
         new InFlightCalls(),
+        limits,
       );
     } catch (error) {
       health?.stop(true);
@@ -258,8 +277,21 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
   callMade();
 
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
-    process.once("SIGTERM", resolve);
-    process.once("SIGINT", resolve);
+    let stopping = false;
+    // A second signal must not cut the drain short: a `mount` killed with the driver could still
+    // finish after it, and a target created for it would stay behind. SIGKILL is the hard stop.
+    const onSignal = (received: NodeJS.Signals) => {
+      if (stopping) {
+        logger.warn("already shutting down; ignoring the signal (SIGKILL stops at once)", {
+          signal: received,
+        });
+        return;
+      }
+      stopping = true;
+      resolve(received);
+    };
+    process.on("SIGTERM", onSignal);
+    process.on("SIGINT", onSignal);
   });
   logger.info("shutting down", { signal });
   serving = false;

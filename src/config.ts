@@ -18,6 +18,10 @@ export interface Config {
   mountTimeoutMs: number;
   /** host:port for the HTTP health and metrics endpoint; none when unset. */
   healthAddr?: string;
+  /** Connections open at once on each of the driver's sockets. */
+  maxConnections: number;
+  /** How long a connection with no call stays open. */
+  connectionIdleTimeoutMs: number;
   /** Built-in kubelet registration: the plugins_registry directory, and the CSI socket's path as
    * the kubelet sees it. */
   kubeletRegistration?: { dir: string; endpoint: string };
@@ -33,6 +37,8 @@ export interface RawSettings {
   logLevel: string;
   logFormat: string;
   mountTimeout: string;
+  maxConnections: string;
+  connectionIdleTimeout: string;
   healthAddr?: string;
   kubeletRegistrationDir?: string;
   kubeletRegistrationPath?: string;
@@ -96,6 +102,18 @@ export function resolveConfig(raw: RawSettings, env: Record<string, string | und
       `--mount-timeout must be a positive number of seconds, got "${raw.mountTimeout}"`,
     );
   }
+  const maxConnections = Number(raw.maxConnections);
+  if (!Number.isSafeInteger(maxConnections) || maxConnections < 1) {
+    throw new ConfigError(
+      `--max-connections must be a positive whole number, got "${raw.maxConnections}"`,
+    );
+  }
+  const idleSeconds = Number(raw.connectionIdleTimeout);
+  if (!Number.isFinite(idleSeconds) || idleSeconds <= 0) {
+    throw new ConfigError(
+      `--connection-idle-timeout must be a positive number of seconds, got "${raw.connectionIdleTimeout}"`,
+    );
+  }
   if (raw.healthAddr !== undefined && !parseAddress(raw.healthAddr)) {
     throw new ConfigError(`--health-addr must be host:port or :port, got "${raw.healthAddr}"`);
   }
@@ -119,5 +137,7 @@ export function resolveConfig(raw: RawSettings, env: Record<string, string | und
     logLevel: raw.logLevel as LogLevel,
     logFormat: raw.logFormat as LogFormat,
     mountTimeoutMs: mountTimeoutSeconds * 1000,
+    maxConnections,
+    connectionIdleTimeoutMs: idleSeconds * 1000,
   };
 }

@@ -16,6 +16,7 @@ import { Identity } from "./gen/csi/v1/csi_pb.ts";
 import { createClient } from "./grpc/client.ts";
 import { readMountId } from "./mount/descriptors.ts";
 import { findMount } from "./mount/mountinfo.ts";
+import { SOCKET_DIRECTORY_FIX, socketDirectoryProblem } from "./socket.ts";
 
 export interface Check {
   name: string;
@@ -50,6 +51,7 @@ const CAP_SYS_ADMIN = 21n;
 export async function runChecks(options: DoctorOptions): Promise<Check[]> {
   const checks: Check[] = [...(await agentChecks(options.workloadApiSocketDir))];
   checks.push(socketDirectoryCheck(options.csiSocketPath));
+  checks.push(socketDirectorySafetyCheck(options.csiSocketPath));
   checks.push(...kubeletChecks(options.kubeletDir));
   checks.push(
     existsSync(options.registrationDir)
@@ -156,6 +158,15 @@ function socketDirectoryCheck(csiSocketPath: string): Check {
       "mount a writable volume (hostPath of the kubelet's plugins/<driver> directory) at the socket's directory",
     );
   }
+}
+
+function socketDirectorySafetyCheck(csiSocketPath: string): Check {
+  const name = "CSI socket directory is safe";
+  const dir = dirname(csiSocketPath);
+  const problem = socketDirectoryProblem(dir);
+  return problem
+    ? fail(name, problem, SOCKET_DIRECTORY_FIX)
+    : pass(name, `${dir}: nobody but the driver's user can replace the socket`);
 }
 
 function kubeletChecks(kubeletDir: string): Check[] {

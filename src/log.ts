@@ -44,9 +44,49 @@ function lineParts(entry: LogObject): { message: string; fields: Fields } {
   return { message: message.join(" "), fields };
 }
 
+/**
+ * Escapes a string for the text format: printable ASCII stays as it is, a backslash and a double
+ * quote get a backslash, anything else (control bytes such as ESC, BEL, NUL, CR and LF, DEL, C1
+ * controls, any other non-ASCII character) becomes `\xNN` or `\u{...}`. A caller's string can
+ * then neither end its field early nor start a line, nor steer a terminal.
+ */
+export function escapeText(text: string): string {
+  let escaped = "";
+  for (const char of text) {
+    const code = char.codePointAt(0) ?? 0;
+    if (char === "\\" || char === '"') escaped += `\\${char}`;
+    else if (code >= 0x20 && code < 0x7f) escaped += char;
+    else if (code < 0x100) escaped += `\\x${code.toString(16).padStart(2, "0")}`;
+    else escaped += `\\u{${code.toString(16)}}`;
+  }
+  return escaped;
+}
+
 function textValue(value: unknown): string {
-  const text = typeof value === "string" ? value : JSON.stringify(value);
-  return /^[^\s"=]+$/.test(text ?? "") ? (text ?? "") : JSON.stringify(text);
+  const text = (typeof value === "string" ? value : JSON.stringify(value)) ?? "";
+  return /^[!#-<>-[\]-~]+$/.test(text) ? text : `"${escapeText(text)}"`;
+}
+
+/**
+ * JSON.stringify escapes C0 controls but leaves DEL, the C1 controls (U+0085 is a line break to
+ * some readers) and U+2028/U+2029 (line breaks to JavaScript and many log viewers) raw.
+ */
+function jsonLine(record: Record<string, unknown>): string {
+  return JSON.stringify(record).replace(
+    /[\u007f-\u009f\u2028\u2029]/g,
+    (char) => `\\u${(char.codePointAt(0) ?? 0).toString(16).padStart(4, "0")}`,
+  );
+}
+
+/** A stack's lines, escaped, each indented: no line of it can pass for a log line. */
+function textStack(stack: string): string {
+  return stack
+    .split("\n")
+    .map((line) => {
+      const escaped = escapeText(line);
+      return escaped.startsWith(" ") ? `\n${escaped}` : `\n    ${escaped}`;
+    })
+    .join("");
 }
 
 function reporter(format: LogFormat, write: (line: string) => void): ConsolaReporter {
@@ -56,15 +96,15 @@ function reporter(format: LogFormat, write: (line: string) => void): ConsolaRepo
       const level = LEVEL_NAMES[entry.level] ?? "info";
       const time = entry.date.toISOString();
       if (format === "json") {
-        write(`${JSON.stringify({ time, level, msg: message, ...fields })}\n`);
+        write(`${jsonLine({ time, level, msg: message, ...fields })}\n`);
         return;
       }
       const pairs = Object.entries(fields)
         .filter(([key]) => key !== "stack")
-        .map(([key, value]) => ` ${key}=${textValue(value)}`)
+        .map(([key, value]) => ` ${escapeText(key)}=${textValue(value)}`)
         .join("");
-      const stack = typeof fields.stack === "string" ? `\n${fields.stack}` : "";
-      write(`${time} ${level.toUpperCase().padEnd(5)} ${message}${pairs}${stack}\n`);
+      const stack = typeof fields.stack === "string" ? textStack(fields.stack) : "";
+      write(`${time} ${level.toUpperCase().padEnd(5)} ${escapeText(message)}${pairs}${stack}\n`);
     },
   };
 }

@@ -1,11 +1,12 @@
-import { chmodSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
-import { dirname } from "node:path";
+import { lstatSync, unlinkSync } from "node:fs";
+import { createServer, type Server as NetServer, type Socket } from "node:net";
 import { Server, ServerCredentials, status } from "@grpc/grpc-js";
 import { tryConnect } from "./connect.ts";
 import type { CallObserver, GrpcService, InFlightCalls } from "./grpc/service.ts";
 import { codeName } from "./grpc/status.ts";
 import type { Logger } from "./log.ts";
 import { isErrno } from "./mount/inspect.ts";
+import { SocketFile } from "./socket.ts";
 
 /** A problem that stops the server from starting, said in one line. */
 export class StartError extends Error {
@@ -15,6 +16,14 @@ export class StartError extends Error {
 export interface RunningServer {
   /** Stops accepting calls, waits up to `graceMs` for calls in flight, removes the socket. */
   close(graceMs: number): Promise<void>;
+}
+
+/** Bounds on the connections to one socket. */
+export interface ConnectionLimits {
+  /** Connections open at once; a connection beyond them is closed as soon as it is accepted. */
+  maxConnections: number;
+  /** A connection with no call for this long is closed (a GOAWAY; clients reconnect). */
+  idleTimeoutMs: number;
 }
 
 // How long to wait for an existing socket to answer before calling it stale.
@@ -27,71 +36,130 @@ export async function startServer(
   services: GrpcService[],
   logger: Logger,
   inFlight: InFlightCalls,
+  limits: ConnectionLimits,
 ): Promise<RunningServer> {
-  await prepareSocketPath(socketPath, logger);
-  const server = new Server();
-  for (const service of services) {
-    server.addService(service.definition, service.implementation);
-  }
-  // Only root (the kubelet, node-driver-registrar) may connect: create the socket as 0600.
-  const umask = process.umask(0o177);
+  const socket = SocketFile.open(
+    socketPath,
+    (problem) => new StartError(`refusing to serve on ${socketPath}: ${problem}`),
+  );
+  let listener: NetServer;
+  let server: Server;
   try {
-    await new Promise<void>((resolve, reject) => {
-      server.bindAsync(`unix://${socketPath}`, ServerCredentials.createInsecure(), (error) =>
-        error
-          ? reject(new StartError(`cannot listen on ${socketPath}: ${error.message}`))
-          : resolve(),
-      );
-    });
-  } finally {
-    process.umask(umask);
+    await clearStaleSocket(socket, logger);
+    server = new Server({ "grpc.max_connection_idle_ms": limits.idleTimeoutMs });
+    for (const service of services) {
+      server.addService(service.definition, service.implementation);
+    }
+    listener = await listen(socket, server, limits, logger);
+  } catch (error) {
+    socket.close();
+    throw error;
   }
-  chmodSync(socketPath, 0o600);
-  const socketInode = lstatSync(socketPath).ino;
 
   return {
     async close(graceMs) {
       let timer: Timer | undefined;
+      listener.close();
       // No new calls from here on; the calls being handled may finish. A client that merely keeps
-      // its connection open holds nothing up: once no call is running, the rest is closed.
-      const drained = new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+      // its connection open holds nothing up: once no call is running, the rest is closed. The
+      // count of calls decides, not tryShutdown's callback: on Bun, an injected connection's
+      // session reports itself closed while its calls still run.
+      server.tryShutdown(() => {});
       const expired = new Promise<"expired">((resolve) => {
         timer = setTimeout(() => resolve("expired"), graceMs);
       });
-      if ((await Promise.race([drained, inFlight.idle(), expired])) === "expired") {
+      if ((await Promise.race([inFlight.idle(), expired])) === "expired") {
         logger.warn("calls still running after the grace period; cancelling them", { graceMs });
       }
       clearTimeout(timer);
+      // The last answers are written; let them reach their sockets before the sessions go.
+      await new Promise((resolve) => setImmediate(resolve));
       server.forceShutdown();
-      removeOwnSocket(socketPath, socketInode);
+      socket.remove();
     },
   };
 }
 
 /**
- * Makes the socket's directory, and clears a stale socket left by an earlier run that died.
- * Never removes anything but a socket nobody answers on: a regular file, a directory or a live
- * server's socket stops the start instead.
+ * Listens on the socket with a listener of our own, which hands each connection to grpc-js (its
+ * public connection injector): grpc-js has no bound on connections, and every connection costs a
+ * file descriptor, so a flood of idle ones would otherwise starve the driver (mount, the health
+ * port) of descriptors. Beyond `maxConnections`, a connection is closed as soon as it is accepted;
+ * grpc-js closes one that carries no call for `idleTimeoutMs`, including one that never sends a
+ * byte.
  */
-async function prepareSocketPath(socketPath: string, logger: Logger): Promise<void> {
-  mkdirSync(dirname(socketPath), { recursive: true, mode: 0o750 });
+async function listen(
+  socket: SocketFile,
+  server: Server,
+  limits: ConnectionLimits,
+  logger: Logger,
+): Promise<NetServer> {
+  const injector = server.createConnectionInjector(ServerCredentials.createInsecure());
+  let open = 0;
+  let warned = false;
+  const listener = createServer((connection: Socket) => {
+    // A client that resets its connection is its own business: the session sees the close.
+    connection.on("error", () => {});
+    if (open >= limits.maxConnections) {
+      connection.destroy();
+      if (!warned) {
+        warned = true;
+        logger.warn("too many connections; closing new ones until some close", {
+          path: socket.path,
+          max_connections: limits.maxConnections,
+        });
+      }
+      return;
+    }
+    open++;
+    connection.once("close", () => {
+      open--;
+      if (open <= limits.maxConnections / 2) warned = false;
+    });
+    injector.injectConnection(connection);
+  });
+  // Only root (the kubelet, node-driver-registrar) may connect: the socket is created as 0600.
+  const umask = process.umask(0o177);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      listener.once("error", (error) =>
+        reject(new StartError(`cannot listen on ${socket.path}: ${error.message}`)),
+      );
+      listener.listen(socket.bindPath, resolve);
+    });
+  } finally {
+    process.umask(umask);
+  }
+  listener.on("error", (error) => {
+    logger.error("accepting a connection failed", { path: socket.path }, error);
+  });
+  socket.adopt();
+  return listener;
+}
+
+/**
+ * Clears a stale socket left by an earlier run that died. Never removes anything but a socket
+ * nobody answers on: a regular file, a directory or a live server's socket stops the start instead.
+ */
+async function clearStaleSocket(socket: SocketFile, logger: Logger): Promise<void> {
+  socket.clearBindPath();
   let stat: ReturnType<typeof lstatSync>;
   try {
-    stat = lstatSync(socketPath);
+    stat = lstatSync(socket.pathInDirectory);
   } catch (error) {
     if (isErrno(error, "ENOENT")) return;
     throw error;
   }
   if (!stat.isSocket()) {
-    throw new StartError(`${socketPath} exists and is not a socket; refusing to replace it`);
+    throw new StartError(`${socket.path} exists and is not a socket; refusing to replace it`);
   }
-  if (await socketAnswers(socketPath)) {
+  if (await socketAnswers(socket.pathInDirectory)) {
     throw new StartError(
-      `another process is serving on ${socketPath}; refusing to start beside it`,
+      `another process is serving on ${socket.path}; refusing to start beside it`,
     );
   }
-  unlinkSync(socketPath);
-  logger.info("removed a stale socket left by an earlier run", { path: socketPath });
+  unlinkSync(socket.pathInDirectory);
+  logger.info("removed a stale socket left by an earlier run", { path: socket.path });
 }
 
 async function socketAnswers(socketPath: string): Promise<boolean> {
@@ -99,14 +167,6 @@ async function socketAnswers(socketPath: string): Promise<boolean> {
   // A server too busy to accept within the probe time is still a live server; only a refused
   // connection means nobody is there.
   return outcome.kind !== "error" || !isErrno(outcome.error, "ECONNREFUSED");
-}
-
-function removeOwnSocket(socketPath: string, inode: number): void {
-  try {
-    if (lstatSync(socketPath).ino === inode) unlinkSync(socketPath);
-  } catch (error) {
-    if (!isErrno(error, "ENOENT")) throw error;
-  }
 }
 
 function logged(value: unknown): string | undefined {

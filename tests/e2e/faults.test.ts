@@ -1,7 +1,15 @@
 // The agent's directory missing at start, and `mount`/`umount` failing or hanging: clear errors,
 // bounded waits, no half-made state.
 import { afterAll, describe, expect, test } from "bun:test";
-import { chmodSync, existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { startAgent, talkToAgent } from "../helpers/agent.ts";
@@ -146,4 +154,41 @@ describe("mount and umount failing or hanging", () => {
     expect(error.details).toContain("mount reported success");
     expect(existsSync(volume.targetPath)).toBe(false);
   });
+
+  test("a second SIGTERM during the drain is logged and ignored: the hung mount is killed by its timeout, the call answers, exit 0, no directory left", async () => {
+    const started = join(root, "hung-mount-pid");
+    const { driver, node } = await driverWith(
+      "twice-terminated",
+      socketDir,
+      { PATH: standIn("mount", `echo $$ > ${started}; exec sleep 60`) },
+      ["--mount-timeout", "3"],
+    );
+    const volume = prepared();
+    const publish = rpcFailure(node.nodePublishVolume(publishRequest(volume)));
+    const waitFor = async (what: string, condition: () => boolean) => {
+      for (let waited = 0; !condition(); waited += 10) {
+        if (waited > 30_000) throw new Error(`timed out waiting for ${what}: ${driver.stderr}`);
+        await Bun.sleep(10);
+      }
+    };
+    await waitFor(
+      "the mount to start",
+      () => existsSync(started) && readFileSync(started, "utf8").endsWith("\n"),
+    );
+    driver.proc.kill("SIGTERM");
+    await waitFor("the drain to start", () => driver.stderr.includes("shutting down"));
+    driver.proc.kill("SIGTERM");
+    await waitFor("the second signal to be logged", () =>
+      driver.stderr.includes("already shutting down"),
+    );
+    const error = await publish;
+    expect(error.code).toBe(status.DEADLINE_EXCEEDED);
+    const { code, stderr } = await driver.exited();
+    expect(code).toBe(0);
+    expect(stderr.match(/already shutting down/g)).toHaveLength(1);
+    expect(existsSync(volume.targetPath)).toBe(false);
+    // The hung mount was killed, not left running behind the driver.
+    const pid = Number(readFileSync(started, "utf8"));
+    expect(() => process.kill(pid, 0)).toThrow();
+  }, 60_000);
 });

@@ -293,6 +293,7 @@ describe("doctor", () => {
       "Workload API socket directory holds a socket",
       "Workload API socket accepts a connection",
       "CSI socket directory is writable",
+      "CSI socket directory is safe",
       "kubelet pods directory exists",
       "kubelet pods directory is a shared mount",
       "registration directory exists",

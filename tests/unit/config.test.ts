@@ -11,6 +11,8 @@ const defaults = {
   "log-level": "info",
   "log-format": "text",
   "mount-timeout": "30",
+  "max-connections": "256",
+  "connection-idle-timeout": "60",
 };
 
 function config(flags: Record<string, unknown>, env: Record<string, string> = {}) {
@@ -52,6 +54,8 @@ describe("configFromArgs", () => {
     expect(resolved.csiSocketPath).toBe("/spiffe-csi/csi.sock");
     expect(resolved.pluginName).toBe("csi.spiffe.io");
     expect(resolved.mountTimeoutMs).toBe(30_000);
+    expect(resolved.maxConnections).toBe(256);
+    expect(resolved.connectionIdleTimeoutMs).toBe(60_000);
   });
 
   const problems: [string, Record<string, unknown>, Record<string, string>, RegExp][] = [
@@ -82,6 +86,19 @@ describe("configFromArgs", () => {
       /--log-format must be one of/,
     ],
     ["bad mount timeout", { "mount-timeout": "0" }, { MY_NODE_NAME: "n" }, /--mount-timeout/],
+    [
+      "a connection cap that is not a whole number",
+      { "max-connections": "1.5" },
+      { MY_NODE_NAME: "n" },
+      /--max-connections must be a positive whole number/,
+    ],
+    ["no connections", { "max-connections": "0" }, { MY_NODE_NAME: "n" }, /--max-connections/],
+    [
+      "a bad idle timeout",
+      { "connection-idle-timeout": "-1" },
+      { MY_NODE_NAME: "n" },
+      /--connection-idle-timeout must be a positive number of seconds/,
+    ],
     ["unknown flag", { bogus: "1" }, { MY_NODE_NAME: "n" }, /unknown flag --bogus/],
     ["positional", { _: ["serve"] }, { MY_NODE_NAME: "n" }, /unexpected argument "serve"/],
     [
