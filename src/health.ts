@@ -13,7 +13,7 @@ const CHECK_INTERVAL_MS = 1_000;
 // open a connection each and are answered at once.
 const PACE_MS = 1_000;
 // Connections beyond this are refused until others close: it bounds memory and descriptors.
-const MAX_CONNECTIONS = 4_096;
+const MAX_CONNECTIONS = 3_072;
 // A connection that sends nothing for this long (silent, slow headers, idle keep-alive) is closed.
 const IDLE_TIMEOUT_MS = 5_000;
 // A connection is closed after this many answers, so that no client holds one for ever.
