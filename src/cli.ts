@@ -9,6 +9,7 @@ import { unknownFlags } from "./flags.ts";
 import { Controller, Identity, Node } from "./gen/csi/v1/csi_pb.ts";
 import { Registration } from "./gen/pluginregistration/v1/api_pb.ts";
 import { type CallObserver, grpcService, InFlightCalls } from "./grpc/service.ts";
+import type { HealthServer } from "./health.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { idleCollector } from "./memory.ts";
 import { CommandMounter } from "./mount/mounter.ts";
@@ -223,16 +224,17 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
     throw error;
   }
   let serving = true;
-  let health: { stop(force?: boolean): unknown } | undefined;
+  let health: HealthServer | undefined;
   if (config.healthAddr && metrics) {
     const { startHealthServer } = await import("./health.ts");
     try {
-      health = startHealthServer({
+      health = await startHealthServer({
         address: config.healthAddr,
         workloadApiSocketDir: config.workloadApiSocketDir,
         csiSocketPath: config.csiSocketPath,
         serving: () => serving,
         metrics,
+        logger,
       });
     } catch (error) {
       await server.close(0);
@@ -262,7 +264,7 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
         limits,
       );
     } catch (error) {
-      health?.stop(true);
+      health?.close();
       await server.close(0);
       if (error instanceof StartError) exitWith(1, error.message);
       throw error;
@@ -299,7 +301,7 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
   // leaving.
   await registration?.close(0);
   await server.close(config.mountTimeoutMs + SHUTDOWN_MARGIN_MS);
-  health?.stop(true);
+  health?.close();
   logger.info("stopped");
   process.exit(0);
 }

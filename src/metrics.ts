@@ -59,6 +59,18 @@ export class Metrics {
     this.durations.observe(labels, call.durationMs / 1000);
   }
 
+  /** Adds spiffe_csi_agent_up, read from `up` (a shared, cached check) when scraped. */
+  observeAgent(up: () => Promise<boolean>): void {
+    new Gauge({
+      name: "spiffe_csi_agent_up",
+      help: "1 while the Workload API socket accepts a connection, else 0.",
+      registers: [this.registry],
+      async collect() {
+        this.set((await up()) ? 1 : 0);
+      },
+    });
+  }
+
   mountFailed(operation: MountOperation): void {
     this.mountFailures.inc({ operation });
   }

@@ -15,6 +15,7 @@ import {
   startDriver,
   tempDir,
 } from "../helpers/driver.ts";
+import { type RawAnswer, rawRequest } from "../helpers/http.ts";
 import { podVolume, prepareVolume, publishRequest, unpublishRequest } from "../helpers/kubelet.ts";
 
 assertPrivateMountNamespace();
@@ -68,6 +69,17 @@ describe("the health endpoint", async () => {
     const response = await fetch(url(path));
     return { status: response.status, body: await response.text() };
   };
+  // Answers are computed at most once a second and shared: a change shows within about a second.
+  const until = async (
+    path: string,
+    done: (answer: { status: number; body: string }) => boolean,
+  ) => {
+    for (let waited = 0; ; waited += 50) {
+      const answer = await get(path);
+      if (done(answer) || waited > 10_000) return answer;
+      await Bun.sleep(50);
+    }
+  };
 
   test("/healthz answers 200 while serving", async () => {
     expect(await get("/healthz")).toEqual({ status: 200, body: "ok\n" });
@@ -84,12 +96,12 @@ describe("the health endpoint", async () => {
       `import socket; socket.socket(socket.AF_UNIX).bind(${JSON.stringify(join(socketDir, "agent.sock"))})`,
     ]);
     expect(stale.exitCode).toBe(0);
-    const refused = await get("/readyz");
+    const refused = await until("/readyz", (answer) => !answer.body.includes("holds no socket"));
     expect(refused.status).toBe(503);
     expect(refused.body).toContain("accepts a connection");
     const agent = startAgent(socketDir);
     try {
-      const ready = await get("/readyz");
+      const ready = await until("/readyz", (answer) => answer.status === 200);
       expect(ready.status).toBe(200);
       expect(ready.body).toContain("agent.sock accepts connections");
     } finally {
@@ -116,7 +128,10 @@ describe("the health endpoint", async () => {
     expect(published.body).toMatch(/^process_resident_memory_bytes \d+/m);
     expect(published.body).toMatch(/^process_open_fds \d+/m);
     await node.nodeUnpublishVolume(unpublishRequest(volume));
-    expect((await get("/metrics")).body).toContain("spiffe_csi_published_volumes 0");
+    const unpublished = await until("/metrics", (answer) =>
+      answer.body.includes("spiffe_csi_published_volumes 0"),
+    );
+    expect(unpublished.body).toContain("spiffe_csi_published_volumes 0");
     agent.stop(true);
   });
 
@@ -143,13 +158,79 @@ describe("the health endpoint", async () => {
     const moved = `${csiSocketPath}.moved`;
     renameSync(csiSocketPath, moved);
     try {
-      const broken = await get("/healthz");
+      const broken = await until("/healthz", (answer) => answer.status === 503);
       expect(broken.status).toBe(503);
       expect(broken.body).toContain("does not answer");
     } finally {
       renameSync(moved, csiSocketPath);
     }
-    expect((await get("/healthz")).status).toBe(200);
+    expect((await until("/healthz", (answer) => answer.status === 200)).status).toBe(200);
+  });
+
+  test("spiffe_csi_agent_up follows the agent's socket", async () => {
+    const down = await until("/metrics", (answer) => answer.body.includes("spiffe_csi_agent_up 0"));
+    expect(down.body).toContain("# TYPE spiffe_csi_agent_up gauge");
+    expect(down.body).toContain("spiffe_csi_agent_up 0");
+    const agent = startAgent(socketDir);
+    try {
+      const up = await until("/metrics", (answer) => answer.body.includes("spiffe_csi_agent_up 1"));
+      expect(up.body).toContain("spiffe_csi_agent_up 1");
+    } finally {
+      agent.stop(true);
+    }
+  });
+});
+
+describe("the health endpoint refuses malformed requests in a few bytes, and logs them", async () => {
+  const healthPort = port++;
+  const driver = await startDriver({
+    workloadApiSocketDir: root,
+    csiSocketPath: join(root, "malformed", "csi.sock"),
+    args: ["--health-addr", `127.0.0.1:${healthPort}`, "--log-format", "json"],
+  });
+  running.push(driver);
+  // Nothing of the driver's files, source or working directory in an answer.
+  const revealsNothing = (answer: RawAnswer) => {
+    expect(answer.raw.length).toBeLessThan(400);
+    expect(answer.body).not.toMatch(/\/[a-z]|<html|at |\.ts/i);
+  };
+
+  test("HTTP/1.0 without Host is valid and answered", async () => {
+    const answer = await rawRequest(healthPort, "GET /healthz HTTP/1.0\r\n\r\n");
+    expect(answer.status).toBe(200);
+    expect(answer.body).toBe("ok\n");
+  });
+
+  test.each([
+    ["a bad Host", "GET /healthz HTTP/1.1\r\nHost: [::1\r\n\r\n", 400],
+    ["a Host with a space", "GET /healthz HTTP/1.1\r\nHost: a b\r\n\r\n", 400],
+    ["HTTP/1.1 without Host", "GET /healthz HTTP/1.1\r\n\r\n", 400],
+    ["a garbage request line", "GARBAGE\r\n\r\n", 400],
+    ["an asterisk target", "GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400],
+    ["binary bytes", "\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n", 400],
+    [
+      "a 100 kB header",
+      `GET /healthz HTTP/1.1\r\nHost: x\r\nX: ${"a".repeat(100_000)}\r\n\r\n`,
+      431,
+    ],
+    ["a POST", "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}", 405],
+  ])("%s gets a short %d", async (_, request, status) => {
+    const answer = await rawRequest(healthPort, request);
+    expect(answer.status).toBe(status);
+    revealsNothing(answer);
+  });
+
+  test("the driver's stderr holds only its JSON lines, one per refusal at most", async () => {
+    await rawRequest(healthPort, "GET /healthz HTTP/1.1\r\nHost: [::1\r\n\r\n");
+    for (let waited = 0; !driver.stderr.includes("malformed HTTP request refused"); waited += 20) {
+      if (waited > 10_000) break;
+      await Bun.sleep(20);
+    }
+    const lines = driver.stderr.trimEnd().split("\n");
+    const entries = lines.map((line) => JSON.parse(line) as Record<string, unknown>);
+    const refusals = entries.filter((entry) => entry.msg === "malformed HTTP request refused");
+    expect(refusals.length).toBeGreaterThan(0);
+    expect(refusals[0]).toMatchObject({ level: "warn", remote: "127.0.0.1" });
   });
 });
 
