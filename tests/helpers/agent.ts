@@ -6,8 +6,11 @@ import type { UnixSocketListener } from "bun";
 
 export const AGENT_SOCKET = "agent.sock";
 
-export function startAgent(socketDir: string): UnixSocketListener<undefined> {
-  const path = join(socketDir, AGENT_SOCKET);
+export function startAgent(
+  socketDir: string,
+  socketName = AGENT_SOCKET,
+): UnixSocketListener<undefined> {
+  const path = join(socketDir, socketName);
   rmSync(path, { force: true });
   return Bun.listen({
     unix: path,
@@ -20,12 +23,16 @@ export function startAgent(socketDir: string): UnixSocketListener<undefined> {
 }
 
 /** Connects to the agent's socket through `dir` (e.g. a pod's volume) and exchanges a message. */
-export async function talkToAgent(dir: string, message = "ping"): Promise<string> {
+export async function talkToAgent(
+  dir: string,
+  message = "ping",
+  socketName = AGENT_SOCKET,
+): Promise<string> {
   const { promise, resolve, reject } = Promise.withResolvers<string>();
   const timer = setTimeout(() => reject(new Error(`no answer through ${dir}`)), 5000);
   try {
     await Bun.connect({
-      unix: join(dir, AGENT_SOCKET),
+      unix: join(dir, socketName),
       socket: {
         open(socket) {
           socket.write(message);
