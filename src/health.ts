@@ -12,6 +12,8 @@ export interface HealthOptions {
   /** False once the driver is shutting down. */
   serving: () => boolean;
   metrics: Metrics;
+  /** Why the driver cannot serve publishes now, beyond the agent's socket; undefined when none. */
+  readinessProblem?: () => string | undefined;
 }
 
 /**
@@ -39,6 +41,8 @@ export function startHealthServer(options: HealthOptions): Server<undefined> {
             : text(`the CSI socket ${options.csiSocketPath} does not answer: ${refusal}`, 503);
         }
         case "/readyz": {
+          const problem = options.readinessProblem?.();
+          if (problem) return text(problem, 503);
           const agent = await checkAgent(options.workloadApiSocketDir);
           return agent.ok
             ? text(`ok: ${agent.socket} accepts connections`)

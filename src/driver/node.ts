@@ -41,6 +41,8 @@ export interface NodeServiceOptions {
   mounter: Mounter;
   /** Told of every `mount` or `umount` that failed (for metrics). */
   onMountFailure?: (operation: "mount" | "umount") => void;
+  /** Makes the Workload API directory usable by pods (SELinux labels); says why it cannot. */
+  labeler?: { ensure(): string | undefined };
 }
 
 // The kubelet creates <volume-name>/ with 0750; the mount directory gets the same.
@@ -149,6 +151,8 @@ export class NodeService {
     if (sourceProblem || !source) {
       throw new RpcError(status.UNAVAILABLE, sourceProblem ?? "no Workload API directory");
     }
+    const labelProblem = this.options.labeler?.ensure();
+    if (labelProblem) throw failedPrecondition(labelProblem);
     this.checkVolumeDir(targetPath, "publish");
     const record = this.volumeRecord(targetPath);
     if (record?.driverName !== undefined && record.driverName !== this.options.pluginName) {
