@@ -186,6 +186,6 @@ export class Labeler {
     const fix = readOnly
       ? "mount the agent's directory read-write into the driver's container (SPIRE's Helm chart mounts it read-only)"
       : "run the driver as root in a privileged container, on a file system that stores SELinux labels";
-    return `cannot label the Workload API socket directory ${JSON.stringify(this.socketDir)} for SELinux with ${this.context}: ${cause}; ${fix}, or label it on the node (chcon ${this.context} ${this.socketDir} ${this.socketDir}/*)`;
+    return `cannot label the Workload API socket directory ${JSON.stringify(this.socketDir)} for SELinux with ${this.context}: ${cause}; ${fix}, or label it on the node (chcon -h ${this.context} ${this.socketDir} ${this.socketDir}/*)`;
   }
 }
