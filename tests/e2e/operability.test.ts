@@ -292,6 +292,7 @@ describe("doctor", () => {
       "Workload API socket directory exists",
       "Workload API socket directory holds a socket",
       "Workload API socket accepts a connection",
+      "Workload API directory is labelled for containers (SELinux)",
       "CSI socket directory is writable",
       "kubelet pods directory exists",
       "kubelet pods directory is a shared mount",

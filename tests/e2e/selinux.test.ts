@@ -229,10 +229,15 @@ describe("a read-only directory", () => {
   }, 60_000);
 });
 
-describe("--selinux-label auto", () => {
-  // The driver in a mount namespace of its own, where /sys/fs is a fresh tmpfs (holding
-  // selinux/enforce when asked) and /proc/<pid>/attr/current shows a given text. `exec` keeps
-  // the pid, so the bind covers the driver's own /proc/self/attr/current.
+/**
+ * A command prefix that runs a program in a mount namespace of its own, where /sys/fs is a fresh
+ * tmpfs (holding selinux/enforce when `enforce` is given) and /proc/<pid>/attr/current shows
+ * `current`: the inputs of SELinux detection, for real. `exec` keeps the pid, so the bind covers
+ * the program's own /proc/self/attr/current.
+ */
+function selinuxInputs(enforce: string, current: string): string[] {
+  const currentFile = join(root, `current-${Bun.hash(enforce + current)}`);
+  writeFileSync(currentFile, current);
   const script = [
     "set -e",
     "mount -t tmpfs sysfs-stand-in /sys/fs",
@@ -241,7 +246,21 @@ describe("--selinux-label auto", () => {
     "shift 2",
     'exec "$@"',
   ].join("\n");
+  return [
+    "unshare",
+    "--mount",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    script,
+    "sh",
+    enforce,
+    currentFile,
+  ];
+}
 
+describe("--selinux-label auto", () => {
   const cases: [string, string, string, boolean][] = [
     ["selinuxfs says enforcing", "1", "", true],
     ["selinuxfs says permissive", "0", "", true],
@@ -257,22 +276,11 @@ describe("--selinux-label auto", () => {
   for (const [name, enforce, current, labelled] of cases) {
     test(`${name}: ${labelled ? "labels" : "labels nothing"}`, async () => {
       const setup = agentDirectory(`auto-${name.replace(/\W+/g, "-")}`);
-      const currentFile = join(root, `current-${port}`);
-      writeFileSync(currentFile, current);
       const before = labels(setup.socketDir);
       const driver = new DriverProcess(
         Bun.spawn(
           [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            script,
-            "sh",
-            enforce,
-            currentFile,
+            ...selinuxInputs(enforce, current),
             BINARY,
             "-workload-api-socket-dir",
             setup.socketDir,
@@ -288,7 +296,6 @@ describe("--selinux-label auto", () => {
         ),
       );
       running.push(driver);
-      port++;
       await waitServing(driver, setup.csiSocketPath);
       // The publish's mount stays in the driver's namespace; the labels are what matter here.
       const volume = await publish(setup);
@@ -324,4 +331,54 @@ describe("settings", () => {
     },
     60_000,
   );
+});
+
+describe("doctor", () => {
+  async function labelCheck(prefix: string[], socketDir: string) {
+    const proc = Bun.spawn(
+      [...prefix, BINARY, "doctor", "-workload-api-socket-dir", socketDir, "--json"],
+      { stdout: "pipe", stderr: "pipe", env: { PATH: process.env.PATH ?? "/usr/bin:/bin" } },
+    );
+    const [stdout] = await Promise.all([new Response(proc.stdout).text(), proc.exited]);
+    const checks = JSON.parse(stdout) as {
+      name: string;
+      ok: boolean;
+      detail: string;
+      fix?: string;
+    }[];
+    return checks.find((check) => check.name.includes("(SELinux)"));
+  }
+
+  test("prints the directory's and the socket's labels, and fails on an SELinux node until they suit containers", async () => {
+    const setup = agentDirectory("doctor");
+    const socket = join(setup.socketDir, AGENT_SOCKET);
+    setLabel(`${setup.socketDir}/.`, HOST_LABEL);
+    const enforcing = selinuxInputs("1", "");
+
+    const unlabelled = await labelCheck(enforcing, setup.socketDir);
+    expect(unlabelled?.ok).toBe(false);
+    expect(unlabelled?.detail).toContain(`${setup.socketDir} ${HOST_LABEL}`);
+    expect(unlabelled?.detail).toContain(`${socket} unlabelled`);
+    expect(unlabelled?.fix).toContain(`chcon -h ${CONTAINER_FILE} ${setup.socketDir}`);
+    expect(unlabelled?.fix).toContain("ls -Z");
+
+    // A label with categories admits only pods holding them.
+    setLabel(`${setup.socketDir}/.`, CONTAINER_FILE);
+    setLabel(socket, `${CONTAINER_FILE}:c1,c2`);
+    expect((await labelCheck(enforcing, setup.socketDir))?.ok).toBe(false);
+
+    setLabel(socket, CONTAINER_FILE);
+    const labelled = await labelCheck(enforcing, setup.socketDir);
+    expect(labelled?.ok).toBe(true);
+    expect(labelled?.detail).toBe(
+      `${setup.socketDir} ${CONTAINER_FILE}, ${socket} ${CONTAINER_FILE}`,
+    );
+
+    setLabel(socket, HOST_LABEL);
+    const off = await labelCheck(selinuxInputs("", ""), setup.socketDir);
+    expect(off?.ok).toBe(true);
+    expect(off?.detail).toContain("not needed, SELinux is off");
+    expect(off?.detail).toContain(`${socket} ${HOST_LABEL}`);
+    setup.agent.stop(true);
+  }, 60_000);
 });
