@@ -188,7 +188,7 @@ describe("--selinux-label off", () => {
 });
 
 describe("a read-only directory", () => {
-  test("answers FAILED_PRECONDITION and /readyz 503 with the fix, keeps serving, and labels once writable", async () => {
+  test("answers FAILED_PRECONDITION and /readyz 503 with the fix, keeps serving, labels once writable; labelled, read-only is enough", async () => {
     const setup = agentDirectory("read-only");
     mount(["--bind", setup.socketDir], setup.socketDir);
     run(["mount", "-o", "remount,bind,ro", setup.socketDir]);
@@ -221,6 +221,21 @@ describe("a read-only directory", () => {
     expect(labels(setup.socketDir)).toEqual(allLabelled(setup.socketDir));
     expect(await talkToAgent(volume.targetPath)).toBe("pong ping");
     expect((await fetch(`http://127.0.0.1:${healthPort}/readyz`)).status).toBe(200);
+
+    // A socket the agent re-creates while pods run: /readyz labels it.
+    setup.agent.stop(true);
+    setup.agent = startAgent(setup.socketDir);
+    expect(getLabel(join(setup.socketDir, AGENT_SOCKET))).toBeUndefined();
+    expect((await fetch(`http://127.0.0.1:${healthPort}/readyz`)).status).toBe(200);
+    expect(getLabel(join(setup.socketDir, AGENT_SOCKET))).toBe(CONTAINER_FILE);
+
+    // Labelled already: read-only is enough, the labels are only read.
+    run(["mount", "-o", "remount,bind,ro", setup.socketDir]);
+    const second = podVolume(setup.kubeletRoot);
+    prepareVolume(second);
+    await node.nodePublishVolume(publishRequest(second));
+    expect(await talkToAgent(second.targetPath)).toBe("pong ping");
+    await node.nodeUnpublishVolume(unpublishRequest(second));
     await node.nodeUnpublishVolume(unpublishRequest(volume));
     node.close();
     identity.close();
