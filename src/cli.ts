@@ -13,6 +13,7 @@ import type { HealthServer } from "./health.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { idleCollector } from "./memory.ts";
 import { CommandMounter } from "./mount/mounter.ts";
+import { DEFAULT_SELINUX_CONTEXT, Labeler, labellingWanted } from "./selinux.ts";
 import { rpcLogger, StartError, startServer } from "./server.ts";
 import { VERSION } from "./version.ts";
 
@@ -90,6 +91,17 @@ export const args = {
     description: "host:port (or :port) for HTTP /healthz, /readyz and /metrics; off when unset",
     valueHint: "addr",
   },
+  "selinux-label": {
+    type: "string",
+    description:
+      "Label the Workload API directory and its entries for containers (SELinux): auto (when the node runs SELinux), on or off",
+    default: "auto",
+  },
+  "selinux-context": {
+    type: "string",
+    description: "The SELinux label they get (user:role:type:level)",
+    default: DEFAULT_SELINUX_CONTEXT,
+  },
 } satisfies ArgsDef;
 
 /** Reads the parsed flags into a Config; a problem is a ConfigError. */
@@ -129,6 +141,8 @@ export function configFromArgs(
     healthAddr: text("health-addr"),
     kubeletRegistrationDir: text("kubelet-registration-dir"),
     kubeletRegistrationPath: text("kubelet-registration-path"),
+    selinuxLabel: text("selinux-label") ?? "",
+    selinuxContext: text("selinux-context") ?? "",
   };
   return resolveConfig(raw, env);
 }
@@ -168,6 +182,23 @@ export const main = defineCommand({
   },
 });
 
+/**
+ * Decides once whether the Workload API directory gets SELinux labels, and labels it now. Not
+ * fatal: the agent may create the directory later, and a publish reports what is wrong.
+ */
+function startLabelling(config: Config, logger: Logger): Labeler | undefined {
+  const wanted = labellingWanted(config.selinuxLabel);
+  logger.info(wanted.enabled ? "SELinux labelling on" : "SELinux labelling off", {
+    reason: wanted.reason,
+    ...(wanted.enabled && { context: config.selinuxContext }),
+  });
+  if (!wanted.enabled) return undefined;
+  const labeler = new Labeler(config.workloadApiSocketDir, config.selinuxContext, logger);
+  const problem = labeler.ensure();
+  if (problem) logger.warn(problem);
+  return labeler;
+}
+
 async function serve(config: Config, mounter: CommandMounter, logger: Logger): Promise<void> {
   logger.info("starting", {
     version: VERSION,
@@ -182,6 +213,7 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
       path: config.workloadApiSocketDir,
     });
   }
+  const labeler = startLabelling(config, logger);
   // Metrics are loaded only with --health-addr: a driver without them starts lighter.
   const metrics = config.healthAddr
     ? new (await import("./metrics.ts")).Metrics(VERSION, () => node.publishedVolumes)
@@ -192,6 +224,7 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
     workloadApiSocketDir: config.workloadApiSocketDir,
     mounter,
     onMountFailure: (operation) => metrics?.mountFailed(operation),
+    labeler,
   });
   if (metrics) node.adoptPublished();
   const logCall = rpcLogger(logger);
@@ -235,6 +268,9 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
         serving: () => serving,
         metrics,
         logger,
+        // Checking repairs too: a socket the agent re-creates while pods run is labelled again
+        // within one readiness period, not only at the next publish.
+        readinessProblem: labeler && (() => labeler.ensure()),
       });
     } catch (error) {
       await server.close(0);

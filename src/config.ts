@@ -1,6 +1,7 @@
 import { isAbsolute } from "node:path";
 import { parseAddress } from "./address.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
+import { contextProblem, SELINUX_LABEL_MODES, type SelinuxLabelMode } from "./selinux.ts";
 
 /** A setting that is missing or wrong: the program says so in one line and exits with status 2. */
 export class ConfigError extends Error {
@@ -25,6 +26,10 @@ export interface Config {
   /** Built-in kubelet registration: the plugins_registry directory, and the CSI socket's path as
    * the kubelet sees it. */
   kubeletRegistration?: { dir: string; endpoint: string };
+  /** Whether the Workload API directory gets SELinux labels: auto, on or off. */
+  selinuxLabel: SelinuxLabelMode;
+  /** The SELinux label it gets. */
+  selinuxContext: string;
 }
 
 /** The flags as the command line gives them, before checking. */
@@ -42,6 +47,8 @@ export interface RawSettings {
   healthAddr?: string;
   kubeletRegistrationDir?: string;
   kubeletRegistrationPath?: string;
+  selinuxLabel: string;
+  selinuxContext: string;
 }
 
 // CSI: domain name notation, at most 63 characters, beginning and ending with an alphanumeric
@@ -127,7 +134,16 @@ export function resolveConfig(raw: RawSettings, env: Record<string, string | und
   if (!isAbsolute(endpoint)) {
     throw new ConfigError(`--kubelet-registration-path must be an absolute path, got ${endpoint}`);
   }
+  if (!SELINUX_LABEL_MODES.includes(raw.selinuxLabel as SelinuxLabelMode)) {
+    throw new ConfigError(
+      `--selinux-label must be one of ${SELINUX_LABEL_MODES.join(", ")}, got "${raw.selinuxLabel}"`,
+    );
+  }
+  const selinuxContextProblem = contextProblem(raw.selinuxContext);
+  if (selinuxContextProblem) throw new ConfigError(selinuxContextProblem);
   return {
+    selinuxLabel: raw.selinuxLabel as SelinuxLabelMode,
+    selinuxContext: raw.selinuxContext,
     kubeletRegistration: registrationDir ? { dir: registrationDir, endpoint } : undefined,
     healthAddr: raw.healthAddr,
     workloadApiSocketDir: socketDir,

@@ -3,7 +3,9 @@ import {
   closeSync,
   constants,
   existsSync,
+  lstatSync,
   openSync,
+  readdirSync,
   readFileSync,
   statSync,
 } from "node:fs";
@@ -16,6 +18,13 @@ import { Identity } from "./gen/csi/v1/csi_pb.ts";
 import { createClient } from "./grpc/client.ts";
 import { readMountId } from "./mount/descriptors.ts";
 import { findMount } from "./mount/mountinfo.ts";
+import { getLabel } from "./mount/xattr.ts";
+import {
+  contextProblem,
+  DEFAULT_SELINUX_CONTEXT,
+  detectSelinux,
+  usableByContainers,
+} from "./selinux.ts";
 import { SOCKET_DIRECTORY_FIX, socketDirectoryProblem } from "./socket.ts";
 
 export interface Check {
@@ -34,6 +43,8 @@ export interface DoctorOptions {
   pluginName: string;
   kubeletDir: string;
   registrationDir: string;
+  /** The label the driver gives the Workload API directory (--selinux-context). */
+  selinuxContext: string;
 }
 
 const pass = (name: string, detail: string): Check => ({ name, ok: true, detail });
@@ -50,6 +61,7 @@ const CAP_SYS_ADMIN = 21n;
 /** Runs every check of a node's set-up; each yields one line. */
 export async function runChecks(options: DoctorOptions): Promise<Check[]> {
   const checks: Check[] = [...(await agentChecks(options.workloadApiSocketDir))];
+  checks.push(...labelChecks(options.workloadApiSocketDir, options.selinuxContext));
   checks.push(socketDirectoryCheck(options.csiSocketPath));
   checks.push(socketDirectorySafetyCheck(options.csiSocketPath));
   checks.push(...kubeletChecks(options.kubeletDir));
@@ -137,6 +149,47 @@ async function agentChecks(socketDir: string): Promise<Check[]> {
     pass(exists, socketDir),
     pass(holds, socketDir),
     fail(accepts, agent.problem, "the socket is stale: restart the SPIFFE agent"),
+  ];
+}
+
+/**
+ * The SELinux labels of the Workload API directory and of its sockets, and whether every container
+ * may use them. Nothing to check when the directory cannot be listed (the agent checks say why).
+ */
+function labelChecks(socketDir: string, context: string): Check[] {
+  const name = "Workload API directory is labelled for containers (SELinux)";
+  let sockets: string[];
+  try {
+    sockets = readdirSync(socketDir)
+      .map((entry) => join(socketDir, entry))
+      .filter((path) => lstatSync(path, { throwIfNoEntry: false })?.isSocket());
+  } catch {
+    return [];
+  }
+  let usable = true;
+  const described = [socketDir, ...sockets].map((path) => {
+    let label: string | undefined;
+    try {
+      label = getLabel(path === socketDir ? `${path}/.` : path);
+    } catch (error) {
+      usable = false;
+      return `${path} unreadable (${(error as Error).message})`;
+    }
+    if (!usableByContainers(label, context)) usable = false;
+    return `${path} ${label ?? "unlabelled"}`;
+  });
+  const labels = described.join(", ");
+  const selinux = detectSelinux();
+  if (!selinux.enabled)
+    return [pass(name, `not needed, SELinux is off (${selinux.reason}): ${labels}`)];
+  return [
+    usable
+      ? pass(name, labels)
+      : fail(
+          name,
+          `${labels}: containers need type ${context.split(":")[2]} at level s0`,
+          `run the driver with --selinux-label auto or on and the agent's directory mounted read-write, so that it labels them; or label them on the node (chcon -h ${context} ${socketDir} ${socketDir}/*), check with ls -Z, and look for denials in the audit log (ausearch -m avc -ts recent)`,
+        ),
   ];
 }
 
@@ -303,6 +356,11 @@ const args = {
       "The kubelet's plugin registration directory (default <kubelet-dir>/plugins_registry)",
     valueHint: "dir",
   },
+  "selinux-context": {
+    type: "string",
+    description: "The SELinux label the driver gives the Workload API directory",
+    default: DEFAULT_SELINUX_CONTEXT,
+  },
   json: { type: "boolean", description: "Print the checks as JSON" },
 } satisfies ArgsDef;
 
@@ -322,6 +380,11 @@ export const doctor = defineCommand({
       process.stderr.write("spiffe-csi-driver doctor: -workload-api-socket-dir is required\n");
       process.exit(2);
     }
+    const contextError = contextProblem(parsed["selinux-context"]);
+    if (contextError) {
+      process.stderr.write(`spiffe-csi-driver doctor: ${contextError}\n`);
+      process.exit(2);
+    }
     const checks = await runChecks({
       workloadApiSocketDir: parsed["workload-api-socket-dir"],
       csiSocketPath: parsed["csi-socket-path"] ?? "/spiffe-csi/csi.sock",
@@ -330,6 +393,7 @@ export const doctor = defineCommand({
       kubeletDir: parsed["kubelet-dir"],
       registrationDir:
         parsed["registration-dir"] ?? join(parsed["kubelet-dir"], "plugins_registry"),
+      selinuxContext: parsed["selinux-context"],
     });
     process.stdout.write(
       parsed.json ? `${JSON.stringify(checks, null, 2)}\n` : `${formatChecks(checks)}\n`,

@@ -51,6 +51,8 @@ export interface NodeServiceOptions {
   mounter: Mounter;
   /** Told of every `mount` or `umount` that failed (for metrics). */
   onMountFailure?: (operation: "mount" | "umount") => void;
+  /** Makes the Workload API directory usable by pods (SELinux labels); says why it cannot. */
+  labeler?: { ensure(): string | undefined };
 }
 
 // The kubelet creates <volume-name>/ with 0750; the mount directory gets the same.
@@ -220,6 +222,8 @@ export class NodeService {
     volume: VolumeDirectory,
   ): Promise<void> {
     using source = this.openSource();
+    const labelProblem = this.options.labeler?.ensure();
+    if (labelProblem) throw failedPrecondition(labelProblem);
     const record = await this.volumeRecord(volume, targetPath);
     if (record?.driverName !== undefined && record.driverName !== this.options.pluginName) {
       throw failedPrecondition(

@@ -2,10 +2,11 @@
 // kubelet uses it. Runs inside a private mount namespace; prints a markdown table, writes JSON
 // and docs/benchmarks.md.
 
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { join, resolve } from "node:path";
 import { parseMountInfo } from "../../src/mount/mountinfo.ts";
+import { AGENT_SOCKET, startAgent } from "../helpers/agent.ts";
 import {
   assertPrivateMountNamespace,
   type DriverProcess,
@@ -20,6 +21,9 @@ assertPrivateMountNamespace();
 
 const repo = resolve(import.meta.dir, "../..");
 const quick = process.env.BENCH_QUICK === "1";
+// BENCH_SELINUX_LABEL=on runs the driver with --selinux-label on: every publish then reads the
+// labels of the directory and of each entry in it.
+const selinuxLabel = process.env.BENCH_SELINUX_LABEL;
 const MOUNT_LEVELS = quick ? [20, 1000] : [20, 1_000, 10_000];
 const CONCURRENCY = [1, 16];
 const VOLUMES = quick ? { 1: 100, 16: 200 } : { 1: 300, 16: 800 };
@@ -33,6 +37,9 @@ const SETTLE_MS = 2500;
 const root = tempDir("bench");
 const socketDir = join(root, "agent-sockets");
 mkdirSync(socketDir);
+// The directory as a SPIRE agent lays it out: its socket and a link to it.
+const agent = startAgent(socketDir);
+symlinkSync(AGENT_SOCKET, join(socketDir, "api.sock"));
 const csiSocketPath = join(root, "plugin", "csi.sock");
 
 function progress(line: string): void {
@@ -85,7 +92,13 @@ async function startDriver(): Promise<{
 }> {
   const t0 = performance.now();
   const driver = spawnDriver(
-    ["-workload-api-socket-dir", socketDir, "-csi-socket-path", csiSocketPath],
+    [
+      "-workload-api-socket-dir",
+      socketDir,
+      "-csi-socket-path",
+      csiSocketPath,
+      ...(selinuxLabel ? ["--selinux-label", selinuxLabel] : []),
+    ],
     { MY_NODE_NAME: "bench-node" },
   );
   while (!existsSync(csiSocketPath)) await Bun.sleep(0.5);
@@ -275,7 +288,7 @@ const targets: [string, string, string, string, boolean][] = [
 
 const machine = `${cpus().length} cores (${cpus()[0]?.model.trim() ?? "unknown CPU"}), ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Linux ${readFileSync("/proc/sys/kernel/osrelease", "utf8").trim()}, Bun ${Bun.version}`;
 const lines = [
-  `Machine: ${machine}. ${new Date().toISOString().slice(0, 10)}.${quick ? " Quick run (BENCH_QUICK=1)." : ""}`,
+  `Machine: ${machine}. ${new Date().toISOString().slice(0, 10)}.${quick ? " Quick run (BENCH_QUICK=1)." : ""}${selinuxLabel ? ` --selinux-label ${selinuxLabel} (BENCH_SELINUX_LABEL).` : ""}`,
   "",
   "| figure | Go reference | target | measured | met |",
   "|---|---|---|---|---|",
@@ -313,5 +326,6 @@ writeFileSync(
   docPath,
   `${doc.slice(0, doc.indexOf(begin) + begin.length)}\n${table}\n${doc.slice(doc.indexOf(end))}`,
 );
+agent.stop(true);
 rmSync(root, { recursive: true, force: true });
 process.exit(0);

@@ -2,6 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { configFromArgs } from "../../src/cli.ts";
 import { ConfigError, validatePluginName } from "../../src/config.ts";
 import { normalizeArgv } from "../../src/flags.ts";
+import { contextProblem, usableByContainers } from "../../src/selinux.ts";
 
 const defaults = {
   _: [],
@@ -13,6 +14,8 @@ const defaults = {
   "mount-timeout": "30",
   "max-connections": "256",
   "connection-idle-timeout": "60",
+  "selinux-label": "auto",
+  "selinux-context": "system_u:object_r:container_file_t:s0",
 };
 
 function config(flags: Record<string, unknown>, env: Record<string, string> = {}) {
@@ -56,6 +59,22 @@ describe("configFromArgs", () => {
     expect(resolved.mountTimeoutMs).toBe(30_000);
     expect(resolved.maxConnections).toBe(256);
     expect(resolved.connectionIdleTimeoutMs).toBe(60_000);
+  });
+
+  test("labels for SELinux when the node runs it, with container_file_t at s0, by default", () => {
+    const resolved = config({}, { MY_NODE_NAME: "n" });
+    expect(resolved.selinuxLabel).toBe("auto");
+    expect(resolved.selinuxContext).toBe("system_u:object_r:container_file_t:s0");
+  });
+
+  test("takes --selinux-label and --selinux-context", () => {
+    const resolved = config(
+      { "selinux-label": "on", "selinux-context": "system_u:object_r:svirt_sandbox_file_t:s0" },
+      { MY_NODE_NAME: "n" },
+    );
+    expect(resolved.selinuxLabel).toBe("on");
+    expect(resolved.selinuxContext).toBe("system_u:object_r:svirt_sandbox_file_t:s0");
+    expect(config({ "selinux-label": "off" }, { MY_NODE_NAME: "n" }).selinuxLabel).toBe("off");
   });
 
   const problems: [string, Record<string, unknown>, Record<string, string>, RegExp][] = [
@@ -108,6 +127,24 @@ describe("configFromArgs", () => {
       /flag -node-id needs a value/,
     ],
     [
+      "bad --selinux-label",
+      { "selinux-label": "yes" },
+      { MY_NODE_NAME: "n" },
+      /--selinux-label must be one of auto, on, off, got "yes"/,
+    ],
+    [
+      "bad --selinux-context",
+      { "selinux-context": "container_file_t" },
+      { MY_NODE_NAME: "n" },
+      /--selinux-context must be user:role:type:level/,
+    ],
+    [
+      "--selinux-context with no value",
+      { "selinux-context": "" },
+      { MY_NODE_NAME: "n" },
+      /flag -selinux-context needs a value/,
+    ],
+    [
       "--no-node-id-env",
       { "node-id-env": false },
       { MY_NODE_NAME: "n" },
@@ -139,5 +176,42 @@ describe("validatePluginName", () => {
     "csi.spiffe.io.",
   ])("rejects %p", (name) => {
     expect(validatePluginName(name)).toBeString();
+  });
+});
+
+describe("SELinux contexts", () => {
+  test.each([
+    "system_u:object_r:container_file_t:s0",
+    "system_u:object_r:container_file_t:s0:c1,c2",
+    "system_u:object_r:container_file_t:s0-s0:c0.c1023",
+    "unconfined_u:object_r:svirt_sandbox_file_t:s0:c5.c10,c12",
+    "u:object_r:my.type-1:s15",
+  ])("accepts %s", (context) => {
+    expect(contextProblem(context)).toBeUndefined();
+  });
+
+  test.each([
+    "",
+    "container_file_t",
+    "system_u:object_r:container_file_t",
+    "system_u:object_r:container_file_t:",
+    "system_u:object_r:container_file_t:0",
+    "system_u:object_r:container_file_t:s0:",
+    "system_u:object_r:container_file_t:s0:c1,",
+    "system_u:object_r:container_file_t:s0-",
+    "system_u::container_file_t:s0",
+    "system_u:object_r:container file_t:s0",
+    "system_u:object_r:container_file_t:s0\n",
+  ])("rejects %p", (context) => {
+    expect(contextProblem(context)).toContain("--selinux-context must be user:role:type:level");
+  });
+
+  test("a label containers may use has the configured type at s0 without categories", () => {
+    const context = "system_u:object_r:container_file_t:s0";
+    expect(usableByContainers(context, context)).toBe(true);
+    expect(usableByContainers("unconfined_u:object_r:container_file_t:s0", context)).toBe(true);
+    expect(usableByContainers("system_u:object_r:container_file_t:s0:c1,c2", context)).toBe(false);
+    expect(usableByContainers("system_u:object_r:var_run_t:s0", context)).toBe(false);
+    expect(usableByContainers(undefined, context)).toBe(false);
   });
 });
