@@ -22,6 +22,7 @@ test("reads ids, device, root, mount point, propagation, type and source", () =>
     propagation: ["shared:5"],
     fsType: "tmpfs",
     source: "tmpfs",
+    readOnly: false,
   });
   expect(parseMountInfo(sample).find((mount) => mount.mountId === 25)?.propagation).toEqual([]);
 });
