@@ -10,6 +10,7 @@ import { existsSync, mkdirSync, readFileSync, readlinkSync, rmSync, writeFileSyn
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import type { Subprocess } from "bun";
+import type { Check } from "../../src/doctor.ts";
 import { startAgent, talkToAgent } from "../helpers/agent.ts";
 import {
   assertPrivateMountNamespace,
@@ -161,6 +162,21 @@ function preparedVolume(): PodVolume {
   return volume;
 }
 
+/** The doctor's read-only check, run as an operator would with --recursive-bind. */
+function submountCheck(): Check | undefined {
+  const result = Bun.spawnSync(
+    [BINARY, "doctor", "-workload-api-socket-dir", socketDir, "--kubelet-dir", kubeletRoot].concat([
+      "--recursive-bind",
+      "--json",
+    ]),
+    { stdout: "pipe", stderr: "pipe" },
+  );
+  const checks = JSON.parse(result.stdout.toString()) as Check[];
+  return checks.find(
+    (check) => check.name === "file systems below the Workload API directory are read-only",
+  );
+}
+
 describe("--recursive-bind, driver in a DaemonSet's namespace", () => {
   test("a file system mounted before publishing is seen at the target and in a pod", async () => {
     const volume = preparedVolume();
@@ -256,10 +272,14 @@ describe("--recursive-bind, driver in a DaemonSet's namespace", () => {
       expect(mountsUnder(volume.volumeDir)).toBe(0);
       expect(existsSync(volume.targetPath)).toBe(false);
       removeVolume(volume);
+      const check = submountCheck();
+      expect(check?.ok).toBe(false);
+      expect(check?.detail).toContain(`read-write: ${writable};`);
     } finally {
       run("umount", writable);
       rmSync(writable, { recursive: true, force: true });
     }
+    expect(submountCheck()?.ok).toBe(true);
   }, 60_000);
 
   test("the agent's directory re-created after publishing: the stale tree is replaced", async () => {
