@@ -66,7 +66,7 @@ const CAP_SYS_ADMIN = 21n;
 export async function runChecks(options: DoctorOptions): Promise<Check[]> {
   const checks: Check[] = [...(await agentChecks(options.workloadApiSocketDir))];
   checks.push(...labelChecks(options.workloadApiSocketDir, options.selinuxContext));
-  if (options.recursiveBind) checks.push(await submountCheck(options.workloadApiSocketDir));
+  if (options.recursiveBind) checks.push(...(await submountChecks(options.workloadApiSocketDir)));
   checks.push(socketDirectoryCheck(options.csiSocketPath));
   checks.push(socketDirectorySafetyCheck(options.csiSocketPath));
   checks.push(...kubeletChecks(options.kubeletDir));
@@ -198,29 +198,48 @@ function labelChecks(socketDir: string, context: string): Check[] {
   ];
 }
 
-/** With --recursive-bind: every file system below the Workload API directory is read-only. */
-async function submountCheck(socketDir: string): Promise<Check> {
-  const name = "file systems below the Workload API directory are read-only";
-  let writable: string[];
+/**
+ * With --recursive-bind: every file system below the Workload API directory is read-only, and
+ * the directory's mount receives the node's mounts (slave or shared), so that one mounted later
+ * reaches the pods.
+ */
+async function submountChecks(socketDir: string): Promise<Check[]> {
+  const readOnly = "file systems below the Workload API directory are read-only";
+  const receives = "Workload API directory receives later mounts";
+  let table: Awaited<ReturnType<typeof readMountTable>>;
+  let mountId: number;
   try {
     const fd = openSync(socketDir, constants.O_RDONLY | constants.O_DIRECTORY);
-    let mountId: number;
     try {
       mountId = readMountId(fd);
     } finally {
       closeSync(fd);
     }
-    writable = mountTree(await readMountTable(), mountId, realpathSync(socketDir)).writable;
+    table = await readMountTable();
   } catch (error) {
-    return fail(name, `${socketDir}: ${(error as Error).message}`, "check that /proc is mounted");
+    return [
+      fail(readOnly, `${socketDir}: ${(error as Error).message}`, "check that /proc is mounted"),
+    ];
   }
-  return writable.length === 0
-    ? pass(name, `${socketDir}: none below it is read-write`)
-    : fail(
-        name,
-        `read-write: ${writable.join(", ")}; publishing answers FAILED_PRECONDITION with --recursive-bind`,
-        "mount them read-only (a pod's readOnly covers only the top of its volume), or start the driver with --allow-writable-submounts to give them to pods writable",
-      );
+  const { writable } = mountTree(table, mountId, realpathSync(socketDir));
+  const mount = table.find((each) => each.mountId === mountId);
+  const propagation = mount?.propagation ?? [];
+  return [
+    writable.length === 0
+      ? pass(readOnly, `${socketDir}: none below it is read-write`)
+      : fail(
+          readOnly,
+          `read-write: ${writable.join(", ")}; publishing answers FAILED_PRECONDITION with --recursive-bind`,
+          "mount them read-only (a pod's readOnly covers only the top of its volume), or start the driver with --allow-writable-submounts to give them to pods writable",
+        ),
+    propagation.length > 0
+      ? pass(receives, `${socketDir} is on ${mount?.mountPoint} (${propagation.join(" ")})`)
+      : fail(
+          receives,
+          `${socketDir} is on ${mount?.mountPoint ?? "an unknown mount"}, which is private: a file system mounted there after a volume was published never reaches its pod`,
+          "mount the agent's directory into the driver's container with mountPropagation: HostToContainer",
+        ),
+  ];
 }
 
 function socketDirectoryCheck(csiSocketPath: string): Check {

@@ -162,20 +162,23 @@ function preparedVolume(): PodVolume {
   return volume;
 }
 
-/** The doctor's read-only check, run as an operator would with --recursive-bind. */
-function submountCheck(): Check | undefined {
+/** The doctor's checks for --recursive-bind, run as an operator would, by name. */
+function doctorChecks(prefix: string[] = []): Record<string, Check> {
   const result = Bun.spawnSync(
-    [BINARY, "doctor", "-workload-api-socket-dir", socketDir, "--kubelet-dir", kubeletRoot].concat([
+    [...prefix, BINARY, "doctor", "-workload-api-socket-dir", socketDir].concat([
+      "--kubelet-dir",
+      kubeletRoot,
       "--recursive-bind",
       "--json",
     ]),
     { stdout: "pipe", stderr: "pipe" },
   );
   const checks = JSON.parse(result.stdout.toString()) as Check[];
-  return checks.find(
-    (check) => check.name === "file systems below the Workload API directory are read-only",
-  );
+  return Object.fromEntries(checks.map((check) => [check.name, check]));
 }
+const READ_ONLY_CHECK = "file systems below the Workload API directory are read-only";
+const RECEIVES_CHECK = "Workload API directory receives later mounts";
+const submountCheck = () => doctorChecks()[READ_ONLY_CHECK];
 
 describe("--recursive-bind, driver in a DaemonSet's namespace", () => {
   test("a file system mounted before publishing is seen at the target and in a pod", async () => {
@@ -342,6 +345,95 @@ describe("--recursive-bind, driver in the node's namespace (the directory is a s
     removeVolume(volume);
     expect(isMountPoint(spiffefs)).toBe(true);
     expect(readFileSync(join(spiffefs, "svid"), "utf8")).toBe("four");
+  }, 60_000);
+});
+
+describe("--recursive-bind, a publish stopped between the bind and making it a slave", () => {
+  // A `mount` that fails to change propagation while the flag file exists.
+  const failing = join(root, "fail-make-slave");
+  const bin = join(root, "bin");
+  mkdirSync(bin);
+  writeFileSync(
+    join(bin, "mount"),
+    `#!/bin/sh\ncase "$*" in *--make-rslave*) [ -e ${failing} ] && exit 1;; esac\nexec ${Bun.which("mount")} "$@"\n`,
+    { mode: 0o755 },
+  );
+  const csiSocketPath = join(root, "plugin-failing", "csi.sock");
+  let driver: DriverProcess;
+  let node: ReturnType<typeof clients>["node"];
+
+  beforeAll(async () => {
+    driver = await startDriver({
+      workloadApiSocketDir: socketDir,
+      csiSocketPath,
+      args: ["--recursive-bind"],
+      env: { PATH: `${bin}:${process.env.PATH}` },
+    });
+    node = clients(csiSocketPath).node;
+  }, 60_000);
+
+  afterAll(async () => {
+    node.close();
+    await driver.stop();
+  }, 60_000);
+
+  /** A volume left bound and still a peer of the agent's directory. */
+  async function interrupted(): Promise<PodVolume> {
+    const volume = preparedVolume();
+    writeFileSync(failing, "");
+    try {
+      const error = await rpcFailure(node.nodePublishVolume(publishRequest(volume)));
+      expect(error.code).toBe(status.INTERNAL);
+      expect(error.details).toContain("slaves");
+    } finally {
+      rmSync(failing);
+    }
+    expect(isMountPoint(volume.targetPath)).toBe(true);
+    return volume;
+  }
+
+  test("unpublishing it makes it a slave first: the agent's file systems stay mounted", async () => {
+    const volume = await interrupted();
+    await node.nodeUnpublishVolume(unpublishRequest(volume));
+    expect(mountsUnder(volume.targetPath)).toBe(0);
+    removeVolume(volume);
+    expect(isMountPoint(spiffefs)).toBe(true);
+    expect(readFileSync(join(spiffefs, "svid"), "utf8")).toBe("four");
+  }, 60_000);
+
+  test("publishing it again makes it a slave: nothing mounted at it reaches the agent", async () => {
+    const volume = await interrupted();
+    await node.nodePublishVolume(publishRequest(volume));
+    mkdirSync(join(socketDir, "probe"));
+    try {
+      run("mount", "-t", "tmpfs", "tmpfs", join(volume.targetPath, "probe"));
+      expect(isMountPoint(join(socketDir, "probe"))).toBe(false);
+      run("umount", join(volume.targetPath, "probe"));
+    } finally {
+      rmSync(join(socketDir, "probe"), { recursive: true });
+    }
+    await node.nodeUnpublishVolume(unpublishRequest(volume));
+    expect(mountsUnder(volume.targetPath)).toBe(0);
+    removeVolume(volume);
+    expect(isMountPoint(spiffefs)).toBe(true);
+  }, 60_000);
+});
+
+describe("doctor --recursive-bind", () => {
+  test("passes where later mounts reach the directory, fails where its mount is private", () => {
+    expect(doctorChecks()[RECEIVES_CHECK]?.ok).toBe(true);
+    const isolated = doctorChecks([
+      "unshare",
+      "--mount",
+      "--propagation",
+      "private",
+      "sh",
+      "-c",
+      'mount --make-rprivate "$0" && exec "$@"',
+      agentMount,
+    ])[RECEIVES_CHECK];
+    expect(isolated?.ok).toBe(false);
+    expect(isolated?.fix).toContain("mountPropagation: HostToContainer");
   }, 60_000);
 });
 
