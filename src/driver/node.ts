@@ -582,9 +582,8 @@ export class NodeService {
             `target_path ${quote(targetPath)} is a mount point (${describeMount(current.handle.mountId)}) that is not this driver's; refusing to unmount it`,
           );
         }
-        if (source && sameInode(current.handle, source)) {
-          await this.disentangle(volume, targetPath, current, source);
-        }
+        // A stale bind of a re-created directory can still share a peer group with it too.
+        if (source) await this.disentangle(volume, targetPath, current, source);
         try {
           // The handle names the very mount that was checked: nothing else can be unmounted.
           await this.options.mounter.unmount({ fd: current.handle.fd, path: targetPath });
