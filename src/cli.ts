@@ -102,6 +102,16 @@ export const args = {
     description: "The SELinux label they get (user:role:type:level)",
     default: DEFAULT_SELINUX_CONTEXT,
   },
+  "recursive-bind": {
+    type: "boolean",
+    description:
+      "Bind the Workload API directory with the file systems mounted below it (e.g. SPIFFEFS), and let ones mounted later reach the pods (--recursive-bind or --recursive-bind=true|false)",
+  },
+  "allow-writable-submounts": {
+    type: "boolean",
+    description:
+      "With --recursive-bind: also publish when a file system below the directory is read-write (pods get it writable)",
+  },
 } satisfies ArgsDef;
 
 /** Reads the parsed flags into a Config; a problem is a ConfigError. */
@@ -127,6 +137,14 @@ export function configFromArgs(
     }
     return value;
   };
+  // Boolean flags take no separate value (`-flag false` is a stray argument, as in Go), only
+  // `-flag` or `-flag=true|false`.
+  const flag = (name: keyof typeof args) => {
+    const value = parsed[name];
+    if (value === undefined) return false;
+    if (typeof value !== "boolean") throw new ConfigError(`flag -${name} takes no value`);
+    return value;
+  };
   const raw: RawSettings = {
     workloadApiSocketDir: text("workload-api-socket-dir"),
     csiSocketPath: text("csi-socket-path") ?? "",
@@ -143,6 +161,8 @@ export function configFromArgs(
     kubeletRegistrationPath: text("kubelet-registration-path"),
     selinuxLabel: text("selinux-label") ?? "",
     selinuxContext: text("selinux-context") ?? "",
+    recursiveBind: flag("recursive-bind"),
+    allowWritableSubmounts: flag("allow-writable-submounts"),
   };
   return resolveConfig(raw, env);
 }
@@ -214,6 +234,14 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
     });
   }
   const labeler = startLabelling(config, logger);
+  if (config.recursiveBind) {
+    logger.info("recursive bind on: file systems below the Workload API directory reach pods");
+    if (config.allowWritableSubmounts) {
+      logger.warn(
+        "--allow-writable-submounts: read-write file systems below the Workload API directory reach pods writable, whatever the pod's readOnly says",
+      );
+    }
+  }
   // Metrics are loaded only with --health-addr: a driver without them starts lighter.
   const metrics = config.healthAddr
     ? new (await import("./metrics.ts")).Metrics(VERSION, () => node.publishedVolumes)
@@ -225,6 +253,8 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
     mounter,
     onMountFailure: (operation) => metrics?.mountFailed(operation),
     labeler,
+    recursiveBind: config.recursiveBind,
+    allowWritableSubmounts: config.allowWritableSubmounts,
   });
   if (metrics) node.adoptPublished();
   const logCall = rpcLogger(logger);

@@ -30,6 +30,10 @@ export interface Config {
   selinuxLabel: SelinuxLabelMode;
   /** The SELinux label it gets. */
   selinuxContext: string;
+  /** Bind the Workload API directory with every mount below it, propagating later ones. */
+  recursiveBind: boolean;
+  /** With recursiveBind: bind read-write mounts below the directory too. */
+  allowWritableSubmounts: boolean;
 }
 
 /** The flags as the command line gives them, before checking. */
@@ -49,6 +53,8 @@ export interface RawSettings {
   kubeletRegistrationPath?: string;
   selinuxLabel: string;
   selinuxContext: string;
+  recursiveBind: boolean;
+  allowWritableSubmounts: boolean;
 }
 
 // CSI: domain name notation, at most 63 characters, beginning and ending with an alphanumeric
@@ -141,7 +147,12 @@ export function resolveConfig(raw: RawSettings, env: Record<string, string | und
   }
   const selinuxContextProblem = contextProblem(raw.selinuxContext);
   if (selinuxContextProblem) throw new ConfigError(selinuxContextProblem);
+  if (raw.allowWritableSubmounts && !raw.recursiveBind) {
+    throw new ConfigError("--allow-writable-submounts applies only with --recursive-bind");
+  }
   return {
+    recursiveBind: raw.recursiveBind,
+    allowWritableSubmounts: raw.allowWritableSubmounts,
     selinuxLabel: raw.selinuxLabel as SelinuxLabelMode,
     selinuxContext: raw.selinuxContext,
     kubeletRegistration: registrationDir ? { dir: registrationDir, endpoint } : undefined,

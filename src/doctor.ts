@@ -7,6 +7,7 @@ import {
   openSync,
   readdirSync,
   readFileSync,
+  realpathSync,
   statSync,
 } from "node:fs";
 import { dirname, join } from "node:path";
@@ -17,7 +18,8 @@ import { unknownFlags } from "./flags.ts";
 import { Identity } from "./gen/csi/v1/csi_pb.ts";
 import { createClient } from "./grpc/client.ts";
 import { readMountId } from "./mount/descriptors.ts";
-import { findMount } from "./mount/mountinfo.ts";
+import { findMount, readMountTable } from "./mount/mountinfo.ts";
+import { mountTree } from "./mount/submounts.ts";
 import { getLabel } from "./mount/xattr.ts";
 import {
   contextProblem,
@@ -45,6 +47,8 @@ export interface DoctorOptions {
   registrationDir: string;
   /** The label the driver gives the Workload API directory (--selinux-context). */
   selinuxContext: string;
+  /** The driver runs with --recursive-bind: file systems below the directory must be read-only. */
+  recursiveBind?: boolean;
 }
 
 const pass = (name: string, detail: string): Check => ({ name, ok: true, detail });
@@ -62,6 +66,7 @@ const CAP_SYS_ADMIN = 21n;
 export async function runChecks(options: DoctorOptions): Promise<Check[]> {
   const checks: Check[] = [...(await agentChecks(options.workloadApiSocketDir))];
   checks.push(...labelChecks(options.workloadApiSocketDir, options.selinuxContext));
+  if (options.recursiveBind) checks.push(...(await submountChecks(options.workloadApiSocketDir)));
   checks.push(socketDirectoryCheck(options.csiSocketPath));
   checks.push(socketDirectorySafetyCheck(options.csiSocketPath));
   checks.push(...kubeletChecks(options.kubeletDir));
@@ -189,6 +194,50 @@ function labelChecks(socketDir: string, context: string): Check[] {
           name,
           `${labels}: containers need type ${context.split(":")[2]} at level s0`,
           `run the driver with --selinux-label auto or on and the agent's directory mounted read-write, so that it labels them; or label them on the node (chcon -h ${context} ${socketDir} ${socketDir}/*), check with ls -Z, and look for denials in the audit log (ausearch -m avc -ts recent)`,
+        ),
+  ];
+}
+
+/**
+ * With --recursive-bind: every file system below the Workload API directory is read-only, and
+ * the directory's mount receives the node's mounts (slave or shared), so that one mounted later
+ * reaches the pods.
+ */
+async function submountChecks(socketDir: string): Promise<Check[]> {
+  const readOnly = "file systems below the Workload API directory are read-only";
+  const receives = "Workload API directory receives later mounts";
+  let table: Awaited<ReturnType<typeof readMountTable>>;
+  let mountId: number;
+  try {
+    const fd = openSync(socketDir, constants.O_RDONLY | constants.O_DIRECTORY);
+    try {
+      mountId = readMountId(fd);
+    } finally {
+      closeSync(fd);
+    }
+    table = await readMountTable();
+  } catch (error) {
+    return [
+      fail(readOnly, `${socketDir}: ${(error as Error).message}`, "check that /proc is mounted"),
+    ];
+  }
+  const { writable } = mountTree(table, mountId, realpathSync(socketDir));
+  const mount = table.find((each) => each.mountId === mountId);
+  const propagation = mount?.propagation ?? [];
+  return [
+    writable.length === 0
+      ? pass(readOnly, `${socketDir}: none below it is read-write`)
+      : fail(
+          readOnly,
+          `read-write: ${writable.join(", ")}; publishing answers FAILED_PRECONDITION with --recursive-bind`,
+          "mount them read-only (a pod's readOnly covers only the top of its volume), or start the driver with --allow-writable-submounts to give them to pods writable",
+        ),
+    propagation.length > 0
+      ? pass(receives, `${socketDir} is on ${mount?.mountPoint} (${propagation.join(" ")})`)
+      : fail(
+          receives,
+          `${socketDir} is on ${mount?.mountPoint ?? "an unknown mount"}, which is private: a file system mounted there after a volume was published never reaches its pod`,
+          "mount the agent's directory into the driver's container with mountPropagation: HostToContainer",
         ),
   ];
 }
@@ -361,6 +410,11 @@ const args = {
     description: "The SELinux label the driver gives the Workload API directory",
     default: DEFAULT_SELINUX_CONTEXT,
   },
+  "recursive-bind": {
+    type: "boolean",
+    description:
+      "The driver runs with --recursive-bind: check that file systems below the Workload API directory are read-only",
+  },
   json: { type: "boolean", description: "Print the checks as JSON" },
 } satisfies ArgsDef;
 
@@ -394,6 +448,7 @@ export const doctor = defineCommand({
       registrationDir:
         parsed["registration-dir"] ?? join(parsed["kubelet-dir"], "plugins_registry"),
       selinuxContext: parsed["selinux-context"],
+      recursiveBind: parsed["recursive-bind"] === true,
     });
     process.stdout.write(
       parsed.json ? `${JSON.stringify(checks, null, 2)}\n` : `${formatChecks(checks)}\n`,

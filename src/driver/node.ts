@@ -7,7 +7,7 @@ import {
   rmdirSync,
   statfsSync,
 } from "node:fs";
-import { dirname } from "node:path";
+import { dirname, join } from "node:path";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { status } from "@grpc/grpc-js";
 import {
@@ -31,7 +31,14 @@ import {
   type TargetState,
 } from "../mount/inspect.ts";
 import { MountCommandError, type Mounter } from "../mount/mounter.ts";
-import { findMount, parseMountInfo } from "../mount/mountinfo.ts";
+import {
+  findMount,
+  type MountInfo,
+  MountTableTooLarge,
+  parseMountInfo,
+  readMountTable,
+} from "../mount/mountinfo.ts";
+import { entangled, type MountTree, mountTree } from "../mount/submounts.ts";
 import {
   KUBELET_CSI_VOLUME_PATH,
   openVolumeDir,
@@ -53,6 +60,13 @@ export interface NodeServiceOptions {
   onMountFailure?: (operation: "mount" | "umount") => void;
   /** Makes the Workload API directory usable by pods (SELinux labels); says why it cannot. */
   labeler?: { ensure(): string | undefined };
+  /**
+   * Binds the directory with every mount below it, and keeps later mounts there propagating to
+   * the targets (--recursive-bind). See ../../README.md, "File systems inside the directory".
+   */
+  recursiveBind?: boolean;
+  /** With recursiveBind: read-write mounts below the directory are bound too. */
+  allowWritableSubmounts?: boolean;
 }
 
 // The kubelet creates <volume-name>/ with 0750; the mount directory gets the same.
@@ -248,16 +262,33 @@ export class NodeService {
       }
       // A kubelet restart re-publishes every volume: a target that already shows the directory
       // is published, and mounting again would stack one more mount on it at each restart.
-      if (sameInode(target.handle, source)) return;
+      if (sameInode(target.handle, source)) {
+        await this.disentangle(volume, targetPath, target, source);
+        return;
+      }
       if (target.mountPoint) {
         // Still a mount, but of a directory that was removed and re-created since: drop the
         // stale mounts, then bind the directory as it is now.
         target = await this.unmountAll(volume, targetPath, target, source, record);
-        if (sameInode(target.handle, source)) return;
+        if (sameInode(target.handle, source)) {
+          await this.disentangle(volume, targetPath, target, source);
+          return;
+        }
       } else if (!created && !isEmptyDirectory(target.handle, targetPath)) {
         throw failedPrecondition(
           `target_path ${quote(targetPath)} is a directory with contents and not a mount point; refusing to mount over it`,
         );
+      }
+      let sourceTree: MountTree | undefined;
+      if (this.options.recursiveBind) {
+        try {
+          sourceTree = this.recursiveSource(await this.mountTable(), source);
+        } catch (error) {
+          release(target);
+          target = undefined;
+          this.undoPublish(volume, created, source);
+          throw error;
+        }
       }
       this.checkInPlace(volume, target.handle, targetPath);
       try {
@@ -268,6 +299,7 @@ export class NodeService {
         await this.options.mounter.bindMount(
           { fd: source.fd, path: this.socketDir },
           { fd: target.handle.fd, path: targetPath },
+          this.options.recursiveBind,
         );
       } catch (error) {
         release(target);
@@ -295,6 +327,9 @@ export class NodeService {
         throw internal(
           `mount reported success, but target_path ${quote(targetPath)} does not show ${quote(this.socketDir)}`,
         );
+      }
+      if (sourceTree && sourceTree.peerGroups.length > 0) {
+        await this.makeSlave(volume, targetPath, target);
       }
     } finally {
       release(target);
@@ -530,7 +565,7 @@ export class NodeService {
     volume: VolumeDirectory,
     targetPath: string,
     state: DirectoryState,
-    source: Inode | undefined,
+    source: DirectoryHandle | undefined,
     knownRecord?: VolumeData,
   ): Promise<DirectoryState> {
     let current = state;
@@ -547,6 +582,8 @@ export class NodeService {
             `target_path ${quote(targetPath)} is a mount point (${describeMount(current.handle.mountId)}) that is not this driver's; refusing to unmount it`,
           );
         }
+        // A stale bind of a re-created directory can still share a peer group with it too.
+        if (source) await this.disentangle(volume, targetPath, current, source);
         try {
           // The handle names the very mount that was checked: nothing else can be unmounted.
           await this.options.mounter.unmount({ fd: current.handle.fd, path: targetPath });
@@ -567,6 +604,72 @@ export class NodeService {
     } catch (error) {
       release(current);
       throw error;
+    }
+  }
+
+  /** The mount table, read once for a call that needs it (only with --recursive-bind). */
+  private async mountTable(): Promise<MountInfo[]> {
+    try {
+      return await readMountTable();
+    } catch (error) {
+      if (error instanceof MountTableTooLarge) throw failedPrecondition(error.message);
+      throw internal(`reading /proc/self/mountinfo: ${(error as Error).message}`, error);
+    }
+  }
+
+  /**
+   * The Workload API directory's mount tree, or FAILED_PRECONDITION naming the read-write mounts
+   * in it: a pod's readOnly covers only the top of its volume, so a read-write mount below would
+   * reach the pod writable.
+   */
+  private recursiveSource(table: MountInfo[], source: DirectoryHandle): MountTree {
+    const tree = mountTree(table, source.mountId, source.location());
+    if (tree.writable.length > 0 && !this.options.allowWritableSubmounts) {
+      throw failedPrecondition(
+        `the Workload API directory ${quote(this.socketDir)} holds read-write mounts (${tree.writable.map(quote).join(", ")}); with --recursive-bind pods would get them writable, since a pod's readOnly covers only the top of the volume: mount them read-only, or start the driver with --allow-writable-submounts`,
+      );
+    }
+    return tree;
+  }
+
+  /**
+   * With --recursive-bind: a target still in a peer group of the Workload API directory's tree
+   * (a publish that stopped between its bind and makeSlave) is made a slave before anything
+   * else. Mounts at such a target propagate into the agent's directory, and unmounting it would
+   * unmount the agent's own file systems.
+   */
+  private async disentangle(
+    volume: VolumeDirectory,
+    targetPath: string,
+    target: DirectoryState,
+    source: DirectoryHandle,
+  ): Promise<void> {
+    if (!this.options.recursiveBind || !target.mountPoint) return;
+    const table = await this.mountTable();
+    const sourceTree = mountTree(table, source.mountId, source.location());
+    const targetTree = mountTree(table, target.handle.mountId, join(volume.location, TARGET_NAME));
+    if (entangled(sourceTree, targetTree)) await this.makeSlave(volume, targetPath, target);
+  }
+
+  /**
+   * Makes the recursive bind at the target a slave of the Workload API directory's peer groups:
+   * mounts made in the directory later still reach the target, and nothing mounted at the
+   * target reaches the directory. The top stays shared (in a group of its own), so the copies
+   * the kubelet root's propagation made of it, and the pods' slave copies, follow it.
+   */
+  private async makeSlave(
+    volume: VolumeDirectory,
+    targetPath: string,
+    target: DirectoryState,
+  ): Promise<void> {
+    this.checkInPlace(volume, target.handle, targetPath);
+    try {
+      await this.options.mounter.makeSlave({ fd: target.handle.fd, path: targetPath });
+    } catch (error) {
+      // The mount stays: unmounting it while it is a peer of the directory's mounts would
+      // unmount those too. A retried publish or unpublish makes it a slave first.
+      this.options.onMountFailure?.("mount");
+      throw commandFailed(`making the mounts at ${quote(targetPath)} slaves`, error);
     }
   }
 

@@ -6,8 +6,17 @@ export interface HeldDirectory {
 
 /** The two OS operations the driver performs. Tests of the CSI rules may pass a fake. */
 export interface Mounter {
-  /** Bind-mounts the directory `source` at the directory `target`, like `mount --bind`. */
-  bindMount(source: HeldDirectory, target: HeldDirectory): Promise<void>;
+  /**
+   * Bind-mounts the directory `source` at the directory `target`, like `mount --bind`; with
+   * `recursive`, together with every mount below it, like `mount --rbind`.
+   */
+  bindMount(source: HeldDirectory, target: HeldDirectory, recursive?: boolean): Promise<void>;
+  /**
+   * Makes the mount whose root `target` is held open, and every mount below it, a slave of the
+   * peer group it was copied from, and the top one shared again in a group of its own, like
+   * `mount --make-rslave --make-shared`.
+   */
+  makeSlave(target: HeldDirectory): Promise<void>;
   /**
    * Removes the mount whose root `target` is held open, like `umount -l`: detached at once, even
    * though the driver's own descriptor keeps it busy.
@@ -56,11 +65,21 @@ export class CommandMounter implements Mounter {
     private readonly timeoutMs: number,
   ) {}
 
-  bindMount(source: HeldDirectory, target: HeldDirectory): Promise<void> {
+  bindMount(source: HeldDirectory, target: HeldDirectory, recursive = false): Promise<void> {
+    const bind = recursive ? "--rbind" : "--bind";
     return this.run(
-      [this.mountPath, "--no-canonicalize", "--bind"],
+      [this.mountPath, "--no-canonicalize", bind],
       [source, target],
-      [this.mountPath, "--bind", source.path, target.path],
+      [this.mountPath, bind, source.path, target.path],
+    );
+  }
+
+  makeSlave(target: HeldDirectory): Promise<void> {
+    // One `mount` run: util-linux applies the two changes in this order.
+    return this.run(
+      [this.mountPath, "--no-canonicalize", "--make-rslave", "--make-shared"],
+      [target],
+      [this.mountPath, "--make-rslave", "--make-shared", target.path],
     );
   }
 

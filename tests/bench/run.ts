@@ -24,6 +24,10 @@ const quick = process.env.BENCH_QUICK === "1";
 // BENCH_SELINUX_LABEL=on runs the driver with --selinux-label on: every publish then reads the
 // labels of the directory and of each entry in it.
 const selinuxLabel = process.env.BENCH_SELINUX_LABEL;
+// BENCH_RECURSIVE_BIND=1 runs the driver with --recursive-bind, with a read-only file system in
+// the directory (SPIFFEFS's stand-in) on a shared mount: every publish then reads the mount
+// table, binds recursively and makes the target a slave, the most a publish does.
+const recursiveBind = process.env.BENCH_RECURSIVE_BIND === "1";
 const MOUNT_LEVELS = quick ? [20, 1000] : [20, 1_000, 10_000];
 const CONCURRENCY = [1, 16];
 const VOLUMES = quick ? { 1: 100, 16: 200 } : { 1: 300, 16: 800 };
@@ -49,6 +53,13 @@ function progress(line: string): void {
 function run(argv: string[]): void {
   const result = Bun.spawnSync(argv, { stderr: "pipe" });
   if (result.exitCode !== 0) throw new Error(`${argv.join(" ")}: ${result.stderr.toString()}`);
+}
+
+if (recursiveBind) {
+  const spiffefs = join(socketDir, "spiffefs");
+  mkdirSync(spiffefs);
+  run(["mount", "-t", "tmpfs", "-o", "ro", "bench-spiffefs", spiffefs]);
+  run(["mount", "--make-shared", spiffefs]);
 }
 
 function mountCount(): number {
@@ -98,6 +109,7 @@ async function startDriver(): Promise<{
       "-csi-socket-path",
       csiSocketPath,
       ...(selinuxLabel ? ["--selinux-label", selinuxLabel] : []),
+      ...(recursiveBind ? ["--recursive-bind"] : []),
     ],
     { MY_NODE_NAME: "bench-node" },
   );
@@ -288,7 +300,7 @@ const targets: [string, string, string, string, boolean][] = [
 
 const machine = `${cpus().length} cores (${cpus()[0]?.model.trim() ?? "unknown CPU"}), ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Linux ${readFileSync("/proc/sys/kernel/osrelease", "utf8").trim()}, Bun ${Bun.version}`;
 const lines = [
-  `Machine: ${machine}. ${new Date().toISOString().slice(0, 10)}.${quick ? " Quick run (BENCH_QUICK=1)." : ""}${selinuxLabel ? ` --selinux-label ${selinuxLabel} (BENCH_SELINUX_LABEL).` : ""}`,
+  `Machine: ${machine}. ${new Date().toISOString().slice(0, 10)}.${quick ? " Quick run (BENCH_QUICK=1)." : ""}${selinuxLabel ? ` --selinux-label ${selinuxLabel} (BENCH_SELINUX_LABEL).` : ""}${recursiveBind ? " --recursive-bind, a read-only file system in the directory on a shared mount (BENCH_RECURSIVE_BIND=1)." : ""}`,
   "",
   "| figure | Go reference | target | measured | met |",
   "|---|---|---|---|---|",
@@ -327,5 +339,6 @@ writeFileSync(
   `${doc.slice(0, doc.indexOf(begin) + begin.length)}\n${table}\n${doc.slice(doc.indexOf(end))}`,
 );
 agent.stop(true);
+if (recursiveBind) run(["umount", join(socketDir, "spiffefs")]);
 rmSync(root, { recursive: true, force: true });
 process.exit(0);

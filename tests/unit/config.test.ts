@@ -1,5 +1,6 @@
 import { describe, expect, test } from "bun:test";
-import { configFromArgs } from "../../src/cli.ts";
+import { parseArgs } from "citty";
+import { args, configFromArgs } from "../../src/cli.ts";
 import { ConfigError, validatePluginName } from "../../src/config.ts";
 import { normalizeArgv } from "../../src/flags.ts";
 import { contextProblem, usableByContainers } from "../../src/selinux.ts";
@@ -157,6 +158,58 @@ describe("configFromArgs", () => {
       expect(() => config(flags, env)).toThrow(message);
     });
   }
+});
+
+describe("--recursive-bind and --allow-writable-submounts", () => {
+  /** The flags as citty reads a command line, after the Go-style rewrite. */
+  function fromArgv(...argv: string[]) {
+    const parsed = parseArgs(
+      normalizeArgv(["-workload-api-socket-dir", "/run/spire", "-node-id", "n", ...argv]),
+      args,
+    );
+    return configFromArgs(parsed as Record<string, unknown>, {});
+  }
+
+  test("are off by default", () => {
+    const resolved = fromArgv();
+    expect(resolved.recursiveBind).toBe(false);
+    expect(resolved.allowWritableSubmounts).toBe(false);
+  });
+
+  test.each([
+    [["--recursive-bind"], true],
+    [["-recursive-bind"], true],
+    [["--recursive-bind=true"], true],
+    [["-recursive-bind=true"], true],
+    [["--recursive-bind=false"], false],
+    [["-recursive-bind=false"], false],
+  ])("%p sets recursive bind to %p", (argv, on) => {
+    expect(fromArgv(...argv).recursiveBind).toBe(on);
+  });
+
+  test("--allow-writable-submounts waives the read-only rule of --recursive-bind", () => {
+    for (const spelling of ["--allow-writable-submounts", "-allow-writable-submounts=true"]) {
+      const resolved = fromArgv("-recursive-bind", spelling);
+      expect(resolved.recursiveBind).toBe(true);
+      expect(resolved.allowWritableSubmounts).toBe(true);
+    }
+  });
+
+  test("a separate value is a stray argument, as with Go's boolean flags", () => {
+    expect(() => fromArgv("--recursive-bind", "false")).toThrow(/unexpected argument "false"/);
+  });
+
+  test("--allow-writable-submounts alone is refused", () => {
+    expect(() => fromArgv("--allow-writable-submounts")).toThrow(
+      "--allow-writable-submounts applies only with --recursive-bind",
+    );
+  });
+
+  test("a value given where citty expects none is refused", () => {
+    expect(() => config({ "recursive-bind": "yes" }, { MY_NODE_NAME: "n" })).toThrow(
+      "flag -recursive-bind takes no value",
+    );
+  });
 });
 
 describe("validatePluginName", () => {

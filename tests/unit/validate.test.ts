@@ -25,6 +25,9 @@ class RecordingMounter implements Mounter {
   async unmount(target: HeldDirectory) {
     this.calls.push(["unmount", target.path]);
   }
+  async makeSlave(target: HeldDirectory) {
+    this.calls.push(["slave", target.path]);
+  }
 }
 
 const KUBELET_TARGET =
@@ -175,6 +178,7 @@ describe("NodeService concurrency", () => {
       this.running--;
     }
     async unmount() {}
+    async makeSlave() {}
   }
 
   function service(mounter: Mounter) {
