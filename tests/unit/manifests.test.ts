@@ -199,6 +199,9 @@ function agentDirFromNode(docs: Doc[]): string[] {
     const mount = driver.volumeMounts?.find((m) => m.name === "spiffe-csi-agent-sockets");
     const volume = spec.volumes?.find((v) => v.name === mount?.name);
     if (!mount || !volume?.hostPath) return ["the agent's directory is not on a hostPath"];
+    // File systems mounted inside it later (SPIFFEFS, --recursive-bind) must reach the driver.
+    if (mount.mountPropagation !== "HostToContainer")
+      return ["the agent's directory is not mounted with HostToContainer propagation"];
     if (!config.workloadApiSocketDir.startsWith(`${mount.mountPath}/`))
       return [`${config.workloadApiSocketDir} is not below the mounted ${mount.mountPath}`];
     if (nodePath(spec, driver, config.workloadApiSocketDir) !== config.workloadApiSocketDir)
@@ -532,6 +535,15 @@ describe("each rule fails on a render that breaks it", () => {
           {};
       },
       "not on a hostPath",
+    ],
+    [
+      "agentDirFromNode",
+      agentDirFromNode,
+      (d) => {
+        const mount = driverOf(d).volumeMounts?.find((m) => m.name === "spiffe-csi-agent-sockets");
+        if (mount) mount.mountPropagation = undefined;
+      },
+      "HostToContainer",
     ],
     [
       "leastExposure",
