@@ -3,6 +3,7 @@
 import { rmSync } from "node:fs";
 import { join } from "node:path";
 import type { UnixSocketListener } from "bun";
+import { PATIENCE_MS } from "./wait.ts";
 
 export const AGENT_SOCKET = "agent.sock";
 
@@ -22,7 +23,10 @@ export function startAgent(socketDir: string): UnixSocketListener<undefined> {
 /** Connects to the agent's socket through `dir` (e.g. a pod's volume) and exchanges a message. */
 export async function talkToAgent(dir: string, message = "ping"): Promise<string> {
   const { promise, resolve, reject } = Promise.withResolvers<string>();
-  const timer = setTimeout(() => reject(new Error(`no answer through ${dir}`)), 5000);
+  const timer = setTimeout(
+    () => reject(new Error(`no answer through ${dir} in ${PATIENCE_MS / 1000} s`)),
+    PATIENCE_MS,
+  );
   try {
     await Bun.connect({
       unix: join(dir, AGENT_SOCKET),

@@ -22,6 +22,6 @@ export function testbed(prefix: string) {
   afterAll(() => {
     bed.agent.stop(true);
     rmSync(root, { recursive: true, force: true });
-  });
+  }, 60_000);
   return bed;
 }

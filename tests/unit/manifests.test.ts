@@ -214,6 +214,7 @@ describe("the pieces agree", () => {
       }
       expect(JSON.stringify(renderedSet)).toContain('"mountPath":"/spiffe-csi"');
     },
+    60_000,
   );
 });
 
