@@ -19,6 +19,7 @@ import {
   unpublishRequest,
 } from "../helpers/kubelet.ts";
 import { testbed } from "../helpers/testbed.ts";
+import { PATIENCE_MS, waitFor } from "../helpers/wait.ts";
 
 assertPrivateMountNamespace();
 
@@ -84,8 +85,10 @@ test(`${KILLS} SIGKILLs during churn: every volume ends as the kubelet wants it`
       wanted.set(volume, publish);
       await untilDone(() =>
         publish
-          ? node.nodePublishVolume(publishRequest(volume), { deadline: Date.now() + 10_000 })
-          : node.nodeUnpublishVolume(unpublishRequest(volume), { deadline: Date.now() + 10_000 }),
+          ? node.nodePublishVolume(publishRequest(volume), { deadline: Date.now() + PATIENCE_MS })
+          : node.nodeUnpublishVolume(unpublishRequest(volume), {
+              deadline: Date.now() + PATIENCE_MS,
+            }),
       );
       busy.delete(volume);
     }
@@ -93,6 +96,9 @@ test(`${KILLS} SIGKILLs during churn: every volume ends as the kubelet wants it`
 
   const killer = async () => {
     for (let kill = 0; kill < KILLS; kill++) {
+      // Each driver is killed mid-churn: once it has answered calls, at a random moment after.
+      const answered = calls;
+      await waitFor("calls answered by the restarted driver", () => calls >= answered + WORKERS);
       await Bun.sleep(150 + Math.random() * 450);
       await driver.stop("SIGKILL");
       // The killed process left its socket behind; the new one must start anyway.
