@@ -268,7 +268,7 @@ beforeAll(() => {
   commit(bun, standIns.BUN_IMAGE as string, ["NODE_EXTRA_CA_CERTS=/etc/ssl/certs/host-ca.crt"]);
 }, 600_000);
 
-/** Mount points below the test's directory, innermost last. */
+/** Mount points below the test's directory, in mount order (children after parents). */
 function mountsBelowRoot(): string[] {
   return parseMountInfo(readFileSync("/proc/self/mountinfo", "utf8"))
     .filter((m) => m.mountPoint.startsWith(`${root}/`))
