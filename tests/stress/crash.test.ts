@@ -12,6 +12,7 @@ import {
 } from "../helpers/driver.ts";
 import {
   mountsAt,
+  mountsUnder,
   type PodVolume,
   podVolume,
   prepareVolume,
@@ -34,7 +35,7 @@ const RETRIED = new Set([
   status.ABORTED,
 ]);
 
-const { socketDir, kubeletRoot, csiSocketPath } = testbed("crash");
+const { root, socketDir, kubeletRoot, csiSocketPath } = testbed("crash");
 
 test(`${KILLS} SIGKILLs during churn: every volume ends as the kubelet wants it`, async () => {
   const start = () => startDriver({ workloadApiSocketDir: socketDir, csiSocketPath });
@@ -129,7 +130,10 @@ test(`${KILLS} SIGKILLs during churn: every volume ends as the kubelet wants it`
     `crash: ${KILLS} SIGKILLs, ${calls} calls answered OK, ${retries} retries after kills, ${finalErrors.length} final errors; ` +
       `at the end ${mounted} volumes published (each checked for exactly one mount), ${VOLUMES - mounted} unpublished (no mount, no directory)`,
   );
-  await driver.stop();
   expect(finalErrors.slice(0, 5)).toEqual([]);
   expect(wrong.slice(0, 5)).toEqual([]);
+  // The pods go: the kubelet unpublishes every volume, and nothing stays mounted.
+  for (const volume of volumes) await node.nodeUnpublishVolume(unpublishRequest(volume));
+  await driver.stop();
+  expect(mountsUnder(root)).toBe(0);
 }, 300_000);
