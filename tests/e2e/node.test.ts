@@ -1,5 +1,5 @@
 // Real binary, real grpc-js client, real bind mounts, inside a private mount namespace.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import {
   chmodSync,
   existsSync,
@@ -37,6 +37,8 @@ import {
 import { rpcFailure } from "../helpers/rpc.ts";
 
 assertPrivateMountNamespace();
+// Every test here waits on the driver's process and on mount/umount processes it spawns.
+setDefaultTimeout(120_000);
 
 const root = tempDir("node");
 const socketDir = join(root, "agent-sockets");
@@ -49,7 +51,7 @@ const { node } = clients(csiSocketPath);
 
 beforeAll(async () => {
   driver = await startDriver({ workloadApiSocketDir: socketDir, csiSocketPath });
-});
+}, 120_000);
 
 afterAll(async () => {
   // Unpublishing every volume the tests made, as the kubelet does when the pods go, must leave
@@ -62,7 +64,7 @@ afterAll(async () => {
   agent.stop(true);
   expect(stderr).not.toContain("code=INTERNAL");
   rmSync(root, { recursive: true, force: true });
-});
+}, 120_000);
 
 const volumes: PodVolume[] = [];
 
@@ -408,11 +410,11 @@ describe("mount failures", () => {
       csiSocketPath: failingSocketPath,
       env: { PATH: `${standIns}:${process.env.PATH}` },
     });
-  });
+  }, 120_000);
 
   afterAll(async () => {
     await failing.stop();
-  });
+  }, 60_000);
 
   test("a failing mount answers INTERNAL with its status and message, and leaves no directory", async () => {
     const volume = preparedVolume();

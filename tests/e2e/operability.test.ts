@@ -1,5 +1,5 @@
 // The health endpoint, the probe subcommand and the node doctor, on real files, sockets and mounts.
-import { afterAll, describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { chmodSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
@@ -19,6 +19,8 @@ import { type RawAnswer, rawRequest } from "../helpers/http.ts";
 import { podVolume, prepareVolume, publishRequest, unpublishRequest } from "../helpers/kubelet.ts";
 
 assertPrivateMountNamespace();
+// Every test here starts the binary (the driver, probe or doctor) and waits on it.
+setDefaultTimeout(120_000);
 
 const root = tempDir("operability");
 const running: DriverProcess[] = [];
@@ -28,7 +30,7 @@ afterAll(async () => {
   for (const driver of running) if (driver.proc.exitCode === null) await driver.stop("SIGKILL");
   for (const path of mounted.reverse()) Bun.spawnSync(["umount", path]);
   rmSync(root, { recursive: true, force: true });
-});
+}, 60_000);
 
 function mount(argv: string[], target: string): void {
   mkdirSync(target, { recursive: true });
@@ -353,7 +355,7 @@ describe("doctor", () => {
   mkdirSync(join(kubeletDir, "plugins_registry"));
   const csiSocketPath = join(good, "plugin", "csi.sock");
   const baseArgs = ["doctor", "-workload-api-socket-dir", agentDir, "--kubelet-dir", kubeletDir];
-  afterAll(() => agent.stop(true));
+  afterAll(() => agent.stop(true), 10_000);
 
   async function doctor(
     args: string[] = [],

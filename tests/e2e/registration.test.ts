@@ -1,11 +1,15 @@
 // Built-in kubelet registration: a client plays the kubelet's plugin watcher against the
 // driver's registration socket.
-import { afterAll, expect, test } from "bun:test";
+import { afterAll, expect, setDefaultTimeout, test } from "bun:test";
 import { existsSync, lstatSync, mkdirSync, rmSync, watch } from "node:fs";
 import { join } from "node:path";
 import { Registration } from "../../src/gen/pluginregistration/v1/api_pb.ts";
 import { createClient } from "../../src/grpc/client.ts";
 import { type DriverProcess, spawnDriver, startDriver, tempDir } from "../helpers/driver.ts";
+import { waitFor } from "../helpers/wait.ts";
+
+// Every test here starts a driver process and waits on it.
+setDefaultTimeout(120_000);
 
 const root = tempDir("registration");
 const registry = join(root, "plugins_registry");
@@ -15,17 +19,14 @@ const running: DriverProcess[] = [];
 afterAll(async () => {
   for (const driver of running) if (driver.proc.exitCode === null) await driver.stop("SIGKILL");
   rmSync(root, { recursive: true, force: true });
-});
+}, 60_000);
 
 /** What the kubelet's plugin watcher does: waits for a socket to appear in its directory. */
 async function socketAppears(dir: string, name: string): Promise<string> {
   const path = join(dir, name);
   const watcher = watch(dir);
   try {
-    for (let waited = 0; !existsSync(path); waited += 10) {
-      if (waited > 10_000) throw new Error(`no ${name} in ${dir}`);
-      await Bun.sleep(10);
-    }
+    await waitFor(`${name} in ${dir}`, () => existsSync(path));
   } finally {
     watcher.close();
   }

@@ -3,6 +3,7 @@
 import { rmSync } from "node:fs";
 import { join } from "node:path";
 import type { UnixSocketListener } from "bun";
+import { PATIENCE_MS } from "./wait.ts";
 
 export const AGENT_SOCKET = "agent.sock";
 
@@ -29,7 +30,10 @@ export async function talkToAgent(
   socketName = AGENT_SOCKET,
 ): Promise<string> {
   const { promise, resolve, reject } = Promise.withResolvers<string>();
-  const timer = setTimeout(() => reject(new Error(`no answer through ${dir}`)), 5000);
+  const timer = setTimeout(
+    () => reject(new Error(`no answer through ${dir} in ${PATIENCE_MS / 1000} s`)),
+    PATIENCE_MS,
+  );
   try {
     await Bun.connect({
       unix: join(dir, socketName),

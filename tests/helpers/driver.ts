@@ -6,6 +6,7 @@ import type { ClientOptions } from "@grpc/grpc-js";
 import type { Subprocess } from "bun";
 import { Controller, Identity, Node } from "../../src/gen/csi/v1/csi_pb.ts";
 import { createClient } from "../../src/grpc/client.ts";
+import { PATIENCE_MS, waitFor } from "./wait.ts";
 
 export const BINARY = resolve(import.meta.dir, "../../dist/spiffe-csi-driver");
 
@@ -81,29 +82,46 @@ export async function startDriver(options: DriverOptions): Promise<DriverProcess
   return driver;
 }
 
-export async function waitServing(driver: DriverProcess, csiSocketPath: string): Promise<void> {
-  // Wait for the socket file first: a client started before it exists backs off for a second.
-  for (let waited = 0; !isSocket(csiSocketPath); waited += 5) {
+export async function waitServing(
+  driver: DriverProcess,
+  csiSocketPath: string,
+  timeoutMs = PATIENCE_MS,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  const running = () => {
     if (driver.proc.exitCode !== null) {
       throw new Error(`driver exited with ${driver.proc.exitCode}: ${driver.stderr}`);
     }
-    if (waited > 10_000) throw new Error(`no socket at ${csiSocketPath} after 10 s`);
-    await Bun.sleep(5);
-  }
+  };
+  // Wait for the socket file first: a client started before it exists backs off for a second.
+  await waitFor(
+    `a socket at ${csiSocketPath}`,
+    () => {
+      running();
+      return isSocket(csiSocketPath);
+    },
+    timeoutMs,
+  );
   // A stale socket from a killed driver refuses connections until the new one replaces it. A
   // fresh client each try: a refused channel would back off for a second.
-  for (let attempt = 0; ; attempt++) {
-    const { identity } = clients(csiSocketPath);
-    try {
-      await identity.probe({}, { deadline: Date.now() + 5000 });
-      return;
-    } catch (error) {
-      if (attempt === 500 || driver.proc.exitCode !== null) throw error;
-      await Bun.sleep(10);
-    } finally {
-      identity.close();
-    }
-  }
+  let refusal = "";
+  await waitFor(
+    () => `the driver to answer Probe on ${csiSocketPath} (last answer: ${refusal})`,
+    async () => {
+      running();
+      const { identity } = clients(csiSocketPath);
+      try {
+        await identity.probe({}, { deadline });
+        return true;
+      } catch (error) {
+        refusal = (error as Error).message;
+        return false;
+      } finally {
+        identity.close();
+      }
+    },
+    Math.max(deadline - Date.now(), 0),
+  );
 }
 
 function isSocket(path: string): boolean {

@@ -1,8 +1,9 @@
-import { afterAll } from "bun:test";
+import { afterAll, expect } from "bun:test";
 import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { startAgent } from "./agent.ts";
 import { tempDir } from "./driver.ts";
+import { mountsUnder } from "./kubelet.ts";
 
 /**
  * A test file's directories and a running stand-in for the SPIFFE agent: the agent's socket
@@ -21,7 +22,9 @@ export function testbed(prefix: string) {
   };
   afterAll(() => {
     bed.agent.stop(true);
+    // Never delete through a mount: a test that left one fails here, and its files stay.
+    expect(mountsUnder(root)).toBe(0);
     rmSync(root, { recursive: true, force: true });
-  });
+  }, 60_000);
   return bed;
 }

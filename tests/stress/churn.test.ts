@@ -15,6 +15,7 @@ import {
   unpublishRequest,
 } from "../helpers/kubelet.ts";
 import { testbed } from "../helpers/testbed.ts";
+import { waitFor } from "../helpers/wait.ts";
 
 assertPrivateMountNamespace();
 
@@ -24,6 +25,26 @@ const CONCURRENCY = 32;
 
 const { root, socketDir, kubeletRoot, csiSocketPath } = testbed("churn");
 mkdirSync(join(kubeletRoot, "pods"), { recursive: true });
+
+// The driver collects garbage after this long without a call (src/cli.ts).
+const IDLE_COLLECT_MS = 1_000;
+
+/**
+ * The process's memory at rest: read every half second from twice the collector's delay after the
+ * last call on, until four readings in a row agree within half a megabyte.
+ */
+async function memoryAtRest(pid: number): Promise<ReturnType<typeof residentMemory>> {
+  const lastCall = Date.now();
+  const readings: number[] = [];
+  return waitFor("resident memory to settle", async () => {
+    await Bun.sleep(500);
+    if (Date.now() - lastCall < 2 * IDLE_COLLECT_MS) return false;
+    const memory = residentMemory(pid);
+    readings.push(memory.rssMb);
+    const recent = readings.slice(-4);
+    return recent.length === 4 && Math.max(...recent) - Math.min(...recent) < 0.5 && memory;
+  });
+}
 
 test(`${CYCLES.toLocaleString("en")} cycles at concurrency ${CONCURRENCY}`, async () => {
   const driver = await startDriver({ workloadApiSocketDir: socketDir, csiSocketPath });
@@ -62,17 +83,14 @@ test(`${CYCLES.toLocaleString("en")} cycles at concurrency ${CONCURRENCY}`, asyn
     await Promise.all(Array.from({ length: CONCURRENCY }, worker));
   }
 
-  // Memory is compared at rest: the driver collects garbage after a second without calls.
-  const SETTLE_MS = 2500;
+  // Memory is compared at rest, after the driver's idle collection.
   await churn(WARMUP);
-  await Bun.sleep(SETTLE_MS);
-  const before = residentMemory(driver.proc.pid);
+  const before = await memoryAtRest(driver.proc.pid);
   const started = performance.now();
   calls = 0;
   await churn(CYCLES);
   const seconds = (performance.now() - started) / 1000;
-  await Bun.sleep(SETTLE_MS);
-  const after = residentMemory(driver.proc.pid);
+  const after = await memoryAtRest(driver.proc.pid);
   const { stderr } = await driver.stop();
 
   const growth = after.rssMb - before.rssMb;

@@ -12,6 +12,7 @@ import {
 } from "../helpers/driver.ts";
 import {
   mountsAt,
+  mountsUnder,
   type PodVolume,
   podVolume,
   prepareVolume,
@@ -19,6 +20,7 @@ import {
   unpublishRequest,
 } from "../helpers/kubelet.ts";
 import { testbed } from "../helpers/testbed.ts";
+import { PATIENCE_MS, waitFor } from "../helpers/wait.ts";
 
 assertPrivateMountNamespace();
 
@@ -33,7 +35,7 @@ const RETRIED = new Set([
   status.ABORTED,
 ]);
 
-const { socketDir, kubeletRoot, csiSocketPath } = testbed("crash");
+const { root, socketDir, kubeletRoot, csiSocketPath } = testbed("crash");
 
 test(`${KILLS} SIGKILLs during churn: every volume ends as the kubelet wants it`, async () => {
   const start = () => startDriver({ workloadApiSocketDir: socketDir, csiSocketPath });
@@ -84,8 +86,10 @@ test(`${KILLS} SIGKILLs during churn: every volume ends as the kubelet wants it`
       wanted.set(volume, publish);
       await untilDone(() =>
         publish
-          ? node.nodePublishVolume(publishRequest(volume), { deadline: Date.now() + 10_000 })
-          : node.nodeUnpublishVolume(unpublishRequest(volume), { deadline: Date.now() + 10_000 }),
+          ? node.nodePublishVolume(publishRequest(volume), { deadline: Date.now() + PATIENCE_MS })
+          : node.nodeUnpublishVolume(unpublishRequest(volume), {
+              deadline: Date.now() + PATIENCE_MS,
+            }),
       );
       busy.delete(volume);
     }
@@ -93,6 +97,9 @@ test(`${KILLS} SIGKILLs during churn: every volume ends as the kubelet wants it`
 
   const killer = async () => {
     for (let kill = 0; kill < KILLS; kill++) {
+      // Each driver is killed mid-churn: once it has answered calls, at a random moment after.
+      const answered = calls;
+      await waitFor("calls answered by the restarted driver", () => calls >= answered + WORKERS);
       await Bun.sleep(150 + Math.random() * 450);
       await driver.stop("SIGKILL");
       // The killed process left its socket behind; the new one must start anyway.
@@ -123,7 +130,10 @@ test(`${KILLS} SIGKILLs during churn: every volume ends as the kubelet wants it`
     `crash: ${KILLS} SIGKILLs, ${calls} calls answered OK, ${retries} retries after kills, ${finalErrors.length} final errors; ` +
       `at the end ${mounted} volumes published (each checked for exactly one mount), ${VOLUMES - mounted} unpublished (no mount, no directory)`,
   );
-  await driver.stop();
   expect(finalErrors.slice(0, 5)).toEqual([]);
   expect(wrong.slice(0, 5)).toEqual([]);
+  // The pods go: the kubelet unpublishes every volume, and nothing stays mounted.
+  for (const volume of volumes) await node.nodeUnpublishVolume(unpublishRequest(volume));
+  await driver.stop();
+  expect(mountsUnder(root)).toBe(0);
 }, 300_000);

@@ -19,6 +19,7 @@ import {
 import { startAgent } from "../helpers/agent.ts";
 import { assertPrivateMountNamespace, clients, startDriver, tempDir } from "../helpers/driver.ts";
 import { podVolume, prepareVolume, publishRequest } from "../helpers/kubelet.ts";
+import { PATIENCE_MS } from "../helpers/wait.ts";
 
 assertPrivateMountNamespace();
 
@@ -46,7 +47,7 @@ afterAll(() => {
   agent.stop(true);
   if (foreignTarget) Bun.spawnSync(["umount", foreignTarget]);
   rmSync(root, { recursive: true, force: true });
-});
+}, 60_000);
 
 function mountTable(): string[] {
   // Mount ids and parents, device, root, mount point: every mount as it is.
@@ -233,7 +234,7 @@ test(`${PER_METHOD.toLocaleString("en")} hostile requests to every method`, asyn
         (b: Buffer) => b,
         (b: Buffer) => b,
         Buffer.from(bytes),
-        { deadline: Date.now() + 30_000 },
+        { deadline: Date.now() + PATIENCE_MS },
         (error) => {
           const code = error?.code ?? status.OK;
           const byMethod = codes.get(path) ?? new Map<string, number>();

@@ -15,6 +15,7 @@ import {
   unpublishRequest,
 } from "../helpers/kubelet.ts";
 import { testbed } from "../helpers/testbed.ts";
+import { waitFor } from "../helpers/wait.ts";
 
 assertPrivateMountNamespace();
 
@@ -32,6 +33,7 @@ test(`SIGTERM during churn at concurrency ${CONCURRENCY}, ${ROUNDS} times`, asyn
     const driver = await startDriver({ workloadApiSocketDir: socketDir, csiSocketPath });
     const { node } = clients(csiSocketPath);
     let stopping = false;
+    let answered = 0;
     const worker = async () => {
       while (!stopping) {
         const volume = podVolume(kubeletRoot);
@@ -43,6 +45,7 @@ test(`SIGTERM during churn at concurrency ${CONCURRENCY}, ${ROUNDS} times`, asyn
         ]) {
           try {
             await call();
+            answered++;
             outcomes.set("OK", (outcomes.get("OK") ?? 0) + 1);
           } catch (error) {
             const name = status[(error as { code: number }).code] ?? "?";
@@ -53,6 +56,8 @@ test(`SIGTERM during churn at concurrency ${CONCURRENCY}, ${ROUNDS} times`, asyn
       }
     };
     const workers = Array.from({ length: CONCURRENCY }, worker);
+    // SIGTERM mid-churn: once the driver has answered calls, at a random moment after.
+    await waitFor("the driver to answer calls", () => answered >= CONCURRENCY);
     await Bun.sleep(300 + Math.random() * 700);
     const { code } = await driver.stop("SIGTERM");
     stopping = true;

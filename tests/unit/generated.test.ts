@@ -34,4 +34,4 @@ test("src/gen is exactly what buf generate makes from proto/", () => {
   } finally {
     rmSync(out, { recursive: true, force: true });
   }
-});
+}, 120_000);

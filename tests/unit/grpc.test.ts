@@ -35,12 +35,12 @@ beforeAll(async () => {
       error ? reject(error) : resolve(),
     ),
   );
-});
+}, 30_000);
 
 afterAll(() => {
   server.forceShutdown();
   rmSync(dir, { recursive: true, force: true });
-});
+}, 30_000);
 
 const client = createClient(Identity, address);
 

@@ -71,7 +71,7 @@ function parse(text: string): Doc[] {
 
 const kubectl = Bun.which("kubectl");
 
-/** `kubectl kustomize dir`, parsed. kubectl is required: CI installs it (.ci/run). */
+/** `kubectl kustomize dir`, parsed. kubectl (1.27 or later, for components and replacements) is required. */
 function render(dir: string): Doc[] {
   if (!kubectl) {
     throw new Error("kubectl (with its built-in kustomize) is required to render the manifests");

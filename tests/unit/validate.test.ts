@@ -15,6 +15,7 @@ import type { HeldDirectory, Mounter } from "../../src/mount/mounter.ts";
 import { tempDir } from "../helpers/driver.ts";
 import { invalidPublishRequests } from "../helpers/invalid.ts";
 import { podVolume, prepareVolume, publishRequest } from "../helpers/kubelet.ts";
+import { waitFor } from "../helpers/wait.ts";
 
 /** Records calls; validation must reject bad requests before any reaches it. */
 class RecordingMounter implements Mounter {
@@ -65,7 +66,7 @@ describe("NodeService validation", () => {
   const socketDir = join(root, "agent-sockets");
   mkdirSync(socketDir);
   const kubeletRoot = join(root, "kubelet");
-  afterAll(() => rmSync(root, { recursive: true, force: true }));
+  afterAll(() => rmSync(root, { recursive: true, force: true }), 30_000);
 
   const mounter = new RecordingMounter();
   const handlers = new NodeService({
@@ -165,17 +166,23 @@ describe("NodeService concurrency", () => {
   const root = tempDir("unit-locks");
   const socketDir = join(root, "agent-sockets");
   mkdirSync(socketDir);
-  afterAll(() => rmSync(root, { recursive: true, force: true }));
+  afterAll(() => rmSync(root, { recursive: true, force: true }), 30_000);
 
-  /** Takes a while per call and counts how many calls overlap. */
-  class SlowMounter implements Mounter {
+  /** Holds each mount until `hold` resolves, and counts the calls and how many overlap. */
+  class HoldingMounter implements Mounter {
+    arrived = 0;
     running = 0;
     most = 0;
+    constructor(private readonly hold: () => Promise<unknown>) {}
     async bindMount() {
+      this.arrived++;
       this.running++;
       this.most = Math.max(this.most, this.running);
-      await Bun.sleep(20);
-      this.running--;
+      try {
+        await this.hold();
+      } finally {
+        this.running--;
+      }
     }
     async unmount() {}
     async makeSlave() {}
@@ -202,7 +209,8 @@ describe("NodeService concurrency", () => {
       .catch(() => {});
 
   test("calls for one target never overlap", async () => {
-    const mounter = new SlowMounter();
+    // A call let through beside a held one would be counted while the first is held.
+    const mounter = new HoldingMounter(() => Bun.sleep(20));
     const handlers = service(mounter);
     const volume = prepared();
     await Promise.all(Array.from({ length: 10 }, () => publish(handlers, volume)));
@@ -210,9 +218,12 @@ describe("NodeService concurrency", () => {
   });
 
   test("calls for different targets run in parallel", async () => {
-    const mounter = new SlowMounter();
+    // Each call is held until all ten are inside at once, however slowly they arrive.
+    const mounter: HoldingMounter = new HoldingMounter(() =>
+      waitFor("ten mounts", () => mounter.arrived === 10),
+    );
     const handlers = service(mounter);
     await Promise.all(Array.from({ length: 10 }, () => publish(handlers, prepared())));
     expect(mounter.most).toBe(10);
-  });
+  }, 120_000);
 });
