@@ -4,7 +4,7 @@
 // /spire-agent-socket, the plugin directory is at /spiffe-csi, and the kubelet's pods directory
 // is at its node path with shared propagation (the chart's Bidirectional mount). The root is a
 // tmpfs in this test's private mount namespace: nothing is created on the machine's own `/`.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import {
   existsSync,
   lstatSync,
@@ -38,6 +38,8 @@ import {
 } from "../helpers/kubelet.ts";
 
 assertPrivateMountNamespace();
+// Generous for a loaded machine: covers every test and hook of this file.
+setDefaultTimeout(120_000);
 
 // The chart's driver container, verbatim: its arguments, and the node name from the downward API.
 const CHART_ARGS = [

@@ -1,6 +1,6 @@
 // A caller cannot forge log lines: control bytes in a request's strings reach neither the text
 // nor the JSON log raw, and the call is still one line.
-import { afterAll, expect, test } from "bun:test";
+import { afterAll, expect, setDefaultTimeout, test } from "bun:test";
 import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import {
@@ -15,6 +15,8 @@ import { rawControl } from "../helpers/logs.ts";
 import { rpcFailure } from "../helpers/rpc.ts";
 
 assertPrivateMountNamespace();
+// Generous for a loaded machine: covers every test and hook of this file.
+setDefaultTimeout(120_000);
 
 const root = tempDir("logs");
 const socketDir = join(root, "agent");

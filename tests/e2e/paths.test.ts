@@ -1,7 +1,7 @@
 // Attacks on the paths the driver works on, by root in the pod directories: directories swapped
 // with symbolic links while calls run, the same target named by several paths, and hostile
 // files in the place of the kubelet's vol_data.json.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import {
   existsSync,
   lstatSync,
@@ -37,6 +37,8 @@ import {
 import { testbed } from "../helpers/testbed.ts";
 
 assertPrivateMountNamespace();
+// Generous for a loaded machine: covers every test and hook of this file.
+setDefaultTimeout(120_000);
 
 const bed = testbed("paths");
 const { root, socketDir, kubeletRoot, csiSocketPath } = bed;

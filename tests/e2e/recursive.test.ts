@@ -5,7 +5,7 @@
 // container: the agent's directory a slave there (HostToContainer), the kubelet root shared
 // (Bidirectional). A pod is a namespace that takes its copy of the target as a slave. A
 // read-only tmpfs in the agent's directory stands in for SPIFFEFS.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { existsSync, mkdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
@@ -33,6 +33,8 @@ import {
 import { rpcFailure } from "../helpers/rpc.ts";
 
 assertPrivateMountNamespace();
+// Generous for a loaded machine: covers every test and hook of this file.
+setDefaultTimeout(120_000);
 
 const root = tempDir("recursive");
 // The agent's host directory, a shared mount; the Workload API directory is inside it, as
@@ -69,7 +71,7 @@ async function startPod(): Promise<Subprocess> {
   const pod = Bun.spawn(["unshare", "--mount", "--propagation", "slave", "sleep", "600"]);
   const own = readlinkSync("/proc/self/ns/mnt");
   for (let waited = 0; readlinkSync(`/proc/${pod.pid}/ns/mnt`) === own; waited += 5) {
-    if (waited > 10_000) throw new Error("the pod's namespace was not created in 10 s");
+    if (waited > 60_000) throw new Error("the pod's namespace was not created in 60 s");
     await Bun.sleep(5);
   }
   pods.push(pod);

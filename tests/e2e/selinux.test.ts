@@ -1,7 +1,7 @@
 // SELinux labels on the Workload API directory: the real binary sets the real `security.selinux`
 // attribute (the kernel stores it on tmpfs even without a policy loaded), read back here with
 // lgetxattr. Everything runs inside a private mount namespace, on a tmpfs mounted for the file.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { mkdirSync, readdirSync, rmdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
@@ -20,6 +20,8 @@ import { podVolume, prepareVolume, publishRequest, unpublishRequest } from "../h
 import { rpcFailure } from "../helpers/rpc.ts";
 
 assertPrivateMountNamespace();
+// Generous for a loaded machine: covers every test and hook of this file.
+setDefaultTimeout(120_000);
 
 const CONTAINER_FILE = "system_u:object_r:container_file_t:s0";
 const HOST_LABEL = "system_u:object_r:var_run_t:s0";

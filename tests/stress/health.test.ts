@@ -6,7 +6,7 @@
 // The load runs in a process of its own (tests/helpers/http-load.ts). 2,000 connections need more
 // descriptors than a default open-file limit of 1,024 gives, on both ends: the load process is
 // started under `prlimit --nofile`, and the driver's limit is raised with `prlimit --pid` (root).
-import { expect, test } from "bun:test";
+import { expect, setDefaultTimeout, test } from "bun:test";
 import { mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { assertPrivateMountNamespace, clients, startDriver } from "../helpers/driver.ts";
@@ -22,6 +22,8 @@ import {
 import { testbed } from "../helpers/testbed.ts";
 
 assertPrivateMountNamespace();
+// Generous for a loaded machine: covers every test and hook of this file.
+setDefaultTimeout(120_000);
 
 const CLIENTS = 2_000;
 const LOAD_SECONDS = 20;
