@@ -69,12 +69,15 @@ function textValue(value: unknown): string {
 
 /**
  * JSON.stringify escapes C0 controls but leaves DEL, the C1 controls (U+0085 is a line break to
- * some readers) and U+2028/U+2029 (line breaks to JavaScript and many log viewers) raw.
+ * some readers), U+2028/U+2029 (line breaks to JavaScript and many log viewers), and characters
+ * that change how a line displays (bidirectional overrides, zero-width and tag characters) raw.
  */
 function jsonLine(record: Record<string, unknown>): string {
+  // Every UTF-16 unit outside printable ASCII, as \uXXXX (a character beyond the BMP as its
+  // surrogate pair): a JSON reader gets the same string back.
   return JSON.stringify(record).replace(
-    /[\u007f-\u009f\u2028\u2029]/g,
-    (char) => `\\u${(char.codePointAt(0) ?? 0).toString(16).padStart(4, "0")}`,
+    /[^\u0020-\u007e]/g,
+    (char) => `\\u${char.charCodeAt(0).toString(16).padStart(4, "0")}`,
   );
 }
 

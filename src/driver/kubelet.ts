@@ -1,4 +1,4 @@
-import { constants } from "node:fs";
+import { closeSync, constants, fstatSync, openSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { join } from "node:path";
 import { type DirectoryHandle, openDirectory, openEntry } from "../mount/descriptors.ts";
@@ -101,38 +101,42 @@ export function openVolumeDir(targetPath: string): VolumeDirectory {
   }
 }
 
-// Not followed if a link; a FIFO or device opens without waiting for a writer; never a
-// controlling terminal.
-const VOLUME_DATA_OPEN_FLAGS =
-  constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY;
+// Not followed if a link; the handle opens nothing (no FIFO waits, no device driver runs).
+const VOLUME_DATA_PEEK_FLAGS = 0o10000000 | constants.O_NOFOLLOW; // O_PATH
+// The reopening of a regular file already checked; never a controlling terminal.
+const VOLUME_DATA_READ_FLAGS = constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY;
 
 /**
  * The kubelet's record in the volume directory; undefined when there is none to read. Only a
- * regular file of at most 64 KiB is read, off the event loop: a link, a FIFO, a device, a socket
- * or a larger file is no record of the kubelet's.
+ * regular file of at most 64 KiB is opened for reading, and read off the event loop: a link, a
+ * FIFO, a device, a socket or a larger file is no record of the kubelet's, found out without
+ * opening it.
  */
 export async function readVolumeData(volumeDir: DirectoryHandle): Promise<VolumeData | undefined> {
-  let file: Awaited<ReturnType<typeof open>>;
+  let handle: number;
   try {
-    file = await open(volumeDir.entry("vol_data.json"), VOLUME_DATA_OPEN_FLAGS);
+    handle = openSync(volumeDir.entry("vol_data.json"), VOLUME_DATA_PEEK_FLAGS);
   } catch (error) {
-    // ELOOP: a symbolic link; ENXIO: a socket.
-    if (isErrno(error, "ENOENT") || isErrno(error, "ELOOP") || isErrno(error, "ENXIO")) {
-      return undefined;
-    }
+    if (isErrno(error, "ENOENT")) return undefined;
     throw error;
   }
   let text: string;
   try {
-    const stat = await file.stat();
+    const stat = fstatSync(handle);
     if (!stat.isFile() || stat.size > MAX_VOLUME_DATA_BYTES) return undefined;
-    // One byte more than allowed: a file that grew since fstat is caught too.
-    const buffer = Buffer.alloc(MAX_VOLUME_DATA_BYTES + 1);
-    const { bytesRead } = await file.read(buffer, 0, buffer.length, 0);
-    if (bytesRead > MAX_VOLUME_DATA_BYTES) return undefined;
-    text = buffer.toString("utf8", 0, bytesRead);
+    // Through the handle: the very file that was checked.
+    const file = await open(`/proc/self/fd/${handle}`, VOLUME_DATA_READ_FLAGS);
+    try {
+      // One byte more than allowed: a file that grew since fstat is caught too.
+      const buffer = Buffer.alloc(MAX_VOLUME_DATA_BYTES + 1);
+      const { bytesRead } = await file.read(buffer, 0, buffer.length, 0);
+      if (bytesRead > MAX_VOLUME_DATA_BYTES) return undefined;
+      text = buffer.toString("utf8", 0, bytesRead);
+    } finally {
+      await file.close();
+    }
   } finally {
-    await file.close();
+    closeSync(handle);
   }
   try {
     const data = JSON.parse(text) as Record<string, unknown>;

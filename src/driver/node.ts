@@ -584,8 +584,17 @@ export class NodeService {
         }
         // A stale bind of a re-created directory can still share a peer group with it too.
         if (source) await this.disentangle(volume, targetPath, current, source);
+        // `umount` of the handle removes the topmost mount there: if another was stacked on the
+        // one checked meanwhile, check that one first. What remains is the moment it takes to
+        // start `umount`.
+        const top = this.directoryAt(volume, targetPath, "unmount");
+        if (top.handle.mountId !== current.handle.mountId) {
+          release(current);
+          current = top;
+          continue;
+        }
+        release(top);
         try {
-          // The handle names the very mount that was checked: nothing else can be unmounted.
           await this.options.mounter.unmount({ fd: current.handle.fd, path: targetPath });
         } catch (error) {
           this.options.onMountFailure?.("umount");

@@ -18,8 +18,8 @@ export interface Mounter {
    */
   makeSlave(target: HeldDirectory): Promise<void>;
   /**
-   * Removes the mount whose root `target` is held open, like `umount -l`: detached at once, even
-   * though the driver's own descriptor keeps it busy.
+   * Removes the topmost mount on the directory `target` holds, like `umount -l`: detached at
+   * once, even though the driver's own descriptor keeps it busy.
    */
   unmount(target: HeldDirectory): Promise<void>;
 }
@@ -113,20 +113,50 @@ export class CommandMounter implements Mounter {
       timedOut = true;
       killGroup(child.pid);
     }, this.timeoutMs);
-    // stderr is read only when the command failed: its few lines fit in the pipe's buffer, and
-    // a successful call (the common one) skips setting up the read.
     const exitCode = await child.exited;
     clearTimeout(timer);
-    if (exitCode === 0 && !timedOut) return;
-    const stderr = new Response(child.stderr).text();
-    const message = await Promise.race([stderr, Bun.sleep(STDERR_DRAIN_MS).then(() => "")]);
+    // Whatever the command started and left behind goes with it. While a member lives, the
+    // group's id is the child's pid and cannot be taken; once none does, the signal finds no
+    // one (ESRCH) unless a new process took that pid and made itself a group leader meanwhile.
+    killGroup(child.pid);
+    if (exitCode === 0 && !timedOut) {
+      // stderr is read only when the command failed: a successful call skips the read.
+      void child.stderr.cancel().catch(() => {});
+      return;
+    }
+    const message = await readBounded(child.stderr, STDERR_DRAIN_MS, MAX_STDERR_CHARS);
     throw new MountCommandError(
       shown,
       child.signalCode === null ? exitCode : null,
-      message.trim().slice(0, MAX_STDERR_CHARS),
+      message.trim(),
       timedOut,
     );
   }
+}
+
+/**
+ * What a stream holds within `waitMs`, at most `maxChars` of it; the stream is closed after,
+ * so that a pipe a stray process kept open does not stay open in the driver.
+ */
+async function readBounded(
+  stream: ReadableStream<Uint8Array>,
+  waitMs: number,
+  maxChars: number,
+): Promise<string> {
+  const reader = stream.getReader();
+  const decoder = new TextDecoder();
+  let text = "";
+  const expired = Bun.sleep(waitMs).then(() => "expired" as const);
+  try {
+    while (text.length < maxChars) {
+      const chunk = await Promise.race([reader.read(), expired]);
+      if (chunk === "expired" || chunk.done) break;
+      text += decoder.decode(chunk.value, { stream: true });
+    }
+  } finally {
+    void reader.cancel().catch(() => {});
+  }
+  return text.slice(0, maxChars);
 }
 
 function killGroup(pid: number): void {

@@ -1,7 +1,15 @@
 // A hung `mount` is killed with everything it started: the driver runs `mount` and `umount` in a
 // process group of their own and kills the whole group when --mount-timeout runs out.
 import { afterAll, expect, setDefaultTimeout, test } from "bun:test";
-import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { assertPrivateMountNamespace, clients, startDriver, tempDir } from "../helpers/driver.ts";
@@ -60,3 +68,45 @@ test("a hung mount's own children are killed with it after --mount-timeout", asy
     await driver.stop();
   }
 }, 60_000);
+
+test("a failing mount's children are killed too, and nothing of it stays open in the driver", async () => {
+  const socketDir = join(root, "agent-2");
+  mkdirSync(socketDir);
+  const bin = join(root, "bin-failing");
+  mkdirSync(bin);
+  const pidFile = join(root, "failing-children.pid");
+  // A `mount` that leaves a helper behind, holding its stderr, and fails.
+  writeFileSync(
+    join(bin, "mount"),
+    `#!/bin/sh\n(sleep 600 &\necho $! >> ${pidFile})\necho 'mount: failed' >&2\nexit 32\n`,
+  );
+  chmodSync(join(bin, "mount"), 0o755);
+  const csiSocketPath = join(root, "plugin-2", "csi.sock");
+  const driver = await startDriver({
+    workloadApiSocketDir: socketDir,
+    csiSocketPath,
+    env: { PATH: `${bin}:${process.env.PATH}` },
+  });
+  const { node } = clients(csiSocketPath);
+  const openFiles = () => readdirSync(`/proc/${driver.proc.pid}/fd`).length;
+  try {
+    const attempt = async () => {
+      const volume = podVolume(join(root, "kubelet-2"));
+      prepareVolume(volume);
+      const error = await rpcFailure(node.nodePublishVolume(publishRequest(volume)));
+      expect(error.code).toBe(status.INTERNAL);
+      expect(error.details).toContain("mount: failed");
+    };
+    await attempt();
+    const before = openFiles();
+    for (let i = 0; i < 20; i++) await attempt();
+    const children = readFileSync(pidFile, "utf8").trim().split("\n").map(Number);
+    expect(children).toHaveLength(21);
+    await waitFor("every helper a failed mount left to die", () => !children.some(alive));
+    // One pipe per call would be 20 more.
+    expect(openFiles() - before).toBeLessThan(5);
+  } finally {
+    node.close();
+    await driver.stop();
+  }
+});

@@ -280,6 +280,7 @@ describe("hostile files in the place of vol_data.json", () => {
     ["a link to a valid record elsewhere", (path) => symlinkSync(join(root, "record.json"), path)],
     ["a 100 MB file", (path) => writeFileSync(path, Buffer.alloc(100 * 1024 * 1024, 0x20))],
     ["a directory", (path) => mkdirSync(path)],
+    ["a character device", (path) => Bun.spawnSync(["mknod", path, "c", "1", "3"])],
   ];
 
   beforeAll(() => {

@@ -62,6 +62,11 @@ const hostile: [string, string, string][] = [
   ["other non-ASCII", "é😀", "\\xe9\\u{1f600}"],
   ["a quote and a backslash", 'x" code=OK \\', 'x\\" code=OK \\\\'],
   ["a lone surrogate", "a\ud800b", "a\\u{d800}b"],
+  [
+    "bidirectional overrides, zero-width and tag characters",
+    "a\u202eb\u2066c\u200bd\ufeffe\u{e0041}",
+    "a\\u{202e}b\\u{2066}c\\u{200b}d\\u{feff}e\\u{e0041}",
+  ],
 ];
 
 /** True when the line holds nothing but printable ASCII before its one final newline. */
@@ -86,6 +91,8 @@ for (const [name, value, escaped] of hostile) {
     const line = lines[0] ?? "";
     expect(line.endsWith("\n")).toBe(true);
     expect(rawControl(line.slice(0, -1))).toBeUndefined();
+    // Nothing but printable ASCII: the line displays as what it holds.
+    expect(cleanLine(line)).toBe(true);
     const record = JSON.parse(line);
     expect(record.volume_id).toBe(value);
     expect(record.msg).toBe(`rpc ${value}`);
