@@ -7,6 +7,7 @@ import {
   lstatSync,
   mkdirSync,
   openSync,
+  readlinkSync,
   realpathSync,
   renameSync,
   unlinkSync,
@@ -68,6 +69,26 @@ export function socketDirectoryProblem(
   return undefined;
 }
 
+/** The same rule for the directory held open: its owner, its mode, and where it is. */
+function heldDirectoryProblem(
+  dirFd: number,
+  dir: string,
+  uid: number = process.getuid?.() ?? 0,
+): string | undefined {
+  const stat = fstatSync(dirFd);
+  const location = readlinkSync(`/proc/self/fd/${dirFd}`);
+  if (location !== realpathSync(dir)) {
+    return `the socket directory ${dir} changed while it was being opened (now ${location})`;
+  }
+  if (stat.uid !== uid) {
+    return `the socket directory ${dir} is owned by uid ${stat.uid}, not by the driver's uid ${uid}`;
+  }
+  if ((stat.mode & GROUP_OR_OTHER_WRITE) !== 0) {
+    return `the socket directory ${dir} is writable by its group or by others (mode ${(stat.mode & 0o7777).toString(8).padStart(4, "0")})`;
+  }
+  return undefined;
+}
+
 /**
  * A Unix socket file served on, held through a descriptor of its directory. The listener binds
  * a private name and the socket is then renamed into place, because the runtime unlinks the bound
@@ -92,7 +113,14 @@ export class SocketFile {
     mkdirSync(dir, { recursive: true, mode: 0o750 });
     const after = socketDirectoryProblem(dir);
     if (after) throw refuse(after);
-    return new SocketFile(path, openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY));
+    const dirFd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+    // The directory held is the one checked: a name swapped in between is refused too.
+    const held = heldDirectoryProblem(dirFd, dir);
+    if (held) {
+      closeSync(dirFd);
+      throw refuse(held);
+    }
+    return new SocketFile(path, dirFd);
   }
 
   private get name(): string {

@@ -280,7 +280,8 @@ async function idleConnections(path: string, count: number) {
         state.closed++;
         continue;
       }
-      if (code !== "ECONNREFUSED") throw error;
+      // A full listen backlog: refused, or EAGAIN for a non-blocking connect on a Unix socket.
+      if (code !== "ECONNREFUSED" && code !== "EAGAIN") throw error;
       await Bun.sleep(5);
     }
   }
