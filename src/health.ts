@@ -1,4 +1,4 @@
-import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import { parseAddress } from "./address.ts";
 import { checkAgent, connects } from "./agent.ts";
@@ -14,6 +14,10 @@ const CHECK_INTERVAL_MS = 1_000;
 const PACE_MS = 1_000;
 // Connections beyond this are refused until others close: it bounds memory and descriptors.
 const MAX_CONNECTIONS = 3_072;
+// Connections from one remote address beyond this are closed at their first request, so that no
+// single client takes the whole budget. The kubelet's probes come from the node's address and
+// use one connection each; a Prometheus scraper keeps one.
+const MAX_CONNECTIONS_PER_ADDRESS = 64;
 // A connection that sends nothing for this long (silent, slow headers, idle keep-alive) is closed.
 const IDLE_TIMEOUT_MS = 5_000;
 // A connection is closed after this many answers, so that no client holds one for ever.
@@ -35,8 +39,8 @@ export interface HealthOptions {
   /** False once the driver is shutting down. */
   serving: () => boolean;
   /**
-   * A reason the driver is not ready besides the agent, or undefined. Called on every /readyz
-   * request: it must be synchronous and cheap.
+   * A reason the driver is not ready besides the agent, or undefined. Called at most once per
+   * interval, its answer shared by the /readyz requests of that interval, like the other checks.
    */
   readinessProblem?: () => string | undefined;
   metrics: Metrics;
@@ -60,6 +64,8 @@ export async function startHealthServer(options: HealthOptions): Promise<HealthS
   const csiAnswers = cached(() => connects(options.csiSocketPath), CHECK_INTERVAL_MS);
   const agent = cached(() => checkAgent(options.workloadApiSocketDir), CHECK_INTERVAL_MS);
   const metricsText = cached(() => options.metrics.registry.metrics(), CHECK_INTERVAL_MS);
+  const { readinessProblem } = options;
+  const notReady = readinessProblem && cached(async () => readinessProblem(), CHECK_INTERVAL_MS);
   options.metrics.observeAgent(async () => (await agent()).ok);
   const malformed = throttled(
     (fields: Fields) => logger.warn("malformed HTTP request refused", fields),
@@ -88,7 +94,7 @@ export async function startHealthServer(options: HealthOptions): Promise<HealthS
             };
       }
       case "/readyz": {
-        const problem = options.readinessProblem?.();
+        const problem = await notReady?.();
         if (problem !== undefined) return { status: 503, body: problem };
         const check = await agent();
         return check.ok
@@ -114,9 +120,22 @@ export async function startHealthServer(options: HealthOptions): Promise<HealthS
     if (turn > now) await Bun.sleep(turn - now);
   };
 
+  // Sockets whose request is not answered yet. Bun's node:http parses every request a client
+  // pipelines in one write at once, each an object and a pending answer (2,000 requests on each
+  // of 400 connections took 2.7 GB); destroying the socket at its second unanswered request
+  // stops the parsing of the rest of what it sent. No HTTP client in use pipelines: the kubelet's
+  // probes send one request a connection, a scraper waits for each answer.
+  const unanswered = new WeakSet<Socket>();
   const respond = async (request: IncomingMessage, response: ServerResponse) => {
+    const { socket } = request;
+    if (socket.destroyed) return;
+    if (unanswered.has(socket)) {
+      socket.destroy();
+      return;
+    }
+    unanswered.add(socket);
     try {
-      await pace(request.socket);
+      await pace(socket);
       if (response.destroyed) return;
       send(response, await answer(request));
     } catch (error) {
@@ -127,6 +146,8 @@ export async function startHealthServer(options: HealthOptions): Promise<HealthS
       });
       if (!response.headersSent) send(response, { status: 500, body: "internal error" });
       else response.destroy();
+    } finally {
+      unanswered.delete(socket);
     }
   };
 
@@ -137,6 +158,7 @@ export async function startHealthServer(options: HealthOptions): Promise<HealthS
   server.headersTimeout = IDLE_TIMEOUT_MS;
   server.requestTimeout = IDLE_TIMEOUT_MS;
   server.setTimeout(IDLE_TIMEOUT_MS, (socket) => socket.destroy());
+  limitPerAddress(server, MAX_CONNECTIONS_PER_ADDRESS);
   // What the HTTP parser refuses never reaches a handler: answer it here, without a body.
   server.on("clientError", (error: NodeJS.ErrnoException, socket: Socket) => {
     const status = CLIENT_ERRORS[error.code ?? ""];
@@ -163,6 +185,29 @@ export async function startHealthServer(options: HealthOptions): Promise<HealthS
       server.closeAllConnections();
     },
   };
+}
+
+/**
+ * Closes a connection when `max` others from its remote address are open. Bun's node:http shows
+ * a connection to JavaScript at its first request, so that is when it is counted: a connection
+ * that never sends a request counts against the server's cap only, until its idle close.
+ */
+function limitPerAddress(server: Server, max: number): void {
+  const open = new Map<string, number>();
+  server.on("connection", (socket: Socket) => {
+    const from = socket.remoteAddress ?? "";
+    const count = open.get(from) ?? 0;
+    if (count >= max) {
+      socket.destroy();
+      return;
+    }
+    open.set(from, count + 1);
+    socket.once("close", () => {
+      const left = (open.get(from) ?? 1) - 1;
+      if (left > 0) open.set(from, left);
+      else open.delete(from);
+    });
+  });
 }
 
 interface Answer {

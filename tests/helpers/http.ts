@@ -11,12 +11,18 @@ export interface RawAnswer {
 }
 
 /**
- * Sends `request` on a fresh connection to 127.0.0.1:port and collects what comes back until the
- * server closes the connection, a complete answer arrived, or `timeoutMs` passed (then rejects).
+ * Sends `request` on a fresh connection to 127.0.0.1:port (from `localAddress`, another loopback
+ * address if given) and collects what comes back until the server closes the connection, a
+ * complete answer arrived, or `timeoutMs` passed (then rejects).
  */
-export function rawRequest(port: number, request: string, timeoutMs = 5_000): Promise<RawAnswer> {
+export function rawRequest(
+  port: number,
+  request: string,
+  timeoutMs = 5_000,
+  localAddress?: string,
+): Promise<RawAnswer> {
   return new Promise((resolve, reject) => {
-    const socket = connect({ host: "127.0.0.1", port });
+    const socket = connect({ host: "127.0.0.1", port, localAddress });
     let raw = "";
     const finish = (error?: Error) => {
       clearTimeout(timer);
@@ -40,11 +46,17 @@ export function rawRequest(port: number, request: string, timeoutMs = 5_000): Pr
 }
 
 /** A kubelet-like probe: GET on a connection of its own, given `timeoutMs` to answer. */
-export function probe(port: number, path: string, timeoutMs: number): Promise<RawAnswer> {
+export function probe(
+  port: number,
+  path: string,
+  timeoutMs: number,
+  localAddress?: string,
+): Promise<RawAnswer> {
   return rawRequest(
     port,
     `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUser-Agent: kube-probe/1.33\r\nConnection: close\r\n\r\n`,
     timeoutMs,
+    localAddress,
   );
 }
 

@@ -318,14 +318,20 @@ function podSecurityAdmits(docs: Doc[]): string[] {
     : ["the namespace does not enforce the privileged pod-security level"];
 }
 
-/** Ingress to the driver's pods: only the health port, only from labelled scrapers. */
+/**
+ * Ingress to the driver's pods: only the health port, only from labelled scrapers in labelled
+ * namespaces (a pod can label itself; only the operator labels a namespace).
+ */
 function healthPortPolicy(docs: Doc[]): string[] {
   return driverSets(docs).flatMap((set) => {
     const labels = set.spec.template.metadata.labels;
     const { driver, config } = settingsOf(set.spec.template.spec);
     const healthPort = Number(config.healthAddr?.split(":").pop());
     type Rule = {
-      from?: { podSelector?: { matchLabels?: object } }[];
+      from?: {
+        podSelector?: { matchLabels?: object };
+        namespaceSelector?: { matchLabels?: object };
+      }[];
       ports?: { port: string | number }[];
     };
     const policy = docs.find((d) => {
@@ -348,6 +354,8 @@ function healthPortPolicy(docs: Doc[]): string[] {
         rule.from.some((f) => !Object.keys(f.podSelector?.matchLabels ?? {}).length)
       )
         problems.push("an ingress rule admits unlabelled peers");
+      if (rule.from?.some((f) => !Object.keys(f.namespaceSelector?.matchLabels ?? {}).length))
+        problems.push("an ingress rule admits peers from any namespace");
       return problems;
     });
   });
@@ -625,6 +633,19 @@ describe("each rule fails on a render that breaks it", () => {
         policy.spec.ingress.push({});
       },
       "admits more than the health port",
+    ],
+    [
+      "healthPortPolicy",
+      healthPortPolicy,
+      (d) => {
+        const policy = d.find((x) => x.kind === "NetworkPolicy") as Doc & {
+          spec: { ingress: { from: { namespaceSelector?: object }[] }[] };
+        };
+        for (const peer of policy.spec.ingress.flatMap((rule) => rule.from)) {
+          peer.namespaceSelector = {};
+        }
+      },
+      "admits peers from any namespace",
     ],
     [
       "healthPortPolicy",
