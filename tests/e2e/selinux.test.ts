@@ -18,6 +18,7 @@ import {
 } from "../helpers/driver.ts";
 import { podVolume, prepareVolume, publishRequest, unpublishRequest } from "../helpers/kubelet.ts";
 import { rpcFailure } from "../helpers/rpc.ts";
+import { waitFor } from "../helpers/wait.ts";
 
 assertPrivateMountNamespace();
 // Generous for a loaded machine: covers every test and hook of this file.
@@ -222,14 +223,19 @@ describe("a read-only directory", () => {
     await node.nodePublishVolume(publishRequest(volume));
     expect(labels(setup.socketDir)).toEqual(allLabelled(setup.socketDir));
     expect(await talkToAgent(volume.targetPath)).toBe("pong ping");
-    expect((await fetch(`http://127.0.0.1:${healthPort}/readyz`)).status).toBe(200);
+    // /readyz computes its answer at most once a second: the 503 above may be served a moment
+    // longer.
+    const readyzStatus = async () => (await fetch(`http://127.0.0.1:${healthPort}/readyz`)).status;
+    await waitFor("/readyz to answer 200", async () => (await readyzStatus()) === 200);
 
-    // A socket the agent re-creates while pods run: /readyz labels it.
+    // A socket the agent re-creates while pods run: /readyz labels it, within its interval.
     setup.agent.stop(true);
     setup.agent = startAgent(setup.socketDir);
     expect(getLabel(join(setup.socketDir, AGENT_SOCKET))).toBeUndefined();
-    expect((await fetch(`http://127.0.0.1:${healthPort}/readyz`)).status).toBe(200);
-    expect(getLabel(join(setup.socketDir, AGENT_SOCKET))).toBe(CONTAINER_FILE);
+    await waitFor("/readyz to label the new socket", async () => {
+      expect(await readyzStatus()).toBe(200);
+      return getLabel(join(setup.socketDir, AGENT_SOCKET)) === CONTAINER_FILE;
+    });
 
     // Labelled already: read-only is enough, the labels are only read.
     run(["mount", "-o", "remount,bind,ro", setup.socketDir]);
