@@ -32,8 +32,8 @@ assertPrivateMountNamespace();
 setDefaultTimeout(120_000);
 
 const CLIENTS = 2_000;
-const LOAD_SECONDS = 20;
-const FLOOD_SECONDS = 10;
+const LOAD_SECONDS = 8;
+const FLOOD_SECONDS = 6;
 // Where the kubelet's probes come from; the load comes from other addresses.
 const PROBE_FROM = "127.0.0.2";
 // The driver's cap of connections per remote address (src/health.ts).
@@ -191,7 +191,7 @@ test("keep-alive clients, pipelined requests and one-address floods, while probe
     return result;
   };
 
-  const quiet = await phase("no load", Bun.sleep(5_000));
+  const quiet = await phase("no load", Bun.sleep(3_000));
   // 50 clients an address: under the cap, as many pods' scrapers would be.
   const spread: Phase[] = [];
   for (const path of ["/healthz", "/metrics"]) {
