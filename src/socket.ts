@@ -13,10 +13,9 @@ import {
   unlinkSync,
 } from "node:fs";
 import { basename, dirname } from "node:path";
+import { O_PATH } from "./mount/descriptors.ts";
 import { isErrno } from "./mount/inspect.ts";
 
-// Linux's O_PATH (the same on x86-64 and arm64); Node's `fs.constants` does not name it.
-const O_PATH = 0o10000000;
 const GROUP_OR_OTHER_WRITE = 0o022;
 const STICKY = 0o1000;
 

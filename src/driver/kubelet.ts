@@ -1,7 +1,7 @@
 import { closeSync, constants, fstatSync, openSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { join } from "node:path";
-import { type DirectoryHandle, openDirectory, openEntry } from "../mount/descriptors.ts";
+import { type DirectoryHandle, O_PATH, openDirectory, openEntry } from "../mount/descriptors.ts";
 import { classifyOpenError, isErrno } from "../mount/inspect.ts";
 
 /**
@@ -102,7 +102,7 @@ export function openVolumeDir(targetPath: string): VolumeDirectory {
 }
 
 // Not followed if a link; the handle opens nothing (no FIFO waits, no device driver runs).
-const VOLUME_DATA_PEEK_FLAGS = 0o10000000 | constants.O_NOFOLLOW; // O_PATH
+const VOLUME_DATA_PEEK_FLAGS = O_PATH | constants.O_NOFOLLOW;
 // The reopening of a regular file already checked; never a controlling terminal.
 const VOLUME_DATA_READ_FLAGS = constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY;
 

@@ -252,6 +252,13 @@ export class NodeService {
     }
     const created = this.createTarget(volume, targetPath);
     let target: DirectoryState | undefined = this.directoryAt(volume, targetPath, "publish");
+    // A publish that fails from here on keeps a mount that did happen and removes a directory
+    // this call made.
+    const abandon = () => {
+      release(target);
+      target = undefined;
+      this.undoPublish(volume, created, source);
+    };
     try {
       if (created) {
         // Through the handle: the directory that was opened, not whatever the name leads to now.
@@ -284,9 +291,7 @@ export class NodeService {
         try {
           sourceTree = this.recursiveSource(await this.mountTable(), source);
         } catch (error) {
-          release(target);
-          target = undefined;
-          this.undoPublish(volume, created, source);
+          abandon();
           throw error;
         }
       }
@@ -302,9 +307,7 @@ export class NodeService {
           this.options.recursiveBind,
         );
       } catch (error) {
-        release(target);
-        target = undefined;
-        this.undoPublish(volume, created, source);
+        abandon();
         this.options.onMountFailure?.("mount");
         throw commandFailed(
           `bind-mounting ${quote(this.socketDir)} at ${quote(targetPath)}`,
@@ -321,9 +324,7 @@ export class NodeService {
       release(target);
       target = this.directoryAt(volume, targetPath, "publish");
       if (!sameInode(target.handle, source)) {
-        release(target);
-        target = undefined;
-        this.undoPublish(volume, created, source);
+        abandon();
         throw internal(
           `mount reported success, but target_path ${quote(targetPath)} does not show ${quote(this.socketDir)}`,
         );

@@ -16,7 +16,7 @@ import { closeSync, constants, fstatSync, openSync, readFileSync, readlinkSync }
 // Linux's O_PATH: a handle that names a file without opening it for reading (node:fs does not
 // export it). Such a handle cannot be read from, but it can be stat'ed, passed to a child, and
 // resolved through /proc/self/fd.
-const O_PATH = 0o10000000;
+export const O_PATH = 0o10000000;
 // No O_CLOEXEC: Bun.spawn closes every descriptor it is not asked to pass, and a handle passed
 // to a child must arrive open even when its number is the one it gets there.
 const DIRECTORY_HANDLE = O_PATH | constants.O_DIRECTORY;
