@@ -1,9 +1,9 @@
 import { describe, expect, test } from "bun:test";
 import { parseArgs } from "citty";
-import { args, configFromArgs } from "../../src/cli.ts";
-import { ConfigError, validatePluginName } from "../../src/config.ts";
-import { normalizeArgv } from "../../src/flags.ts";
-import { contextProblem, usableByContainers } from "../../src/selinux.ts";
+import { normalizeArgv } from "../../src/cli/argv.ts";
+import { ConfigError, validatePluginName } from "../../src/cli/config.ts";
+import { args, configFromArgs } from "../../src/cli/serve.ts";
+import { contextProblem, usableByContainers } from "../../src/selinux/labeller.ts";
 
 const defaults = {
   _: [],

@@ -12,22 +12,22 @@ import {
 } from "node:fs";
 import { dirname, join } from "node:path";
 import { type ArgsDef, defineCommand } from "citty";
-import { checkAgent, connects } from "./agent.ts";
-import { validatePluginName } from "./config.ts";
-import { unknownFlags } from "./flags.ts";
-import { Identity } from "./gen/csi/v1/csi_pb.ts";
-import { createClient } from "./grpc/client.ts";
-import { readMountId } from "./mount/descriptors.ts";
-import { findMount, readMountTable } from "./mount/mountinfo.ts";
-import { mountTree } from "./mount/submounts.ts";
-import { getLabel } from "./mount/xattr.ts";
+import { Identity } from "../gen/csi/v1/csi_pb.ts";
+import { readMountId } from "../linux/descriptors.ts";
+import { findMount, readMountTable } from "../linux/mountinfo.ts";
+import { mountTree } from "../linux/submounts.ts";
+import { checkAgent, connects } from "../ops/agent.ts";
+import { createClient } from "../rpc/client.ts";
+import { SOCKET_DIRECTORY_FIX, socketDirectoryProblem } from "../rpc/socket-file.ts";
 import {
   contextProblem,
   DEFAULT_SELINUX_CONTEXT,
   detectSelinux,
   usableByContainers,
-} from "./selinux.ts";
-import { SOCKET_DIRECTORY_FIX, socketDirectoryProblem } from "./socket.ts";
+} from "../selinux/labeller.ts";
+import { getLabel } from "../selinux/xattr.ts";
+import { unknownFlags } from "./argv.ts";
+import { validatePluginName } from "./config.ts";
 
 export interface Check {
   name: string;

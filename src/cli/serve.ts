@@ -1,21 +1,21 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { type ArgsDef, defineCommand } from "citty";
+import { controllerHandlers, identityHandlers } from "../csi/identity.ts";
+import { NodeService } from "../csi/node.ts";
+import { Controller, Identity, Node } from "../gen/csi/v1/csi_pb.ts";
+import { Registration } from "../gen/pluginregistration/v1/api_pb.ts";
+import { CommandMounter } from "../linux/mounter.ts";
+import type { HealthServer } from "../ops/health.ts";
+import { createLogger, type Logger } from "../ops/log.ts";
+import { idleCollector } from "../ops/memory.ts";
+import { registrationHandlers } from "../registration/service.ts";
+import { type CallObserver, grpcService, InFlightCalls } from "../rpc/adapter.ts";
+import { rpcLogger, StartError, startServer } from "../rpc/server.ts";
+import { DEFAULT_SELINUX_CONTEXT, Labeler, labellingWanted } from "../selinux/labeller.ts";
+import { VERSION } from "../version.ts";
+import { unknownFlags } from "./argv.ts";
 import { type Config, ConfigError, type RawSettings, resolveConfig } from "./config.ts";
-import { controllerHandlers, identityHandlers } from "./driver/identity.ts";
-import { NodeService } from "./driver/node.ts";
-import { registrationHandlers } from "./driver/registration.ts";
-import { unknownFlags } from "./flags.ts";
-import { Controller, Identity, Node } from "./gen/csi/v1/csi_pb.ts";
-import { Registration } from "./gen/pluginregistration/v1/api_pb.ts";
-import { type CallObserver, grpcService, InFlightCalls } from "./grpc/service.ts";
-import type { HealthServer } from "./health.ts";
-import { createLogger, type Logger } from "./log.ts";
-import { idleCollector } from "./memory.ts";
-import { CommandMounter } from "./mount/mounter.ts";
-import { DEFAULT_SELINUX_CONTEXT, Labeler, labellingWanted } from "./selinux.ts";
-import { rpcLogger, StartError, startServer } from "./server.ts";
-import { VERSION } from "./version.ts";
 
 // Garbage is collected after this long without a call.
 const IDLE_COLLECT_MS = 1_000;
@@ -244,7 +244,7 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
   }
   // Metrics are loaded only with --health-addr: a driver without them starts lighter.
   const metrics = config.healthAddr
-    ? new (await import("./metrics.ts")).Metrics(VERSION, () => node.publishedVolumes)
+    ? new (await import("../ops/metrics.ts")).Metrics(VERSION, () => node.publishedVolumes)
     : undefined;
   const node = new NodeService({
     nodeId: config.nodeId,
@@ -289,7 +289,7 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
   let serving = true;
   let health: HealthServer | undefined;
   if (config.healthAddr && metrics) {
-    const { startHealthServer } = await import("./health.ts");
+    const { startHealthServer } = await import("../ops/health.ts");
     try {
       health = await startHealthServer({
         address: config.healthAddr,

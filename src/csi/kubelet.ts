@@ -1,8 +1,8 @@
 import { closeSync, constants, fstatSync, openSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { join } from "node:path";
-import { type DirectoryHandle, O_PATH, openDirectory, openEntry } from "../mount/descriptors.ts";
-import { classifyOpenError, isErrno } from "../mount/inspect.ts";
+import { type DirectoryHandle, O_PATH, openDirectory, openEntry } from "../linux/descriptors.ts";
+import { classifyOpenError, isErrno } from "../linux/inspect.ts";
 
 /**
  * Where the kubelet asks for an inline CSI volume:

@@ -5,7 +5,7 @@ import {
   type NodePublishVolumeRequest,
   type NodeUnpublishVolumeRequest,
 } from "../gen/csi/v1/csi_pb.ts";
-import { RpcError } from "../grpc/status.ts";
+import { RpcError } from "../rpc/status.ts";
 import { KUBELET_CSI_VOLUME_PATH } from "./kubelet.ts";
 
 // CSI size limit for identifiers such as volume_id.

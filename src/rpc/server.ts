@@ -1,12 +1,12 @@
 import { lstatSync, unlinkSync } from "node:fs";
 import { createServer, type Server as NetServer, type Socket } from "node:net";
 import { Server, ServerCredentials, status } from "@grpc/grpc-js";
-import { tryConnect } from "./connect.ts";
-import type { CallObserver, GrpcService, InFlightCalls } from "./grpc/service.ts";
-import { codeName } from "./grpc/status.ts";
-import type { Logger } from "./log.ts";
-import { isErrno } from "./mount/inspect.ts";
-import { SocketFile } from "./socket.ts";
+import { tryConnect } from "../linux/connect.ts";
+import { isErrno } from "../linux/inspect.ts";
+import type { Logger } from "../ops/log.ts";
+import type { CallObserver, GrpcService, InFlightCalls } from "./adapter.ts";
+import { SocketFile } from "./socket-file.ts";
+import { codeName } from "./status.ts";
 
 /** A problem that stops the server from starting, said in one line. */
 export class StartError extends Error {

@@ -1,7 +1,7 @@
 import { type ArgsDef, defineCommand } from "citty";
-import { unknownFlags } from "./flags.ts";
-import { Identity } from "./gen/csi/v1/csi_pb.ts";
-import { createClient } from "./grpc/client.ts";
+import { Identity } from "../gen/csi/v1/csi_pb.ts";
+import { createClient } from "../rpc/client.ts";
+import { unknownFlags } from "./argv.ts";
 
 const args = {
   "csi-socket-path": {

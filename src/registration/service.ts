@@ -1,6 +1,6 @@
 import type { Registration } from "../gen/pluginregistration/v1/api_pb.ts";
-import type { ServiceHandlers } from "../grpc/service.ts";
-import type { Logger } from "../log.ts";
+import type { Logger } from "../ops/log.ts";
+import type { ServiceHandlers } from "../rpc/adapter.ts";
 
 /** The CSI versions the kubelet may speak to this driver. */
 const SUPPORTED_VERSIONS = ["1.0.0"];

@@ -17,9 +17,7 @@ import {
   VolumeUsage_Unit as UsageUnit,
   type VolumeConditionSchema,
 } from "../gen/csi/v1/csi_pb.ts";
-import type { ServiceHandlers } from "../grpc/service.ts";
-import { RpcError } from "../grpc/status.ts";
-import type { DirectoryHandle } from "../mount/descriptors.ts";
+import type { DirectoryHandle } from "../linux/descriptors.ts";
 import {
   type DirectoryState,
   directoryInode,
@@ -29,16 +27,18 @@ import {
   openConfiguredDirectory,
   sameInode,
   type TargetState,
-} from "../mount/inspect.ts";
-import { MountCommandError, type Mounter } from "../mount/mounter.ts";
+} from "../linux/inspect.ts";
+import { MountCommandError, type Mounter } from "../linux/mounter.ts";
 import {
   findMount,
   type MountInfo,
   MountTableTooLarge,
   parseMountInfo,
   readMountTable,
-} from "../mount/mountinfo.ts";
-import { entangled, type MountTree, mountTree } from "../mount/submounts.ts";
+} from "../linux/mountinfo.ts";
+import { entangled, type MountTree, mountTree } from "../linux/submounts.ts";
+import type { ServiceHandlers } from "../rpc/adapter.ts";
+import { RpcError } from "../rpc/status.ts";
 import {
   KUBELET_CSI_VOLUME_PATH,
   openVolumeDir,
@@ -118,7 +118,7 @@ function release(state: TargetState | undefined): void {
  * The CSI Node service: bind-mounts the Workload API socket directory into pods.
  *
  * Every call opens the target's volume directory once, without following links below the
- * kubelet root, and from then on works through descriptors (see ../mount/descriptors.ts): what
+ * kubelet root, and from then on works through descriptors (see ../linux/descriptors.ts): what
  * it checked is what it mounts on, unmounts and removes, whatever happens to the paths meanwhile.
  */
 export class NodeService {

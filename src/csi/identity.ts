@@ -1,5 +1,5 @@
 import type { Controller, Identity } from "../gen/csi/v1/csi_pb.ts";
-import type { ServiceHandlers } from "../grpc/service.ts";
+import type { ServiceHandlers } from "../rpc/adapter.ts";
 import { VERSION } from "../version.ts";
 
 export function identityHandlers(pluginName: string): ServiceHandlers<typeof Identity> {

@@ -1,8 +1,8 @@
 import { closeSync, constants, openSync, readdirSync, readSync } from "node:fs";
 import { join } from "node:path";
-import type { Logger } from "./log.ts";
-import { isErrno } from "./mount/inspect.ts";
-import { getLabel, setLabel, XattrError } from "./mount/xattr.ts";
+import { isErrno } from "../linux/inspect.ts";
+import type { Logger } from "../ops/log.ts";
+import { getLabel, setLabel, XattrError } from "./xattr.ts";
 
 /**
  * SELinux labels on the Workload API directory.
