@@ -2,7 +2,8 @@ import { closeSync, constants, fstatSync, openSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { join } from "node:path";
 import { type DirectoryHandle, O_PATH, openDirectory, openEntry } from "../linux/descriptors.ts";
-import { classifyOpenError, isErrno } from "../linux/inspect.ts";
+import { isErrno } from "../linux/errno.ts";
+import { classifyOpenError } from "../linux/inspect.ts";
 
 /**
  * Where the kubelet asks for an inline CSI volume:

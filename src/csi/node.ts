@@ -18,12 +18,12 @@ import {
   type VolumeConditionSchema,
 } from "../gen/csi/v1/csi_pb.ts";
 import type { DirectoryHandle } from "../linux/descriptors.ts";
+import { isErrno } from "../linux/errno.ts";
 import {
   type DirectoryState,
   directoryInode,
   type Inode,
   inspectEntry,
-  isErrno,
   openConfiguredDirectory,
   sameInode,
   type TargetState,

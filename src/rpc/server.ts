@@ -1,12 +1,13 @@
 import { lstatSync, unlinkSync } from "node:fs";
 import { createServer, type Server as NetServer, type Socket } from "node:net";
-import { Server, ServerCredentials, status } from "@grpc/grpc-js";
+import { Server, ServerCredentials } from "@grpc/grpc-js";
 import { tryConnect } from "../linux/connect.ts";
-import { isErrno } from "../linux/inspect.ts";
+import { isErrno } from "../linux/errno.ts";
+
 import type { Logger } from "../ops/log.ts";
-import type { CallObserver, GrpcService, InFlightCalls } from "./adapter.ts";
+import type { GrpcService } from "./adapter.ts";
+import type { InFlightCalls } from "./in-flight.ts";
 import { SocketFile } from "./socket-file.ts";
-import { codeName } from "./status.ts";
 
 /** A problem that stops the server from starting, said in one line. */
 export class StartError extends Error {
@@ -28,8 +29,6 @@ export interface ConnectionLimits {
 
 // How long to wait for an existing socket to answer before calling it stale.
 const LIVE_SOCKET_PROBE_MS = 1000;
-// Strings from a request are cut to this length in logs.
-const MAX_LOGGED_CHARS = 256;
 
 export async function startServer(
   socketPath: string,
@@ -167,34 +166,4 @@ async function socketAnswers(socketPath: string): Promise<boolean> {
   // A server too busy to accept within the probe time is still a live server; only a refused
   // connection means nobody is there.
   return outcome.kind !== "error" || !isErrno(outcome.error, "ECONNREFUSED");
-}
-
-function logged(value: unknown): string | undefined {
-  if (typeof value !== "string" || value === "") return undefined;
-  return value.length > MAX_LOGGED_CHARS ? `${value.slice(0, MAX_LOGGED_CHARS)}...` : value;
-}
-
-/** One log line per call: debug when it succeeded, error when it failed. Never logs secrets. */
-export function rpcLogger(logger: Logger): CallObserver {
-  return (call) => {
-    const request = (call.request ?? {}) as Record<string, unknown>;
-    const fields: Record<string, unknown> = {
-      method: call.method.name,
-      volume_id: logged(request.volumeId),
-      target_path: logged(request.targetPath),
-      volume_path: logged(request.volumePath),
-      code: codeName(call.code),
-      duration_ms: Math.round(call.durationMs * 100) / 100,
-    };
-    for (const key of Object.keys(fields)) {
-      if (fields[key] === undefined) delete fields[key];
-    }
-    if (call.code === status.OK) {
-      logger.debug("rpc", fields);
-    } else if (call.unexpected !== undefined) {
-      logger.error("rpc", fields, call.unexpected);
-    } else {
-      logger.error("rpc", { ...fields, details: call.details });
-    }
-  };
 }

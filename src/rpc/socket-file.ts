@@ -14,7 +14,7 @@ import {
 } from "node:fs";
 import { basename, dirname } from "node:path";
 import { O_PATH } from "../linux/descriptors.ts";
-import { isErrno } from "../linux/inspect.ts";
+import { isErrno } from "../linux/errno.ts";
 
 const GROUP_OR_OTHER_WRITE = 0o022;
 const STICKY = 0o1000;

@@ -1,6 +1,7 @@
 import { closeSync, constants, openSync, readdirSync, readSync } from "node:fs";
 import { join } from "node:path";
-import { isErrno } from "../linux/inspect.ts";
+import { isErrno } from "../linux/errno.ts";
+
 import type { Logger } from "../ops/log.ts";
 import { getLabel, setLabel, XattrError } from "./xattr.ts";
 

@@ -52,7 +52,7 @@ test("a failing call releases the key for the next one", async () => {
 });
 
 test("InFlightCalls: idle resolves once every started call has finished", async () => {
-  const { InFlightCalls } = await import("../../src/rpc/adapter.ts");
+  const { InFlightCalls } = await import("../../src/rpc/in-flight.ts");
   const calls = new InFlightCalls();
   await calls.idle();
   calls.start();
