@@ -1,7 +1,7 @@
 import { isAbsolute } from "node:path";
 import { parseAddress } from "../ops/address.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "../ops/log.ts";
-import { contextProblem, SELINUX_LABEL_MODES, type SelinuxLabelMode } from "../selinux/labeller.ts";
+import { contextProblem, SELINUX_LABEL_MODES, type SelinuxLabelMode } from "../selinux/context.ts";
 
 /** A setting that is missing or wrong: the program says so in one line and exits with status 2. */
 export class ConfigError extends Error {

@@ -19,12 +19,8 @@ import { mountTree } from "../linux/submounts.ts";
 import { checkAgent, connects } from "../ops/agent.ts";
 import { createClient } from "../rpc/client.ts";
 import { SOCKET_DIRECTORY_FIX, socketDirectoryProblem } from "../rpc/socket-file.ts";
-import {
-  contextProblem,
-  DEFAULT_SELINUX_CONTEXT,
-  detectSelinux,
-  usableByContainers,
-} from "../selinux/labeller.ts";
+import { contextProblem, DEFAULT_SELINUX_CONTEXT, usableByContainers } from "../selinux/context.ts";
+import { detectSelinux } from "../selinux/detection.ts";
 import { getLabel } from "../selinux/xattr.ts";
 import { unknownFlags } from "./argv.ts";
 import { validatePluginName } from "./config.ts";

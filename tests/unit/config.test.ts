@@ -3,7 +3,7 @@ import { parseArgs } from "citty";
 import { normalizeArgv } from "../../src/cli/argv.ts";
 import { ConfigError, validatePluginName } from "../../src/cli/config.ts";
 import { args, configFromArgs } from "../../src/cli/serve.ts";
-import { contextProblem, usableByContainers } from "../../src/selinux/labeller.ts";
+import { contextProblem, usableByContainers } from "../../src/selinux/context.ts";
 
 const defaults = {
   _: [],
