@@ -50,6 +50,11 @@ export class VolumeDirectory implements Disposable {
     readonly location: string,
   ) {}
 
+  /** The volume's identity: its volume directory's (device, inode), whatever path names it. */
+  get key(): string {
+    return `${this.handle.dev}:${this.handle.ino}`;
+  }
+
   /**
    * Whether `target` (opened inside this directory) is still the target where the walk found the
    * volume: neither it nor any directory above it was renamed or removed since.
