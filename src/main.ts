@@ -1,6 +1,6 @@
 import { runMain } from "citty";
 import { normalizeArgv } from "./cli/argv.ts";
-import { main } from "./cli/serve.ts";
+import { main } from "./cli/command.ts";
 
 // `probe` and `doctor` are loaded only when asked for.
 const argv = normalizeArgv(process.argv.slice(2));

@@ -1,12 +1,7 @@
-import { isAbsolute } from "node:path";
-import { parseAddress } from "../ops/address.ts";
-import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "../ops/log.ts";
-import { contextProblem, SELINUX_LABEL_MODES, type SelinuxLabelMode } from "../selinux/context.ts";
-
-/** A setting that is missing or wrong: the program says so in one line and exits with status 2. */
-export class ConfigError extends Error {
-  override name = "ConfigError";
-}
+import type { LogFormat, LogLevel } from "../ops/log.ts";
+import type { SelinuxLabelMode } from "../selinux/context.ts";
+import { unknownFlags } from "./argv.ts";
+import { argsOf, ConfigError, readSettings, SETTINGS } from "./settings.ts";
 
 export interface Config {
   workloadApiSocketDir: string;
@@ -36,135 +31,56 @@ export interface Config {
   allowWritableSubmounts: boolean;
 }
 
-/** The flags as the command line gives them, before checking. */
-export interface RawSettings {
-  workloadApiSocketDir?: string;
-  csiSocketPath: string;
-  pluginName: string;
-  nodeId?: string;
-  nodeIdEnv: string;
-  logLevel: string;
-  logFormat: string;
-  mountTimeout: string;
-  maxConnections: string;
-  connectionIdleTimeout: string;
-  healthAddr?: string;
-  kubeletRegistrationDir?: string;
-  kubeletRegistrationPath?: string;
-  selinuxLabel: string;
-  selinuxContext: string;
-  recursiveBind: boolean;
-  allowWritableSubmounts: boolean;
-}
+/** The driver's command-line arguments, for citty. */
+export const args = argsOf(SETTINGS);
 
-// CSI: domain name notation, at most 63 characters, beginning and ending with an alphanumeric
-// character, with dashes, dots and alphanumerics between: labels of letters, digits and inner
-// dashes, joined by dots.
-const PLUGIN_NAME_LABEL = /^[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?$/;
-const MAX_PLUGIN_NAME = 63;
 // CSI size limit for node_id.
 const MAX_NODE_ID_BYTES = 256;
 
-export function validatePluginName(name: string): string | undefined {
-  if (
-    name.length > MAX_PLUGIN_NAME ||
-    !name.split(".").every((label) => PLUGIN_NAME_LABEL.test(label))
-  ) {
-    return `plugin name ${JSON.stringify(name)} is not valid: it must be a domain name of at most ${MAX_PLUGIN_NAME} characters (letters, digits, '-' inside labels, labels joined by '.')`;
+/** Reads the parsed flags into a Config; a problem is a ConfigError. */
+export function configFromArgs(
+  parsed: Record<string, unknown>,
+  env: Record<string, string | undefined>,
+): Config {
+  const unknown = unknownFlags(parsed, args);
+  if (unknown.length > 0) {
+    throw new ConfigError(`unknown flag --${unknown[0]} (see --help)`);
   }
-  return undefined;
-}
-
-export function resolveConfig(raw: RawSettings, env: Record<string, string | undefined>): Config {
-  const socketDir = raw.workloadApiSocketDir;
-  if (!socketDir) {
-    throw new ConfigError("-workload-api-socket-dir is required");
+  const positionals = (parsed._ ?? []) as string[];
+  if (positionals.length > 0) {
+    throw new ConfigError(`unexpected argument ${JSON.stringify(positionals[0])} (see --help)`);
   }
-  if (!isAbsolute(socketDir)) {
-    throw new ConfigError(`-workload-api-socket-dir must be an absolute path, got ${socketDir}`);
-  }
-  if (!raw.csiSocketPath || !isAbsolute(raw.csiSocketPath)) {
-    throw new ConfigError(`-csi-socket-path must be an absolute path, got "${raw.csiSocketPath}"`);
-  }
-  const pluginNameProblem = validatePluginName(raw.pluginName);
-  if (pluginNameProblem) {
-    throw new ConfigError(pluginNameProblem);
-  }
-  const nodeId = raw.nodeId || env[raw.nodeIdEnv] || "";
+  const settings = readSettings(SETTINGS, parsed);
+  const nodeId = settings.nodeId || env[settings.nodeIdEnv] || "";
   if (!nodeId) {
     throw new ConfigError(
-      `a node id is required: set -node-id, or the environment variable ${raw.nodeIdEnv} (named by -node-id-env)`,
+      `a node id is required: set --node-id, or the environment variable ${settings.nodeIdEnv} (named by --node-id-env)`,
     );
   }
   if (Buffer.byteLength(nodeId) > MAX_NODE_ID_BYTES) {
     throw new ConfigError(`the node id is longer than ${MAX_NODE_ID_BYTES} bytes`);
   }
-  if (!(raw.logLevel in LOG_LEVELS)) {
-    throw new ConfigError(
-      `--log-level must be one of ${Object.keys(LOG_LEVELS).join(", ")}, got "${raw.logLevel}"`,
-    );
-  }
-  if (!LOG_FORMATS.includes(raw.logFormat as LogFormat)) {
-    throw new ConfigError(
-      `--log-format must be one of ${LOG_FORMATS.join(", ")}, got "${raw.logFormat}"`,
-    );
-  }
-  const mountTimeoutSeconds = Number(raw.mountTimeout);
-  if (!Number.isFinite(mountTimeoutSeconds) || mountTimeoutSeconds <= 0) {
-    throw new ConfigError(
-      `--mount-timeout must be a positive number of seconds, got "${raw.mountTimeout}"`,
-    );
-  }
-  const maxConnections = Number(raw.maxConnections);
-  if (!Number.isSafeInteger(maxConnections) || maxConnections < 1) {
-    throw new ConfigError(
-      `--max-connections must be a positive whole number, got "${raw.maxConnections}"`,
-    );
-  }
-  const idleSeconds = Number(raw.connectionIdleTimeout);
-  if (!Number.isFinite(idleSeconds) || idleSeconds <= 0) {
-    throw new ConfigError(
-      `--connection-idle-timeout must be a positive number of seconds, got "${raw.connectionIdleTimeout}"`,
-    );
-  }
-  if (raw.healthAddr !== undefined && !parseAddress(raw.healthAddr)) {
-    throw new ConfigError(`--health-addr must be host:port or :port, got "${raw.healthAddr}"`);
-  }
-  const registrationDir = raw.kubeletRegistrationDir;
-  if (registrationDir !== undefined && !isAbsolute(registrationDir)) {
-    throw new ConfigError(
-      `--kubelet-registration-dir must be an absolute path, got ${registrationDir}`,
-    );
-  }
-  const endpoint = raw.kubeletRegistrationPath ?? raw.csiSocketPath;
-  if (!isAbsolute(endpoint)) {
-    throw new ConfigError(`--kubelet-registration-path must be an absolute path, got ${endpoint}`);
-  }
-  if (!SELINUX_LABEL_MODES.includes(raw.selinuxLabel as SelinuxLabelMode)) {
-    throw new ConfigError(
-      `--selinux-label must be one of ${SELINUX_LABEL_MODES.join(", ")}, got "${raw.selinuxLabel}"`,
-    );
-  }
-  const selinuxContextProblem = contextProblem(raw.selinuxContext);
-  if (selinuxContextProblem) throw new ConfigError(selinuxContextProblem);
-  if (raw.allowWritableSubmounts && !raw.recursiveBind) {
+  if (settings.allowWritableSubmounts && !settings.recursiveBind) {
     throw new ConfigError("--allow-writable-submounts applies only with --recursive-bind");
   }
+  const dir = settings.kubeletRegistrationDir;
   return {
-    recursiveBind: raw.recursiveBind,
-    allowWritableSubmounts: raw.allowWritableSubmounts,
-    selinuxLabel: raw.selinuxLabel as SelinuxLabelMode,
-    selinuxContext: raw.selinuxContext,
-    kubeletRegistration: registrationDir ? { dir: registrationDir, endpoint } : undefined,
-    healthAddr: raw.healthAddr,
-    workloadApiSocketDir: socketDir,
-    csiSocketPath: raw.csiSocketPath,
-    pluginName: raw.pluginName,
+    workloadApiSocketDir: settings.workloadApiSocketDir,
+    csiSocketPath: settings.csiSocketPath,
+    pluginName: settings.pluginName,
     nodeId,
-    logLevel: raw.logLevel as LogLevel,
-    logFormat: raw.logFormat as LogFormat,
-    mountTimeoutMs: mountTimeoutSeconds * 1000,
-    maxConnections,
-    connectionIdleTimeoutMs: idleSeconds * 1000,
+    logLevel: settings.logLevel,
+    logFormat: settings.logFormat,
+    mountTimeoutMs: settings.mountTimeout,
+    healthAddr: settings.healthAddr,
+    maxConnections: settings.maxConnections,
+    connectionIdleTimeoutMs: settings.connectionIdleTimeout,
+    kubeletRegistration: dir
+      ? { dir, endpoint: settings.kubeletRegistrationPath ?? settings.csiSocketPath }
+      : undefined,
+    selinuxLabel: settings.selinuxLabel,
+    selinuxContext: settings.selinuxContext,
+    recursiveBind: settings.recursiveBind,
+    allowWritableSubmounts: settings.allowWritableSubmounts,
   };
 }

@@ -2,21 +2,21 @@ import { type ArgsDef, defineCommand } from "citty";
 import { Identity } from "../gen/csi/v1/csi_pb.ts";
 import { createClient } from "../rpc/client.ts";
 import { unknownFlags } from "./argv.ts";
+import { exit } from "./exit.ts";
+import { argsOf, ConfigError, positiveSeconds, readSetting, SETTINGS } from "./settings.ts";
 
-const args = {
-  "csi-socket-path": {
-    type: "string",
-    description: "Unix socket the driver serves CSI on",
-    default: "/spiffe-csi/csi.sock",
-    valueHint: "path",
-  },
-  timeout: { type: "string", description: "Seconds to wait for an answer", default: "5" },
-} satisfies ArgsDef;
+const { csiSocketPath } = SETTINGS;
+const timeout = {
+  kind: "text",
+  default: "5",
+  help: "Seconds to wait for an answer",
+  parse: positiveSeconds,
+} as const;
 
-function fail(code: number, message: string): never {
-  process.stderr.write(`spiffe-csi-driver probe: ${message}\n`);
-  process.exit(code);
-}
+const args = argsOf(
+  { csiSocketPath, timeout },
+  { csiSocketPath: { help: "Unix socket the driver serves CSI on" } },
+) satisfies ArgsDef;
 
 /**
  * `spiffe-csi-driver probe`: asks the driver on the CSI socket whether it is ready, for an exec
@@ -31,22 +31,26 @@ export const probe = defineCommand({
   },
   args,
   async run({ args: parsed }) {
-    const unknown = unknownFlags(parsed as Record<string, unknown>, args);
-    if (unknown.length > 0) fail(2, `unknown flag --${unknown[0]}`);
-    const socketPath = parsed["csi-socket-path"];
-    const seconds = Number(parsed.timeout);
-    if (!Number.isFinite(seconds) || seconds <= 0) {
-      fail(2, `--timeout must be a positive number, got "${parsed.timeout}"`);
+    let socketPath: string;
+    let timeoutMs: number;
+    try {
+      const unknown = unknownFlags(parsed as Record<string, unknown>, args);
+      if (unknown.length > 0) throw new ConfigError(`unknown flag --${unknown[0]}`);
+      socketPath = readSetting("csiSocketPath", csiSocketPath, parsed);
+      timeoutMs = readSetting("timeout", timeout, parsed);
+    } catch (error) {
+      if (error instanceof ConfigError) exit(2, error.message, "probe");
+      throw error;
     }
     const client = createClient(Identity, `unix://${socketPath}`);
     try {
-      const answer = await client.probe({}, { deadline: Date.now() + seconds * 1000 });
+      const answer = await client.probe({}, { deadline: Date.now() + timeoutMs });
       // CSI: an unset `ready` means ready.
-      if (answer.ready === false) fail(1, `the driver on ${socketPath} is not ready`);
-      process.exit(0);
+      if (answer.ready === false) exit(1, `the driver on ${socketPath} is not ready`, "probe");
+      exit(0);
     } catch (error) {
       const { details, message } = error as { details?: string; message: string };
-      fail(1, `no answer from ${socketPath}: ${details ?? message}`);
+      exit(1, `no answer from ${socketPath}: ${details ?? message}`, "probe");
     }
   },
 });

@@ -1,26 +1,26 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { type ArgsDef, defineCommand } from "citty";
 import { controllerHandlers } from "../csi/controller.ts";
 import { identityHandlers } from "../csi/identity.ts";
 import { NodeService } from "../csi/node.ts";
 import { Controller, Identity, Node } from "../gen/csi/v1/csi_pb.ts";
 import { Registration } from "../gen/pluginregistration/v1/api_pb.ts";
-import { CommandMounter } from "../linux/mounter.ts";
-import type { HealthServer } from "../ops/health.ts";
-import { createLogger, type Logger } from "../ops/log.ts";
+import type { Mounter } from "../linux/mounter.ts";
+import type { Logger } from "../ops/log.ts";
+import { LogKey } from "../ops/log-keys.ts";
 import { idleCollector } from "../ops/memory.ts";
+import type { Metrics } from "../ops/metrics.ts";
 import { registrationHandlers } from "../registration/service.ts";
 import { type CallObserver, grpcService } from "../rpc/adapter.ts";
 import { rpcLogger } from "../rpc/call-log.ts";
 import { InFlightCalls } from "../rpc/in-flight.ts";
-import { StartError, startServer } from "../rpc/server.ts";
-import { DEFAULT_SELINUX_CONTEXT } from "../selinux/context.ts";
+import { type ConnectionLimits, StartError, startServer } from "../rpc/server.ts";
 import { labellingWanted } from "../selinux/detection.ts";
 import { Labeler } from "../selinux/labeller.ts";
 import { VERSION } from "../version.ts";
-import { unknownFlags } from "./argv.ts";
-import { type Config, ConfigError, type RawSettings, resolveConfig } from "./config.ts";
+import { Closers } from "./closers.ts";
+import type { Config } from "./config.ts";
+import { exit } from "./exit.ts";
 
 // Garbage is collected after this long without a call.
 const IDLE_COLLECT_MS = 1_000;
@@ -29,216 +29,72 @@ const IDLE_COLLECT_MS = 1_000;
 // killed by its timeout before the driver exits, so none is left running behind it.
 const SHUTDOWN_MARGIN_MS = 1_000;
 
-export const args = {
-  "workload-api-socket-dir": {
-    type: "string",
-    description:
-      "Directory holding the SPIFFE Workload API socket, bind-mounted into pods (required)",
-    valueHint: "dir",
-  },
-  "csi-socket-path": {
-    type: "string",
-    description: "Unix socket the CSI services are served on",
-    default: "/spiffe-csi/csi.sock",
-    valueHint: "path",
-  },
-  "plugin-name": {
-    type: "string",
-    description: "CSI plugin name (domain notation, at most 63 characters)",
-    default: "csi.spiffe.io",
-  },
-  "node-id": {
-    type: "string",
-    description:
-      "Kubernetes node name; when unset it is read from the variable named by -node-id-env",
-  },
-  "node-id-env": {
-    type: "string",
-    description: "Environment variable holding the node name",
-    default: "MY_NODE_NAME",
-  },
-  "log-level": {
-    type: "string",
-    description: "error, warn, info, debug (one line per RPC) or trace",
-    default: "info",
-  },
-  "log-format": { type: "string", description: "text or json", default: "text" },
-  "mount-timeout": {
-    type: "string",
-    description: "Seconds one mount or umount may run before it is killed",
-    default: "30",
-  },
-  "max-connections": {
-    type: "string",
-    description:
-      "Connections open at once on each of the driver's sockets; more are closed when accepted",
-    default: "256",
-  },
-  "connection-idle-timeout": {
-    type: "string",
-    description: "Seconds a connection with no call stays open",
-    default: "60",
-  },
-  "kubelet-registration-dir": {
-    type: "string",
-    description:
-      "Register with the kubelet without node-driver-registrar: its plugins_registry directory (e.g. /var/lib/kubelet/plugins_registry); off when unset",
-    valueHint: "dir",
-  },
-  "kubelet-registration-path": {
-    type: "string",
-    description:
-      "The CSI socket's path as the kubelet sees it, for --kubelet-registration-dir (default: -csi-socket-path)",
-    valueHint: "path",
-  },
-  "health-addr": {
-    type: "string",
-    description: "host:port (or :port) for HTTP /healthz, /readyz and /metrics; off when unset",
-    valueHint: "addr",
-  },
-  "selinux-label": {
-    type: "string",
-    description:
-      "Label the Workload API directory and its entries for containers (SELinux): auto (when the node runs SELinux), on or off",
-    default: "auto",
-  },
-  "selinux-context": {
-    type: "string",
-    description: "The SELinux label they get (user:role:type:level)",
-    default: DEFAULT_SELINUX_CONTEXT,
-  },
-  "recursive-bind": {
-    type: "boolean",
-    description:
-      "Bind the Workload API directory with the file systems mounted below it (e.g. SPIFFEFS), and let ones mounted later reach the pods (--recursive-bind or --recursive-bind=true|false)",
-  },
-  "allow-writable-submounts": {
-    type: "boolean",
-    description:
-      "With --recursive-bind: also publish when a file system below the directory is read-write (pods get it writable)",
-  },
-} satisfies ArgsDef;
-
-/** Reads the parsed flags into a Config; a problem is a ConfigError. */
-export function configFromArgs(
-  parsed: Record<string, unknown>,
-  env: Record<string, string | undefined>,
-): Config {
-  const unknown = unknownFlags(parsed, args);
-  if (unknown.length > 0) {
-    throw new ConfigError(`unknown flag --${unknown[0]} (see --help)`);
-  }
-  const positionals = parsed._ as string[];
-  if (positionals.length > 0) {
-    throw new ConfigError(`unexpected argument ${JSON.stringify(positionals[0])} (see --help)`);
-  }
-  const text = (name: keyof typeof args) => {
-    const value = parsed[name];
-    if (value === undefined) return undefined;
-    // A flag given with no value (`-node-id` at the end, `--no-node-id`) is a mistake, as Go's
-    // flag package says; silently falling back to a default would hide it.
-    if (typeof value !== "string" || value === "") {
-      throw new ConfigError(`flag -${name} needs a value`);
-    }
-    return value;
-  };
-  // Boolean flags take no separate value (`-flag false` is a stray argument, as in Go), only
-  // `-flag` or `-flag=true|false`.
-  const flag = (name: keyof typeof args) => {
-    const value = parsed[name];
-    if (value === undefined) return false;
-    if (typeof value !== "boolean") throw new ConfigError(`flag -${name} takes no value`);
-    return value;
-  };
-  const raw: RawSettings = {
-    workloadApiSocketDir: text("workload-api-socket-dir"),
-    csiSocketPath: text("csi-socket-path") ?? "",
-    pluginName: text("plugin-name") ?? "",
-    nodeId: text("node-id"),
-    nodeIdEnv: text("node-id-env") ?? "",
-    logLevel: text("log-level") ?? "",
-    logFormat: text("log-format") ?? "",
-    mountTimeout: text("mount-timeout") ?? "",
-    maxConnections: text("max-connections") ?? "",
-    connectionIdleTimeout: text("connection-idle-timeout") ?? "",
-    healthAddr: text("health-addr"),
-    kubeletRegistrationDir: text("kubelet-registration-dir"),
-    kubeletRegistrationPath: text("kubelet-registration-path"),
-    selinuxLabel: text("selinux-label") ?? "",
-    selinuxContext: text("selinux-context") ?? "",
-    recursiveBind: flag("recursive-bind"),
-    allowWritableSubmounts: flag("allow-writable-submounts"),
-  };
-  return resolveConfig(raw, env);
+/** What the servers share once the driver is set up. */
+interface Driver {
+  config: Config;
+  logger: Logger;
+  node: NodeService;
+  labeler: Labeler | undefined;
+  metrics: Metrics | undefined;
+  /** Logs a call (the registration socket's calls are only logged). */
+  logCall: CallObserver;
+  /** Logs, counts and notes a CSI call. */
+  observe: CallObserver;
+  /** Notes activity, so that garbage is collected once the driver is idle. */
+  callMade: () => void;
+  limits: ConnectionLimits;
+  /** False once the driver is shutting down. */
+  serving: boolean;
 }
-
-/** Exits with `code` after one line on stderr: the way every start-up problem ends. */
-function exitWith(code: number, message: string): never {
-  process.stderr.write(`spiffe-csi-driver: ${message}\n`);
-  process.exit(code);
-}
-
-export const main = defineCommand({
-  meta: {
-    name: "spiffe-csi-driver",
-    version: VERSION,
-    description:
-      "CSI node plugin that bind-mounts the SPIFFE Workload API directory into pods. Also: `spiffe-csi-driver probe --help`, `spiffe-csi-driver doctor --help`",
-  },
-  args,
-  async run({ args: parsed }) {
-    let config: Config;
-    try {
-      config = configFromArgs(parsed as Record<string, unknown>, process.env);
-    } catch (error) {
-      if (error instanceof ConfigError) exitWith(2, error.message);
-      throw error;
-    }
-    const mountPath = Bun.which("mount");
-    const umountPath = Bun.which("umount");
-    if (!mountPath || !umountPath) {
-      exitWith(
-        1,
-        `cannot find ${mountPath ? "umount" : "mount"} on PATH (${process.env.PATH ?? ""})`,
-      );
-    }
-    const logger = createLogger(config.logLevel, config.logFormat);
-    await serve(config, new CommandMounter(mountPath, umountPath, config.mountTimeoutMs), logger);
-  },
-});
 
 /**
- * Decides once whether the Workload API directory gets SELinux labels, and labels it now. Not
- * fatal: the agent may create the directory later, and a publish reports what is wrong.
+ * Runs the driver until SIGTERM or SIGINT: sets it up, starts each server in turn, each pushing
+ * its closer, and on a signal (or a server that cannot start) closes them in reverse order.
  */
-function startLabelling(config: Config, logger: Logger): Labeler | undefined {
-  const wanted = labellingWanted(config.selinuxLabel);
-  logger.info(wanted.enabled ? "SELinux labelling on" : "SELinux labelling off", {
-    reason: wanted.reason,
-    ...(wanted.enabled && { context: config.selinuxContext }),
-  });
-  if (!wanted.enabled) return undefined;
-  const labeler = new Labeler(config.workloadApiSocketDir, config.selinuxContext, logger);
-  const problem = labeler.ensure();
-  if (problem) logger.warn(problem);
-  return labeler;
+export async function serve(config: Config, mounter: Mounter, logger: Logger): Promise<void> {
+  logStart(config, logger);
+  const driver = await setUp(config, mounter, logger);
+  const closers = new Closers();
+  try {
+    // Health first, so that it is closed last: /healthz says "shutting down" during the drain.
+    if (config.healthAddr && driver.metrics) {
+      closers.push(await startHealth(driver, config.healthAddr, driver.metrics));
+    }
+    closers.push(await startCsi(driver));
+    if (config.kubeletRegistration) {
+      closers.push(await startRegistration(driver, config.kubeletRegistration));
+    }
+  } catch (error) {
+    await closers.closeAll(0);
+    if (error instanceof StartError) exit(1, error.message);
+    throw error;
+  }
+  logger.info("serving CSI", { [LogKey.csiSocketPath]: config.csiSocketPath });
+  // Start-up leaves garbage too.
+  driver.callMade();
+
+  const signal = await nextSignal(logger);
+  logger.info("shutting down", { [LogKey.signal]: signal });
+  driver.serving = false;
+  await closers.closeAll(config.mountTimeoutMs + SHUTDOWN_MARGIN_MS);
+  logger.info("stopped");
+  exit(0);
 }
 
-async function serve(config: Config, mounter: CommandMounter, logger: Logger): Promise<void> {
+function logStart(config: Config, logger: Logger): void {
   logger.info("starting", {
-    version: VERSION,
-    node_id: config.nodeId,
-    plugin_name: config.pluginName,
-    workload_api_socket_dir: config.workloadApiSocketDir,
-    csi_socket_path: config.csiSocketPath,
+    [LogKey.version]: VERSION,
+    [LogKey.nodeId]: config.nodeId,
+    [LogKey.pluginName]: config.pluginName,
+    [LogKey.workloadApiSocketDir]: config.workloadApiSocketDir,
+    [LogKey.csiSocketPath]: config.csiSocketPath,
   });
   if (!existsSync(config.workloadApiSocketDir)) {
     // Not fatal: the agent may create it later. Publishing answers UNAVAILABLE until then.
     logger.warn("the Workload API socket directory does not exist yet", {
-      path: config.workloadApiSocketDir,
+      [LogKey.path]: config.workloadApiSocketDir,
     });
   }
-  const labeler = startLabelling(config, logger);
   if (config.recursiveBind) {
     logger.info("recursive bind on: file systems below the Workload API directory reach pods");
     if (config.allowWritableSubmounts) {
@@ -247,6 +103,11 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
       );
     }
   }
+}
+
+/** The node service, its labeller and metrics, and what observes each call. */
+async function setUp(config: Config, mounter: Mounter, logger: Logger): Promise<Driver> {
+  const labeler = startLabelling(config, logger);
   // Metrics are loaded only with --health-addr: a driver without them starts lighter.
   const metrics = config.healthAddr
     ? new (await import("../ops/metrics.ts")).Metrics(VERSION, () => node.publishedVolumes)
@@ -269,94 +130,127 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
     metrics?.observeCall(call);
     callMade();
   };
-  const inFlight = new InFlightCalls();
   const limits = {
     maxConnections: config.maxConnections,
     idleTimeoutMs: config.connectionIdleTimeoutMs,
   };
-  let server: Awaited<ReturnType<typeof startServer>>;
+  return {
+    config,
+    logger,
+    node,
+    labeler,
+    metrics,
+    logCall,
+    observe,
+    callMade,
+    limits,
+    serving: true,
+  };
+}
+
+/**
+ * Decides once whether the Workload API directory gets SELinux labels, and labels it now. Not
+ * fatal: the agent may create the directory later, and a publish reports what is wrong.
+ */
+function startLabelling(config: Config, logger: Logger): Labeler | undefined {
+  const wanted = labellingWanted(config.selinuxLabel);
+  logger.info(wanted.enabled ? "SELinux labelling on" : "SELinux labelling off", {
+    [LogKey.reason]: wanted.reason,
+    ...(wanted.enabled && { [LogKey.context]: config.selinuxContext }),
+  });
+  if (!wanted.enabled) return undefined;
+  const labeler = new Labeler(config.workloadApiSocketDir, config.selinuxContext, logger);
+  const problem = labeler.ensure();
+  if (problem) logger.warn(problem);
+  return labeler;
+}
+
+/** The HTTP health and metrics endpoint (--health-addr). */
+async function startHealth(driver: Driver, address: string, metrics: Metrics): Promise<() => void> {
+  const { config, logger, labeler } = driver;
+  const { startHealthServer } = await import("../ops/health.ts");
+  let health: Awaited<ReturnType<typeof startHealthServer>>;
   try {
-    server = await startServer(
-      config.csiSocketPath,
-      [
-        grpcService(Identity, identityHandlers(config.pluginName), observe, inFlight),
-        grpcService(Controller, controllerHandlers(), observe, inFlight),
-        grpcService(Node, node.handlers(), observe, inFlight),
-      ],
+    health = await startHealthServer({
+      address,
+      workloadApiSocketDir: config.workloadApiSocketDir,
+      csiSocketPath: config.csiSocketPath,
+      serving: () => driver.serving,
+      metrics,
       logger,
-      inFlight,
-      limits,
-    );
-  } catch (error) {
-    if (error instanceof StartError) exitWith(1, error.message);
-    throw error;
-  }
-  let serving = true;
-  let health: HealthServer | undefined;
-  if (config.healthAddr && metrics) {
-    const { startHealthServer } = await import("../ops/health.ts");
-    try {
-      health = await startHealthServer({
-        address: config.healthAddr,
-        workloadApiSocketDir: config.workloadApiSocketDir,
-        csiSocketPath: config.csiSocketPath,
-        serving: () => serving,
-        metrics,
-        logger,
-        // Checking repairs too: a socket the agent re-creates while pods run is labelled again
-        // within one readiness period, not only at the next publish.
-        readinessProblem: labeler && (() => labeler.ensure()),
-      });
-    } catch (error) {
-      await server.close(0);
-      exitWith(1, `cannot serve --health-addr ${config.healthAddr}: ${(error as Error).message}`);
-    }
-    logger.info("serving health and metrics", { health_addr: config.healthAddr });
-  }
-
-  let registration: Awaited<ReturnType<typeof startServer>> | undefined;
-  if (config.kubeletRegistration) {
-    const { dir, endpoint } = config.kubeletRegistration;
-    const socketPath = join(dir, `${config.pluginName}-reg.sock`);
-    try {
-      registration = await startServer(
-        socketPath,
-        [
-          grpcService(
-            Registration,
-            registrationHandlers(config.pluginName, endpoint, logger),
-            // Logged, but not counted among the CSI calls.
-            logCall,
-          ),
-        ],
-        logger,
-        // Its own count: closing it must not wait for CSI calls.
-        new InFlightCalls(),
-        limits,
-      );
-    } catch (error) {
-      health?.close();
-      await server.close(0);
-      if (error instanceof StartError) exitWith(1, error.message);
-      throw error;
-    }
-    logger.info("serving kubelet plugin registration", {
-      registration_socket: socketPath,
-      endpoint,
+      // Checking repairs too: a socket the agent re-creates while pods run is labelled again
+      // within one readiness period, not only at the next publish.
+      readinessProblem: labeler && (() => labeler.ensure()),
     });
+  } catch (error) {
+    throw new StartError(`cannot serve --health-addr ${address}: ${(error as Error).message}`);
   }
-  logger.info("serving CSI", { csi_socket_path: config.csiSocketPath });
-  // Start-up leaves garbage too.
-  callMade();
+  logger.info("serving health and metrics", { [LogKey.healthAddr]: address });
+  return () => health.close();
+}
 
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+/** The CSI services on the CSI socket; closing drains the calls in flight. */
+async function startCsi(driver: Driver): Promise<(graceMs: number) => Promise<void>> {
+  const { config, observe } = driver;
+  const inFlight = new InFlightCalls();
+  const server = await startServer(
+    config.csiSocketPath,
+    [
+      grpcService(Identity, identityHandlers(config.pluginName), observe, inFlight),
+      grpcService(Controller, controllerHandlers(), observe, inFlight),
+      grpcService(Node, driver.node.handlers(), observe, inFlight),
+    ],
+    driver.logger,
+    inFlight,
+    driver.limits,
+  );
+  return (graceMs) => server.close(graceMs);
+}
+
+/**
+ * The kubelet's plugin registration service (--kubelet-registration-dir). Closed first on the
+ * way out, at once: the kubelet stops sending calls to a driver that is leaving.
+ */
+async function startRegistration(
+  driver: Driver,
+  { dir, endpoint }: { dir: string; endpoint: string },
+): Promise<() => Promise<void>> {
+  const { config, logger } = driver;
+  const socketPath = join(dir, `${config.pluginName}-reg.sock`);
+  const server = await startServer(
+    socketPath,
+    [
+      grpcService(
+        Registration,
+        registrationHandlers(config.pluginName, endpoint, logger),
+        // Logged, but not counted among the CSI calls.
+        driver.logCall,
+      ),
+    ],
+    logger,
+    // Its own count: closing it must not wait for CSI calls.
+    new InFlightCalls(),
+    driver.limits,
+  );
+  logger.info("serving kubelet plugin registration", {
+    [LogKey.registrationSocket]: socketPath,
+    [LogKey.endpoint]: endpoint,
+  });
+  return () => server.close(0);
+}
+
+/**
+ * The first SIGTERM or SIGINT. A second signal must not cut the drain short: a `mount` killed
+ * with the driver could still finish after it, and a target created for it would stay behind.
+ * SIGKILL is the hard stop.
+ */
+function nextSignal(logger: Logger): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
     let stopping = false;
-    // A second signal must not cut the drain short: a `mount` killed with the driver could still
-    // finish after it, and a target created for it would stay behind. SIGKILL is the hard stop.
     const onSignal = (received: NodeJS.Signals) => {
       if (stopping) {
         logger.warn("already shutting down; ignoring the signal (SIGKILL stops at once)", {
-          signal: received,
+          [LogKey.signal]: received,
         });
         return;
       }
@@ -366,13 +260,4 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
     process.on("SIGTERM", onSignal);
     process.on("SIGINT", onSignal);
   });
-  logger.info("shutting down", { signal });
-  serving = false;
-  // The registration socket goes first: the kubelet stops sending calls to a driver that is
-  // leaving.
-  await registration?.close(0);
-  await server.close(config.mountTimeoutMs + SHUTDOWN_MARGIN_MS);
-  health?.close();
-  logger.info("stopped");
-  process.exit(0);
 }

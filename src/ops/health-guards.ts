@@ -2,6 +2,7 @@ import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import { type Answer, pathOf } from "./health-routes.ts";
 import type { Fields, Logger } from "./log.ts";
+import { LogKey } from "./log-keys.ts";
 
 // A keep-alive connection gets at most one answer per interval; a faster request waits for its
 // turn, so a client looping on one connection costs one answer a second. The kubelet's probes
@@ -42,7 +43,7 @@ export function guardConnections(
       socket.destroy();
       return;
     }
-    malformed({ reason: error.code }, { socket });
+    malformed({ [LogKey.reason]: error.code }, { socket });
     socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
   });
 }
@@ -84,8 +85,8 @@ export function pacedResponder(
     } catch (error) {
       // A bug, never the client's doing: one line, and nothing of it in the answer.
       logger.error("health endpoint request failed", {
-        path: pathOf(request.url ?? ""),
-        error: (error as Error).message,
+        [LogKey.path]: pathOf(request.url ?? ""),
+        [LogKey.error]: (error as Error).message,
       });
       if (!response.headersSent) send(response, { status: 500, body: "internal error" });
       else response.destroy();
@@ -163,7 +164,11 @@ export function throttled(
       return;
     }
     last = now;
-    log({ ...fields, remote: socket.remoteAddress, unlogged_since_last: unlogged });
+    log({
+      ...fields,
+      [LogKey.remote]: socket.remoteAddress,
+      [LogKey.unloggedSinceLast]: unlogged,
+    });
     unlogged = 0;
   };
 }

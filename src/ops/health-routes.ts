@@ -1,6 +1,7 @@
 import type { IncomingMessage } from "node:http";
 import type { Socket } from "node:net";
 import type { Fields } from "./log.ts";
+import { LogKey } from "./log-keys.ts";
 
 // A Host header value: a name, IPv4 address or bracketed IPv6 address, with an optional port.
 const HOST = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::\d{0,5})?$/;
@@ -38,7 +39,7 @@ export function healthRoutes(checks: HealthChecks): (request: IncomingMessage) =
     const host = request.headers.host;
     if (host === undefined ? request.httpVersion !== "1.0" : !HOST.test(host)) {
       const reason = host === undefined ? "no Host header" : "invalid Host header";
-      checks.malformed({ reason }, request);
+      checks.malformed({ [LogKey.reason]: reason }, request);
       return { status: 400, body: "bad request: missing or invalid Host header" };
     }
     switch (pathOf(request.url ?? "")) {

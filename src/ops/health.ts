@@ -5,6 +5,7 @@ import { cached } from "./cache.ts";
 import { guardConnections, pacedResponder, throttled } from "./health-guards.ts";
 import { healthRoutes } from "./health-routes.ts";
 import type { Fields, Logger } from "./log.ts";
+import { LogKey } from "./log-keys.ts";
 import type { Metrics } from "./metrics.ts";
 
 // Each check runs at most once per interval, however many requests ask for it.
@@ -71,7 +72,9 @@ export async function startHealthServer(options: HealthOptions): Promise<HealthS
     });
   });
   // An error after listening (descriptors exhausted on accept, say) must not stop the driver.
-  server.on("error", (error) => logger.error("health endpoint error", { error: error.message }));
+  server.on("error", (error) =>
+    logger.error("health endpoint error", { [LogKey.error]: error.message }),
+  );
   return {
     close() {
       server.close();

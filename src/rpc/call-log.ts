@@ -1,5 +1,6 @@
 import { status } from "@grpc/grpc-js";
 import type { Logger } from "../ops/log.ts";
+import { LogKey } from "../ops/log-keys.ts";
 import type { CallObserver } from "./adapter.ts";
 import { codeName } from "./status.ts";
 
@@ -16,12 +17,12 @@ export function rpcLogger(logger: Logger): CallObserver {
   return (call) => {
     const request = (call.request ?? {}) as Record<string, unknown>;
     const fields: Record<string, unknown> = {
-      method: call.method.name,
-      volume_id: logged(request.volumeId),
-      target_path: logged(request.targetPath),
-      volume_path: logged(request.volumePath),
-      code: codeName(call.code),
-      duration_ms: Math.round(call.durationMs * 100) / 100,
+      [LogKey.method]: call.method.name,
+      [LogKey.volumeId]: logged(request.volumeId),
+      [LogKey.targetPath]: logged(request.targetPath),
+      [LogKey.volumePath]: logged(request.volumePath),
+      [LogKey.code]: codeName(call.code),
+      [LogKey.durationMs]: Math.round(call.durationMs * 100) / 100,
     };
     for (const key of Object.keys(fields)) {
       if (fields[key] === undefined) delete fields[key];
@@ -31,7 +32,7 @@ export function rpcLogger(logger: Logger): CallObserver {
     } else if (call.unexpected !== undefined) {
       logger.error("rpc", fields, call.unexpected);
     } else {
-      logger.error("rpc", { ...fields, details: call.details });
+      logger.error("rpc", { ...fields, [LogKey.details]: call.details });
     }
   };
 }

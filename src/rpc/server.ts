@@ -3,8 +3,8 @@ import { createServer, type Server as NetServer, type Socket } from "node:net";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
 import { tryConnect } from "../linux/connect.ts";
 import { isErrno } from "../linux/errno.ts";
-
 import type { Logger } from "../ops/log.ts";
+import { LogKey } from "../ops/log-keys.ts";
 import type { GrpcService } from "./adapter.ts";
 import type { InFlightCalls } from "./in-flight.ts";
 import { SocketFile } from "./socket-file.ts";
@@ -68,7 +68,9 @@ export async function startServer(
         timer = setTimeout(() => resolve("expired"), graceMs);
       });
       if ((await Promise.race([inFlight.idle(), expired])) === "expired") {
-        logger.warn("calls still running after the grace period; cancelling them", { graceMs });
+        logger.warn("calls still running after the grace period; cancelling them", {
+          [LogKey.graceMs]: graceMs,
+        });
       }
       clearTimeout(timer);
       // The last answers are written; let them reach their sockets before the sessions go.
@@ -104,8 +106,8 @@ async function listen(
       if (!warned) {
         warned = true;
         logger.warn("too many connections; closing new ones until some close", {
-          path: socket.path,
-          max_connections: limits.maxConnections,
+          [LogKey.socketPath]: socket.path,
+          [LogKey.maxConnections]: limits.maxConnections,
         });
       }
       return;
@@ -130,7 +132,7 @@ async function listen(
     process.umask(umask);
   }
   listener.on("error", (error) => {
-    logger.error("accepting a connection failed", { path: socket.path }, error);
+    logger.error("accepting a connection failed", { [LogKey.socketPath]: socket.path }, error);
   });
   socket.adopt();
   return listener;
@@ -158,7 +160,9 @@ async function clearStaleSocket(socket: SocketFile, logger: Logger): Promise<voi
     );
   }
   unlinkSync(socket.pathInDirectory);
-  logger.info("removed a stale socket left by an earlier run", { path: socket.path });
+  logger.info("removed a stale socket left by an earlier run", {
+    [LogKey.socketPath]: socket.path,
+  });
 }
 
 async function socketAnswers(socketPath: string): Promise<boolean> {

@@ -2,6 +2,7 @@ import { readdirSync } from "node:fs";
 import { join } from "node:path";
 import { isErrno } from "../linux/errno.ts";
 import type { Logger } from "../ops/log.ts";
+import { LogKey } from "../ops/log-keys.ts";
 import { getLabel, setLabel, XattrError } from "./xattr.ts";
 
 /**
@@ -40,7 +41,10 @@ export class Labeler {
       return this.problem(error);
     }
     if (labelled.length > 0) {
-      this.logger?.info("labelled for SELinux", { context: this.context, paths: labelled });
+      this.logger?.info("labelled for SELinux", {
+        [LogKey.context]: this.context,
+        [LogKey.paths]: labelled,
+      });
     }
     return undefined;
   }
