@@ -4,7 +4,7 @@ import {
   type PodIdentity,
   PodPolicy,
   podIdentity,
-} from "../../src/driver/policy.ts";
+} from "../../src/csi/policy.ts";
 
 const pod = (namespace: string, serviceAccount: string, name = "web-0"): PodIdentity => ({
   namespace,

@@ -6,7 +6,7 @@ import {
   permits,
   SEARCH,
   WRITE,
-} from "../../src/workload-user.ts";
+} from "../../src/ops/workload-user.ts";
 
 describe("parseWorkloadUser", () => {
   test.each([

@@ -1,4 +1,4 @@
-import { quote } from "./validate.ts";
+import { quote } from "./errors.ts";
 
 /**
  * Which pods may have the Workload API on this node (--allow). The kubelet says which pod a
