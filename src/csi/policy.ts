@@ -175,6 +175,7 @@ function admits(rule: AllowRule, namespace: string, serviceAccount: string): boo
   );
 }
 
-function formatRule(rule: AllowRule): string {
+/** A rule as --allow spells it, with both segments: `team-a/*`. */
+export function formatRule(rule: AllowRule): string {
   return `${rule.namespace}/${rule.serviceAccount}`;
 }

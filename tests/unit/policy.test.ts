@@ -1,10 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import {
-  AllowRuleError,
-  type PodIdentity,
-  PodPolicy,
-  podIdentity,
-} from "../../src/csi/policy.ts";
+import { AllowRuleError, type PodIdentity, PodPolicy, podIdentity } from "../../src/csi/policy.ts";
 
 const pod = (namespace: string, serviceAccount: string, name = "web-0"): PodIdentity => ({
   namespace,
