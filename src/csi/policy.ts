@@ -122,6 +122,12 @@ export class PodPolicy {
     return this.rules.length > 0;
   }
 
+  /** Whether both admit exactly the same pods by the same rules, in whatever order. */
+  sameRules(other: PodPolicy): boolean {
+    const rules = (policy: PodPolicy) => policy.rules.map(formatRule).sort().join(",");
+    return rules(this) === rules(other);
+  }
+
   /** The rules, for the log, the doctor and messages. */
   describe(): string {
     if (!this.enforcing) return "every pod (no --allow rule)";
