@@ -3,7 +3,9 @@
 // the tests show each one passing on every render and failing on a render broken on purpose.
 // Renders come from the real kubectl (kustomize) and helm that `npm ci` installs.
 import { expect } from "bun:test";
-import { posix } from "node:path";
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, posix, resolve } from "node:path";
 import { parseArgs } from "citty";
 import {
   ValidatingAdmissionPolicy,
@@ -114,6 +116,70 @@ export function helmTemplate(...args: string[]): Doc[] {
   const result = helm("template", ...args);
   if (result.code !== 0) throw new Error(`helm template ${args.join(" ")}: ${result.stderr}`);
   return parse(result.stdout);
+}
+
+export const repo = resolve(import.meta.dir, "../..");
+export const chartDir = join(repo, "deploy", "helm", "spiffe-csi-driver");
+const parentFixture = join(repo, "tests", "fixtures", "spire-parent");
+
+/** A scratch directory for renders, under the system's temporary directory. */
+export const scratch = mkdtempSync(join(tmpdir(), "spiffe-csi-chart-"));
+process.on("exit", () => rmSync(scratch, { recursive: true, force: true }));
+let valuesFiles = 0;
+/** A values file holding `values` (JSON is YAML). */
+export function valuesFile(values: object): string {
+  const path = join(scratch, `values-${valuesFiles++}.json`);
+  writeFileSync(path, JSON.stringify(values));
+  return path;
+}
+
+/** The chart rendered as release `spiffe-csi-driver` in namespace spire, with `values`. */
+export function renderChart(values: object, ...args: string[]): Doc[] {
+  return helmTemplate(
+    "spiffe-csi-driver",
+    chartDir,
+    "-n",
+    "spire",
+    "-f",
+    valuesFile(values),
+    ...args,
+  );
+}
+
+let parent: string | undefined;
+/**
+ * The fixture laid out as SPIRE's chart, with this chart as its spiffe-csi-driver subchart and
+ * upstream alias (helm dependency build packs it into a copy's charts/).
+ */
+export function parentChart(): string {
+  if (parent) return parent;
+  const dir = join(scratch, "spire");
+  cpSync(parentFixture, dir, { recursive: true });
+  const manifest = join(dir, "Chart.yaml");
+  writeFileSync(
+    manifest,
+    readFileSync(manifest, "utf8").replaceAll(
+      "file://../../../deploy/helm/spiffe-csi-driver",
+      `file://${chartDir}`,
+    ),
+  );
+  const built = helm("dependency", "build", dir);
+  if (built.code !== 0) throw new Error(`helm dependency build: ${built.stderr}`);
+  parent = dir;
+  return dir;
+}
+
+/** The parent chart rendered as release spire in namespace spire-mgmt (SPIRE's README's). */
+export function renderParent(valuesFiles: string[], ...args: string[]): Doc[] {
+  const dir = parentChart();
+  return helmTemplate(
+    "spire",
+    dir,
+    "-n",
+    "spire-mgmt",
+    ...valuesFiles.flatMap((f) => ["-f", join(dir, "values", f)]),
+    ...args,
+  );
 }
 
 const models: Record<string, new (data: never) => { validate(): void }> = {
