@@ -31,7 +31,13 @@ import {
   unpublishRequest,
 } from "../helpers/kubelet.ts";
 import { waitFor } from "../helpers/wait.ts";
-import { type Container, driverSets, renderParent, type Workload } from "../manifests/rules.ts";
+import {
+  type Container,
+  chartDefaultArgs,
+  driverSets,
+  renderParent,
+  type Workload,
+} from "../manifests/rules.ts";
 
 assertPrivateMountNamespace();
 // Generous for a loaded machine: covers every test and hook of this file.
@@ -107,6 +113,48 @@ function getInPod(pid: number, port: number, path: string): number {
   return Number(result.stdout.toString().trim());
 }
 
+/** Stops what a describe started, unmounts its roots, then checks nothing stays mounted. */
+async function tearDown(
+  root: string,
+  roots: ContainerRoot[],
+  parts: {
+    kubelet?: ReturnType<typeof clients>;
+    driver?: DriverProcess;
+    agent?: { stop(force: boolean): void };
+  },
+): Promise<void> {
+  parts.kubelet?.identity.close();
+  parts.kubelet?.node.close();
+  const stopped = parts.driver ? await parts.driver.stop() : undefined;
+  parts.agent?.stop(true);
+  for (const containerRoot of roots) containerRoot.unmount();
+  expect(mountsUnder(root)).toBe(0);
+  rmSync(root, { recursive: true, force: true });
+  expect(stopped?.code).toBe(0);
+  expect(stopped?.stderr).not.toContain("code=INTERNAL");
+}
+
+/**
+ * The kubelet's calls for one pod's volume: publish (the driver's mount, made in its root,
+ * reaches the node through the Bidirectional mount, and the agent through it), stats, unpublish.
+ */
+async function publishCycle(kubelet: ReturnType<typeof clients>, kubeletRoot: string) {
+  const volume = podVolume(kubeletRoot);
+  prepareVolume(volume);
+  await kubelet.node.nodePublishVolume(publishRequest(volume));
+  expect(mountsAt(volume.targetPath)).toBe(1);
+  expect(readdirSync(volume.targetPath)).toEqual([SOCKET_NAME]);
+  expect(await talkToAgent(volume.targetPath, "through the chart", SOCKET_NAME)).toBe(
+    "pong through the chart",
+  );
+  const stats = await kubelet.node.nodeGetVolumeStats(statsRequest(volume));
+  expect(stats.volumeCondition?.abnormal).toBe(false);
+  await kubelet.node.nodeUnpublishVolume(unpublishRequest(volume));
+  expect(mountsAt(volume.targetPath)).toBe(0);
+  expect(existsSync(volume.targetPath)).toBe(false);
+  removeVolume(volume);
+}
+
 describe("this chart, as SPIRE's spiffe-csi-driver subchart: the rendered driver container", () => {
   const NODE_NAME = "node-helm";
   const root = tempDir("helm-chart");
@@ -156,31 +204,12 @@ describe("this chart, as SPIRE's spiffe-csi-driver subchart: the rendered driver
   }, 60_000);
 
   afterAll(async () => {
-    kubeletClients?.identity.close();
-    kubeletClients?.node.close();
-    const stopped = driver ? await driver.stop() : undefined;
-    agent?.stop(true);
-    registrarRoot.unmount();
-    driverRoot.unmount();
-    expect(mountsUnder(root)).toBe(0);
-    rmSync(root, { recursive: true, force: true });
-    expect(stopped?.code).toBe(0);
-    expect(stopped?.stderr).not.toContain("code=INTERNAL");
+    await tearDown(root, [registrarRoot, driverRoot], { kubelet: kubeletClients, driver, agent });
   }, 60_000);
 
   test("its exact arguments and environment", () => {
     expect(set.metadata.namespace).toBe("spire-system");
-    expect(driverContainer.args).toEqual([
-      `--workload-api-socket-dir=${agentDir}`,
-      `--plugin-name=${pluginName}`,
-      "--csi-socket-path=/spiffe-csi/csi.sock",
-      "--health-addr=:9808",
-      "--log-level=info",
-      "--log-format=text",
-      "--mount-timeout=30",
-      "--selinux-label=auto",
-      "--selinux-context=system_u:object_r:container_file_t:s0",
-    ]);
+    expect(driverContainer.args).toEqual(chartDefaultArgs(agentDir));
     expect(driverContainer.env).toEqual([
       { name: "MY_NODE_NAME", valueFrom: { fieldRef: { fieldPath: "spec.nodeName" } } },
     ]);
@@ -228,21 +257,7 @@ describe("this chart, as SPIRE's spiffe-csi-driver subchart: the rendered driver
   });
 
   test("publish reaches the agent through the pod's volume; stats; unpublish removes it", async () => {
-    const volume = podVolume(kubeletRoot);
-    prepareVolume(volume);
-    await kubeletClients.node.nodePublishVolume(publishRequest(volume));
-    // The driver's mount, made in its root, reaches the node through the Bidirectional mount.
-    expect(mountsAt(volume.targetPath)).toBe(1);
-    expect(readdirSync(volume.targetPath)).toEqual([SOCKET_NAME]);
-    expect(await talkToAgent(volume.targetPath, "through the chart", SOCKET_NAME)).toBe(
-      "pong through the chart",
-    );
-    const stats = await kubeletClients.node.nodeGetVolumeStats(statsRequest(volume));
-    expect(stats.volumeCondition?.abnormal).toBe(false);
-    await kubeletClients.node.nodeUnpublishVolume(unpublishRequest(volume));
-    expect(mountsAt(volume.targetPath)).toBe(0);
-    expect(existsSync(volume.targetPath)).toBe(false);
-    removeVolume(volume);
+    await publishCycle(kubeletClients, kubeletRoot);
   });
 });
 
@@ -295,15 +310,7 @@ describe("SPIRE's chart with only the image swapped: its driver arguments and mo
   }, 60_000);
 
   afterAll(async () => {
-    kubeletClients?.identity.close();
-    kubeletClients?.node.close();
-    const stopped = driver ? await driver.stop() : undefined;
-    agent?.stop(true);
-    driverRoot.unmount();
-    expect(mountsUnder(root)).toBe(0);
-    rmSync(root, { recursive: true, force: true });
-    expect(stopped?.code).toBe(0);
-    expect(stopped?.stderr).not.toContain("code=INTERNAL");
+    await tearDown(root, [driverRoot], { kubelet: kubeletClients, driver, agent });
   }, 60_000);
 
   test("the arguments parse: the plugin name, and the node name from MY_NODE_NAME", async () => {
@@ -321,19 +328,8 @@ describe("SPIRE's chart with only the image swapped: its driver arguments and mo
     expect(readdirSync(join(driverRoot.root, "spire-agent-socket"))).toEqual([SOCKET_NAME]);
   });
 
-  test("a publish reaches the agent through the pod's volume, and an unpublish removes it", async () => {
-    const volume = podVolume(kubeletRoot);
-    prepareVolume(volume);
-    await kubeletClients.node.nodePublishVolume(publishRequest(volume));
-    expect(mountsAt(volume.targetPath)).toBe(1);
-    expect(readdirSync(volume.targetPath)).toEqual([SOCKET_NAME]);
-    expect(await talkToAgent(volume.targetPath, "through the chart", SOCKET_NAME)).toBe(
-      "pong through the chart",
-    );
-    await kubeletClients.node.nodeUnpublishVolume(unpublishRequest(volume));
-    expect(mountsAt(volume.targetPath)).toBe(0);
-    expect(existsSync(volume.targetPath)).toBe(false);
-    removeVolume(volume);
+  test("publish reaches the agent through the pod's volume; stats; unpublish removes it", async () => {
+    await publishCycle(kubeletClients, kubeletRoot);
   });
 
   test("a second driver for the same socket refuses to start, and the first keeps serving", async () => {

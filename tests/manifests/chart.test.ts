@@ -12,6 +12,7 @@ import { BEGIN, END, schemaValues, valuesTable } from "../../scripts/chart-readm
 import {
   breakages,
   type Container,
+  chartDefaultArgs,
   chartDir,
   clone,
   container,
@@ -205,17 +206,7 @@ describe("the defaults", () => {
     );
   });
   test("the driver's exact arguments; health on 9808, the registrar on 9809", () => {
-    expect(driver.args).toEqual([
-      "--workload-api-socket-dir=/run/spire/agent-sockets",
-      "--plugin-name=csi.spiffe.io",
-      "--csi-socket-path=/spiffe-csi/csi.sock",
-      "--health-addr=:9808",
-      "--log-level=info",
-      "--log-format=text",
-      "--mount-timeout=30",
-      "--selinux-label=auto",
-      "--selinux-context=system_u:object_r:container_file_t:s0",
-    ]);
+    expect(driver.args).toEqual(chartDefaultArgs("/run/spire/agent-sockets"));
     expect(driver.ports).toEqual([{ name: "health", containerPort: 9808 }]);
     expect(registrarOf(docs).args).toEqual([
       "--csi-address=/spiffe-csi/csi.sock",

@@ -7,8 +7,8 @@ import { readFileSync } from "node:fs";
 import { join, posix, resolve } from "node:path";
 import { parseArgs } from "citty";
 import { DaemonSet } from "kubernetes-models/apps/v1";
-import { configFromArgs, args as driverArgs } from "../../src/cli.ts";
-import { normalizeArgv } from "../../src/flags.ts";
+import { normalizeArgv } from "../../src/cli/argv.ts";
+import { configFromArgs, args as driverArgs } from "../../src/cli/config.ts";
 import {
   breakages,
   type Container,

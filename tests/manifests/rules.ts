@@ -22,8 +22,8 @@ import { CSIDriver } from "kubernetes-models/storage.k8s.io/v1";
 import { ConfigMap, Namespace, Pod, ResourceQuota, ServiceAccount } from "kubernetes-models/v1";
 import { parseAllDocuments } from "yaml";
 import { toolPath } from "../../scripts/kube-tools.ts";
-import { configFromArgs, args as driverArgs } from "../../src/cli.ts";
-import { normalizeArgv } from "../../src/flags.ts";
+import { normalizeArgv } from "../../src/cli/argv.ts";
+import { configFromArgs, args as driverArgs } from "../../src/cli/config.ts";
 
 export type Doc = {
   apiVersion: string;
@@ -167,6 +167,21 @@ export function parentChart(): string {
   if (built.code !== 0) throw new Error(`helm dependency build: ${built.stderr}`);
   parent = dir;
   return dir;
+}
+
+/** The driver's arguments in the chart's DaemonSet with its defaults, for an agent directory. */
+export function chartDefaultArgs(workloadApiSocketDir: string): string[] {
+  return [
+    `--workload-api-socket-dir=${workloadApiSocketDir}`,
+    "--plugin-name=csi.spiffe.io",
+    "--csi-socket-path=/spiffe-csi/csi.sock",
+    "--health-addr=:9808",
+    "--log-level=info",
+    "--log-format=text",
+    "--mount-timeout=30",
+    "--selinux-label=auto",
+    "--selinux-context=system_u:object_r:container_file_t:s0",
+  ];
 }
 
 /** The parent chart rendered as release spire in namespace spire-mgmt (SPIRE's README's). */
