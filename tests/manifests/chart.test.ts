@@ -376,6 +376,14 @@ describe("each value set lands where it belongs", () => {
       periodSeconds: 20,
       failureThreshold: 5,
     });
+    // livenessProbe.* times the registrar's liveness probe too.
+    expect(registrarOf(docs).livenessProbe as object).toEqual({
+      httpGet: { path: "/healthz", port: "registrar" },
+      initialDelaySeconds: 5,
+      timeoutSeconds: 5,
+      periodSeconds: 20,
+      failureThreshold: 5,
+    });
     expect(all(docs, "ResourceQuota")[0]?.metadata.name).toBe(
       "spiffe-csi-driver-system-cluster-critical",
     );
