@@ -368,6 +368,32 @@ describe("without --allow rules", () => {
   });
 });
 
+describe("rules tightened while a pod runs", () => {
+  test("its volume stays; the re-publish is refused; its unpublish removes it", async () => {
+    const csiSocketPath = join(bed.root, "tightened", "csi.sock");
+    const { node } = clients(csiSocketPath);
+    const volume = preparedVolume("tightened");
+    const pod = { namespace: "team-b", name: "web-0", serviceAccount: "web" };
+    const open = await startDriver({ workloadApiSocketDir: bed.socketDir, csiSocketPath });
+    await node.nodePublishVolume(publishFor(volume, pod));
+    expect((await open.stop()).code).toBe(0);
+    const strict = await startDriver({
+      workloadApiSocketDir: bed.socketDir,
+      csiSocketPath,
+      args: ["--allow", "team-a"],
+    });
+    const error = await rpcFailure(node.nodePublishVolume(publishFor(volume, pod)));
+    expect(error.code).toBe(status.PERMISSION_DENIED);
+    expect(mountsAt(volume.targetPath)).toBe(1);
+    expect(await talkToAgent(volume.targetPath)).toBe("pong ping");
+    await node.nodeUnpublishVolume(unpublishRequest(volume));
+    expect(mountsAt(volume.targetPath)).toBe(0);
+    expect(existsSync(volume.targetPath)).toBe(false);
+    expect((await strict.stop()).code).toBe(0);
+    removeVolume(volume);
+  });
+});
+
 // A fake ERROR line after a cleared terminal line, a window title, a bell, NUL, DEL, C1 controls
 // and the Unicode line separators, in every field of the pod's identity.
 const FORGED =
