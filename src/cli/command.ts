@@ -2,7 +2,7 @@ import { defineCommand } from "citty";
 import { CommandMounter } from "../linux/mounter.ts";
 import { createLogger } from "../ops/log.ts";
 import { VERSION } from "../version.ts";
-import { args, type Config, configFromArgs } from "./config.ts";
+import { args, type Config, configFromArgs, parsedArgs } from "./config.ts";
 import { exit } from "./exit.ts";
 import { serve } from "./serve.ts";
 import { ConfigError } from "./settings.ts";
@@ -16,10 +16,10 @@ export const main = defineCommand({
       "CSI node plugin that bind-mounts the SPIFFE Workload API directory into pods. Also: `spiffe-csi-driver probe --help`, `spiffe-csi-driver doctor --help`",
   },
   args,
-  async run({ args: parsed }) {
+  async run({ args: parsed, rawArgs }) {
     let config: Config;
     try {
-      config = configFromArgs(parsed as Record<string, unknown>, process.env);
+      config = configFromArgs(parsedArgs(parsed, rawArgs), process.env);
     } catch (error) {
       if (error instanceof ConfigError) exit(2, error.message);
       throw error;

@@ -1,13 +1,16 @@
+import type { PodPolicy } from "../csi/policy.ts";
 import type { LogFormat, LogLevel } from "../ops/log.ts";
 import type { SelinuxLabelMode } from "../selinux/context.ts";
 import { unknownFlags } from "./argv.ts";
-import { argsOf, ConfigError, readSettings, SETTINGS } from "./settings.ts";
+import { argsOf, ConfigError, listValues, readSettings, SETTINGS } from "./settings.ts";
 
 export interface Config {
   workloadApiSocketDir: string;
   csiSocketPath: string;
   pluginName: string;
   nodeId: string;
+  /** Which pods may have the volume (--allow); without rules, every pod. */
+  policy: PodPolicy;
   logLevel: LogLevel;
   logFormat: LogFormat;
   /** How long one `mount` or `umount` may run before it is killed. */
@@ -36,6 +39,17 @@ export const args = argsOf(SETTINGS);
 
 // CSI size limit for node_id.
 const MAX_NODE_ID_BYTES = 256;
+
+/**
+ * What the command line says, as configFromArgs reads it: citty's parse of `argv` (normalized,
+ * see argv.ts), with every value of a flag that may be repeated.
+ */
+export function parsedArgs(
+  parsed: Record<string, unknown>,
+  argv: readonly string[],
+): Record<string, unknown> {
+  return { ...parsed, ...listValues(argv, SETTINGS) };
+}
 
 /** Reads the parsed flags into a Config; a problem is a ConfigError. */
 export function configFromArgs(
@@ -69,6 +83,7 @@ export function configFromArgs(
     csiSocketPath: settings.csiSocketPath,
     pluginName: settings.pluginName,
     nodeId,
+    policy: settings.allow,
     logLevel: settings.logLevel,
     logFormat: settings.logFormat,
     mountTimeoutMs: settings.mountTimeout,

@@ -11,11 +11,21 @@ import {
   statSync,
 } from "node:fs";
 import { dirname, join } from "node:path";
+import { MANIFEST_ALLOW } from "../csi/identity.ts";
+import { PodPolicy } from "../csi/policy.ts";
 import { Identity } from "../gen/csi/v1/csi_pb.ts";
 import { readMountId } from "../linux/descriptors.ts";
 import { findMount, readMountTable } from "../linux/mountinfo.ts";
 import { mountTree } from "../linux/submounts.ts";
 import { checkAgent, connects } from "../ops/agent.ts";
+import {
+  describeOwner,
+  describeUser,
+  permits,
+  SEARCH,
+  type WorkloadUser,
+  WRITE,
+} from "../ops/workload-user.ts";
 import { createClient } from "../rpc/client.ts";
 import { SOCKET_DIRECTORY_FIX, socketDirectoryProblem } from "../rpc/socket-file.ts";
 import { usableByContainers } from "../selinux/context.ts";
@@ -31,6 +41,8 @@ export interface Check {
   detail: string;
   /** What to change, for a failed check. */
   fix?: string;
+  /** Not checked here, for the reason in `detail`; counts as passed. */
+  skipped?: true;
 }
 
 export interface DoctorOptions {
@@ -45,9 +57,16 @@ export interface DoctorOptions {
   selinuxContext: string;
   /** The driver runs with --recursive-bind: file systems below the directory must be read-only. */
   recursiveBind?: boolean;
+  /** The driver registers itself (--kubelet-registration-dir), not node-driver-registrar. */
+  builtInRegistration?: boolean;
+  /** The driver's --allow rules, when the doctor was given them. */
+  policy?: PodPolicy;
+  /** Who the workloads run as (--workload-user). */
+  workloadUser: WorkloadUser;
 }
 
 const pass = (name: string, detail: string): Check => ({ name, ok: true, detail });
+const skip = (name: string, why: string): Check => ({ name, ok: true, detail: why, skipped: true });
 const fail = (name: string, detail: string, fix: string): Check => ({
   name,
   ok: false,
@@ -58,15 +77,44 @@ const fail = (name: string, detail: string, fix: string): Check => ({
 // Linux capability number of CAP_SYS_ADMIN.
 const CAP_SYS_ADMIN = 21n;
 
-export function registrationDirectoryCheck(registrationDir: string): Check {
+/**
+ * Whether this process runs in the driver's container: PID 1 of its PID namespace is this very
+ * executable (the doctor is the driver's binary, run by `kubectl exec`).
+ */
+export function inDriverContainer(): boolean {
+  try {
+    const init = statSync("/proc/1/exe");
+    const self = statSync("/proc/self/exe");
+    return init.dev === self.dev && init.ino === self.ino;
+  } catch {
+    // Not allowed to look at PID 1: not the driver's own container, where the doctor is root.
+    return false;
+  }
+}
+
+/**
+ * The kubelet's registration directory. node-driver-registrar registers the driver and alone
+ * mounts it, so in the driver's container its absence says nothing: skipped, saying why. With
+ * built-in registration the driver needs it itself.
+ */
+export function registrationDirectoryCheck(
+  registrationDir: string,
+  builtInRegistration = false,
+  driverContainer = inDriverContainer(),
+): Check {
   const name = "registration directory exists";
-  return existsSync(registrationDir)
-    ? pass(name, registrationDir)
-    : fail(
-        name,
-        `${registrationDir} does not exist`,
-        "mount the kubelet's plugins_registry directory (hostPath) where node-driver-registrar or --kubelet-registration-dir expects it; on a node, check the kubelet's --root-dir",
-      );
+  if (existsSync(registrationDir)) return pass(name, registrationDir);
+  if (driverContainer && !builtInRegistration) {
+    return skip(
+      name,
+      `${registrationDir} is not mounted here: this is the driver's container (its PID 1 is the driver), and only node-driver-registrar mounts the registration directory; check it in the registrar's container or its log, or run the doctor on the node`,
+    );
+  }
+  return fail(
+    name,
+    `${registrationDir} does not exist`,
+    "mount the kubelet's plugins_registry directory (hostPath) where node-driver-registrar or --kubelet-registration-dir expects it; on a node, check the kubelet's --root-dir",
+  );
 }
 
 export function programChecks(): Check[] {
@@ -93,7 +141,7 @@ export function pluginNameCheck(pluginName: string): Check {
     : pass("plugin name is valid", pluginName);
 }
 
-export async function agentChecks(socketDir: string): Promise<Check[]> {
+export async function agentChecks(socketDir: string, workloadUser: WorkloadUser): Promise<Check[]> {
   const exists = "Workload API socket directory exists";
   const holds = "Workload API socket directory holds a socket";
   const accepts = "Workload API socket accepts a connection";
@@ -120,7 +168,12 @@ export async function agentChecks(socketDir: string): Promise<Check[]> {
   }
   const agent = await checkAgent(socketDir);
   if (agent.ok) {
-    return [pass(exists, socketDir), pass(holds, agent.socket), pass(accepts, agent.socket)];
+    return [
+      pass(exists, socketDir),
+      pass(holds, agent.socket),
+      pass(accepts, agent.socket),
+      workloadAccessCheck(socketDir, agent.socket, workloadUser),
+    ];
   }
   if (agent.reason === "unreadable") {
     return [
@@ -142,6 +195,44 @@ export async function agentChecks(socketDir: string): Promise<Check[]> {
     pass(holds, socketDir),
     fail(accepts, agent.problem, "the socket is stale: restart the SPIFFE agent"),
   ];
+}
+
+/**
+ * Whether the workloads' user may connect to the socket the agent serves: root (the doctor, the
+ * driver) always may, a pod's user only as the mode bits say. Connecting takes write permission
+ * on the socket, and search permission on its directory, which is what a pod's volume shows.
+ */
+export function workloadAccessCheck(socketDir: string, socket: string, user: WorkloadUser): Check {
+  const who = describeUser(user);
+  const name = `Workload API socket is usable by ${who}`;
+  let directory: ReturnType<typeof statSync>;
+  let file: ReturnType<typeof statSync>;
+  try {
+    directory = statSync(socketDir);
+    file = lstatSync(socket);
+  } catch (error) {
+    return fail(name, (error as Error).message, "check that the agent is running");
+  }
+  const problems: string[] = [];
+  if (!permits(user, directory, SEARCH)) {
+    problems.push(`${socketDir} (${describeOwner(directory)}) cannot be entered by ${who}`);
+  }
+  if (!permits(user, file, WRITE)) {
+    problems.push(
+      `${socket} (${describeOwner(file)}) cannot be connected to by ${who}, which takes write permission on it`,
+    );
+  }
+  if (problems.length === 0) {
+    return pass(
+      name,
+      `${socket}: ${describeOwner(file)}; ${socketDir}: ${describeOwner(directory)}`,
+    );
+  }
+  return fail(
+    name,
+    `${problems.join("; ")}: root can connect, pods running as ${who} cannot`,
+    "make the agent create its socket writable by every user and its directory searchable (SPIRE's agent makes the socket 0777: look for a umask or chmod changing it), or, if the workloads run as the socket's owner or group, say so with --workload-user UID[:GID]",
+  );
 }
 
 /**
@@ -342,6 +433,7 @@ export async function driverChecks(options: DoctorOptions): Promise<Check[]> {
             "make --plugin-name, the CSIDriver object and the registrar's socket path agree",
           ),
     );
+    checks.push(driverPolicyCheck(info.manifest[MANIFEST_ALLOW], options.policy));
     const probed = await client.probe({}, deadline());
     checks.push(
       probed.ready === false
@@ -357,4 +449,43 @@ export async function driverChecks(options: DoctorOptions): Promise<Check[]> {
     client.close();
   }
   return checks;
+}
+
+/**
+ * The --allow rules in force: the driver's own (its GetPluginInfo manifest), checked against the
+ * rules the doctor was given, if any.
+ */
+export function driverPolicyCheck(reported: string | undefined, given?: PodPolicy): Check {
+  const name = "pod policy in force";
+  if (reported === undefined) {
+    return skip(
+      name,
+      "the driver does not report its --allow rules (another driver, or an older one)",
+    );
+  }
+  let inForce: PodPolicy;
+  try {
+    inForce = PodPolicy.parse(reported === "" ? [] : [reported]);
+  } catch (error) {
+    return fail(name, (error as Error).message, "check the driver's version and its log");
+  }
+  if (given && !given.sameRules(inForce)) {
+    return fail(
+      name,
+      `the driver admits ${inForce.describe()}, not ${given.describe()} as --allow says here`,
+      "restart the driver with the intended --allow rules (the DaemonSet's args, the allow setting of the deployment)",
+    );
+  }
+  return pass(name, `the driver admits ${inForce.describe()}`);
+}
+
+/** The --allow rules given to the doctor, when it does not ask the driver for its own. */
+export function givenPolicyCheck(given?: PodPolicy): Check {
+  const name = "pod policy in force";
+  return given
+    ? pass(name, `${given.describe()}, as --allow says here (--csi-socket-path asks the driver)`)
+    : skip(
+        name,
+        "unknown here: give --csi-socket-path so that the driver says, or its --allow rules",
+      );
 }

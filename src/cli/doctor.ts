@@ -1,5 +1,6 @@
 import { join } from "node:path";
 import { type ArgsDef, defineCommand } from "citty";
+import { ANY_USER, parseWorkloadUser } from "../ops/workload-user.ts";
 import { unknownFlags } from "./argv.ts";
 import {
   agentChecks,
@@ -7,6 +8,7 @@ import {
   capabilityCheck,
   type DoctorOptions,
   driverChecks,
+  givenPolicyCheck,
   kubeletChecks,
   labelChecks,
   pluginNameCheck,
@@ -17,37 +19,48 @@ import {
   submountChecks,
 } from "./doctor-checks.ts";
 import { exit } from "./exit.ts";
-import { argsOf, ConfigError, readSetting, SETTINGS } from "./settings.ts";
+import { argsOf, ConfigError, listValues, readSetting, SETTINGS } from "./settings.ts";
 
 /** Runs every check of a node's set-up; each yields one line. */
 async function runChecks(options: DoctorOptions): Promise<Check[]> {
   const socketDir = options.workloadApiSocketDir;
   return [
-    ...(await agentChecks(socketDir)),
+    ...(await agentChecks(socketDir, options.workloadUser)),
     ...labelChecks(socketDir, options.selinuxContext),
     ...(options.recursiveBind ? await submountChecks(socketDir) : []),
     socketDirectoryCheck(options.csiSocketPath),
     socketDirectorySafetyCheck(options.csiSocketPath),
     ...kubeletChecks(options.kubeletDir),
-    registrationDirectoryCheck(options.registrationDir),
+    registrationDirectoryCheck(options.registrationDir, options.builtInRegistration),
     ...programChecks(),
     capabilityCheck(),
     pluginNameCheck(options.pluginName),
-    ...(options.queryDriver ? await driverChecks(options) : []),
+    ...(options.queryDriver ? await driverChecks(options) : [givenPolicyCheck(options.policy)]),
   ];
 }
 
 function formatChecks(checks: Check[]): string {
   return checks
     .map((check) => {
-      const line = `${check.ok ? "PASS" : "FAIL"}  ${check.name}: ${check.detail}`;
+      const verdict = check.skipped ? "SKIP" : check.ok ? "PASS" : "FAIL";
+      const line = `${verdict}  ${check.name}: ${check.detail}`;
       return check.fix ? `${line}\n      fix: ${check.fix}` : line;
     })
     .join("\n");
 }
 
 // The driver's settings the doctor checks the node against, as the driver reads them.
-const { workloadApiSocketDir, csiSocketPath, pluginName, selinuxContext, recursiveBind } = SETTINGS;
+const {
+  workloadApiSocketDir,
+  csiSocketPath,
+  pluginName,
+  allow,
+  kubeletRegistrationDir,
+  selinuxContext,
+  recursiveBind,
+} = SETTINGS;
+// The settings the doctor reads from every word of its command line (see listValues).
+const LISTS = { allow };
 
 const args = {
   ...argsOf(
@@ -75,6 +88,24 @@ const args = {
     valueHint: "dir",
   },
   ...argsOf(
+    { kubeletRegistrationDir, allow },
+    {
+      kubeletRegistrationDir: {
+        help: "The driver registers itself there (its --kubelet-registration-dir): check it, even in the driver's container",
+      },
+      allow: {
+        help: "The driver's --allow rules: printed, and compared with the driver's own when it is queried",
+      },
+    },
+  ),
+  "workload-user": {
+    type: "string",
+    description:
+      'Who the workloads run as: "any" non-root user, or UID[:GID] (their runAsUser and runAsGroup); the agent\'s socket must let them connect',
+    default: ANY_USER,
+    valueHint: "user",
+  },
+  ...argsOf(
     { selinuxContext, recursiveBind },
     {
       selinuxContext: { help: "The SELinux label the driver gives the Workload API directory" },
@@ -87,10 +118,14 @@ const args = {
 } satisfies ArgsDef;
 
 /** The doctor's options from its flags; a mistaken flag is a ConfigError. */
-function doctorOptions(parsed: Record<string, unknown>): DoctorOptions {
+function doctorOptions(parsed: Record<string, unknown>, argv: readonly string[]): DoctorOptions {
   const unknown = unknownFlags(parsed, args);
   if (unknown.length > 0) throw new ConfigError(`unknown flag --${unknown[0]}`);
   const kubeletDir = parsed["kubelet-dir"] as string;
+  const workloadUser = parseWorkloadUser(parsed["workload-user"] as string);
+  if (typeof workloadUser === "string") throw new ConfigError(workloadUser);
+  const builtIn = readSetting("kubeletRegistrationDir", kubeletRegistrationDir, parsed);
+  const rules = listValues(argv, LISTS).allow;
   const givenSocket = readSetting(
     "csiSocketPath",
     { ...csiSocketPath, default: undefined },
@@ -104,7 +139,12 @@ function doctorOptions(parsed: Record<string, unknown>): DoctorOptions {
     pluginName: readSetting("pluginName", { ...pluginName, parse: String }, parsed),
     kubeletDir,
     registrationDir:
-      (parsed["registration-dir"] as string | undefined) ?? join(kubeletDir, "plugins_registry"),
+      builtIn ??
+      (parsed["registration-dir"] as string | undefined) ??
+      join(kubeletDir, "plugins_registry"),
+    builtInRegistration: builtIn !== undefined,
+    policy: rules === undefined ? undefined : readSetting("allow", allow, { allow: rules }),
+    workloadUser,
     selinuxContext: readSetting("selinuxContext", selinuxContext, parsed),
     recursiveBind: readSetting("recursiveBind", recursiveBind, parsed),
   };
@@ -116,10 +156,10 @@ export const doctor = defineCommand({
     description: "Check this node's set-up for the driver: one line per check",
   },
   args,
-  async run({ args: parsed }) {
+  async run({ args: parsed, rawArgs }) {
     let options: DoctorOptions;
     try {
-      options = doctorOptions(parsed as Record<string, unknown>);
+      options = doctorOptions(parsed as Record<string, unknown>, rawArgs);
     } catch (error) {
       if (error instanceof ConfigError) exit(2, error.message, "doctor");
       throw error;

@@ -1,5 +1,6 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
+import { auditLogger } from "../csi/audit.ts";
 import { controllerHandlers } from "../csi/controller.ts";
 import { identityHandlers } from "../csi/identity.ts";
 import { NodeService } from "../csi/node.ts";
@@ -95,6 +96,7 @@ function logStart(config: Config, logger: Logger): void {
       [LogKey.path]: config.workloadApiSocketDir,
     });
   }
+  logger.info("pod policy", { [LogKey.allow]: config.policy.describe() });
   if (config.recursiveBind) {
     logger.info("recursive bind on: file systems below the Workload API directory reach pods");
     if (config.allowWritableSubmounts) {
@@ -112,6 +114,7 @@ async function setUp(config: Config, mounter: Mounter, logger: Logger): Promise<
   const metrics = config.healthAddr
     ? new (await import("../ops/metrics.ts")).Metrics(VERSION, () => node.publishedVolumes)
     : undefined;
+  const logAudit = auditLogger(logger);
   const node = new NodeService({
     nodeId: config.nodeId,
     pluginName: config.pluginName,
@@ -121,6 +124,11 @@ async function setUp(config: Config, mounter: Mounter, logger: Logger): Promise<
     labeler,
     recursiveBind: config.recursiveBind,
     allowWritableSubmounts: config.allowWritableSubmounts,
+    policy: config.policy,
+    audit: (record) => {
+      logAudit(record);
+      if (record.outcome === "refused") metrics?.publishRefused(record.pod.namespace);
+    },
   });
   if (metrics) node.adoptPublished();
   const logCall = rpcLogger(logger);
@@ -196,7 +204,7 @@ async function startCsi(driver: Driver): Promise<(graceMs: number) => Promise<vo
   const server = await startServer(
     config.csiSocketPath,
     [
-      grpcService(Identity, identityHandlers(config.pluginName), observe, inFlight),
+      grpcService(Identity, identityHandlers(config.pluginName, config.policy), observe, inFlight),
       grpcService(Controller, controllerHandlers(), observe, inFlight),
       grpcService(Node, driver.node.handlers(), observe, inFlight),
     ],

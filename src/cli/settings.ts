@@ -1,5 +1,7 @@
 import { isAbsolute } from "node:path";
+import { parseArgs } from "node:util";
 import type { ArgsDef } from "citty";
+import { AllowRuleError, PodPolicy } from "../csi/policy.ts";
 import { parseAddress } from "../ops/address.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "../ops/log.ts";
 import {
@@ -44,12 +46,25 @@ export interface SwitchSetting extends SettingBase {
   kind: "switch";
 }
 
-export type Setting = TextSetting<unknown> | SwitchSetting;
+/** A flag that may be given more than once (`--name a --name b`); unset, it has no value. */
+export interface ListSetting<T> extends SettingBase {
+  kind: "list";
+  /** Reads and checks every value given, in order; a problem is a ConfigError. */
+  parse: (values: string[], flag: string) => T;
+}
+
+export type Setting = TextSetting<unknown> | SwitchSetting | ListSetting<unknown>;
 
 function text<const S extends Omit<TextSetting<unknown>, "kind">>(
   setting: S,
 ): S & { kind: "text" } {
   return { kind: "text", ...setting };
+}
+
+function list<const S extends Omit<ListSetting<unknown>, "kind">>(
+  setting: S,
+): S & { kind: "list" } {
+  return { kind: "list", ...setting };
 }
 
 function toggle<const S extends Omit<SwitchSetting, "kind">>(setting: S): S & { kind: "switch" } {
@@ -122,6 +137,15 @@ function address(value: string, flag: string): string {
   return value;
 }
 
+function podPolicy(values: string[]): PodPolicy {
+  try {
+    return PodPolicy.parse(values);
+  } catch (error) {
+    if (error instanceof AllowRuleError) throw new ConfigError(error.message);
+    throw error;
+  }
+}
+
 function selinuxContext(value: string): string {
   const problem = contextProblem(value);
   if (problem) throw new ConfigError(problem);
@@ -162,6 +186,12 @@ export const SETTINGS = {
     default: "MY_NODE_NAME",
     help: "Environment variable holding the node name",
     parse: anyText,
+  }),
+  allow: list({
+    unset: "every pod",
+    help: "Admit only pods of this namespace (NAMESPACE), or of this service account of it (NAMESPACE/SERVICEACCOUNT); * for any; repeat the flag, or join rules with commas. Unset: every pod",
+    valueHint: "rule",
+    parse: podPolicy,
   }),
   logLevel: text({
     default: "info",
@@ -233,7 +263,9 @@ export type SettingValue<S> = S extends { kind: "text"; parse: (...args: never[]
   ? S extends { default: string } | { required: true }
     ? T
     : T | undefined
-  : boolean;
+  : S extends { kind: "list"; parse: (...args: never[]) => infer T }
+    ? T
+    : boolean;
 
 /** The flag of a setting: `workloadApiSocketDir` is `--workload-api-socket-dir`. */
 export function flagOf(name: string): string {
@@ -255,6 +287,14 @@ export function argsOf(
     const valueHint = setting.valueHint;
     if (setting.kind === "switch") {
       args[flagOf(name)] = { type: "boolean", description };
+      continue;
+    }
+    if (setting.kind === "list") {
+      args[flagOf(name)] = {
+        type: "string",
+        description,
+        ...(valueHint !== undefined && { valueHint }),
+      };
       continue;
     }
     const fallback = override && "default" in override ? undefined : setting.default;
@@ -280,6 +320,13 @@ export function readSetting<S extends Setting>(
 ): SettingValue<S> {
   const flag = flagOf(name);
   const value = parsed[flag];
+  if (setting.kind === "list") {
+    const values = value === undefined ? [] : Array.isArray(value) ? value : [value];
+    for (const each of values) {
+      if (typeof each !== "string" || each === "") throw new ConfigError(`--${flag} needs a value`);
+    }
+    return setting.parse(values, flag) as SettingValue<S>;
+  }
   if (setting.kind === "switch") {
     if (value === undefined) return false as SettingValue<S>;
     if (typeof value !== "boolean") throw new ConfigError(`--${flag} takes no value`);
@@ -307,4 +354,39 @@ export function readSettings<T extends Record<string, Setting>>(
     values[name] = readSetting(name, setting, parsed);
   }
   return values as { [K in keyof T]: SettingValue<T[K]> };
+}
+
+/**
+ * Every value of each list setting given on the command line (`--allow a --allow=b`), which
+ * citty folds into the last one. The words are read as citty reads them (node:util's parser,
+ * with the same flags taking values), so a list flag's value is the word citty would take.
+ */
+export function listValues(
+  argv: readonly string[],
+  settings: Record<string, Setting>,
+): Record<string, string[] | boolean> {
+  const options: Record<string, { type: "string" | "boolean"; multiple?: boolean }> = {};
+  for (const [name, setting] of Object.entries(settings)) {
+    const option = {
+      type: setting.kind === "switch" ? ("boolean" as const) : ("string" as const),
+      ...(setting.kind === "list" && { multiple: true }),
+    };
+    options[flagOf(name)] = option;
+    options[name] = option;
+  }
+  const end = argv.indexOf("--");
+  // citty takes `--no-name` out before parsing, and so does this.
+  const words = (end === -1 ? argv : argv.slice(0, end)).filter((arg) => !arg.startsWith("--no-"));
+  const { values } = parseArgs({ args: words, options, strict: false, allowPositionals: true });
+  const lists: Record<string, string[] | boolean> = {};
+  for (const [name, setting] of Object.entries(settings)) {
+    if (setting.kind !== "list") continue;
+    const given = [values[flagOf(name)], values[name]]
+      .flat()
+      .filter((value) => value !== undefined);
+    // A flag with no value word (at the end) reads as `true`: readSetting says it needs one.
+    if (given.length > 0) lists[flagOf(name)] = given as string[];
+    if (argv.includes(`--no-${flagOf(name)}`)) lists[flagOf(name)] = false;
+  }
+  return lists;
 }

@@ -21,6 +21,18 @@ export function failedPrecondition(message: string): RpcError {
   return new RpcError(status.FAILED_PRECONDITION, message);
 }
 
+/** A publish the pod policy refuses (--allow): the audit says "refused", not "failed". */
+export class Refusal extends RpcError {
+  override name = "Refusal";
+}
+
+export function refused(
+  code: status.PERMISSION_DENIED | status.FAILED_PRECONDITION,
+  message: string,
+): Refusal {
+  return new Refusal(code, message);
+}
+
 export function internal(message: string, cause?: unknown): RpcError {
   return new RpcError(status.INTERNAL, message, { cause });
 }

@@ -1,10 +1,21 @@
 import type { Identity } from "../gen/csi/v1/csi_pb.ts";
 import type { ServiceHandlers } from "../rpc/adapter.ts";
 import { VERSION } from "../version.ts";
+import { formatRule, type PodPolicy } from "./policy.ts";
 
-export function identityHandlers(pluginName: string): ServiceHandlers<typeof Identity> {
+/** The manifest key holding the --allow rules in force, joined by commas ("" for none). */
+export const MANIFEST_ALLOW = "allow";
+
+export function identityHandlers(
+  pluginName: string,
+  policy?: PodPolicy,
+): ServiceHandlers<typeof Identity> {
+  // The manifest is opaque to the kubelet; the doctor reads the policy in force from it.
+  const manifest: Record<string, string> = policy
+    ? { [MANIFEST_ALLOW]: policy.rules.map(formatRule).join(",") }
+    : {};
   return {
-    getPluginInfo: async () => ({ name: pluginName, vendorVersion: VERSION }),
+    getPluginInfo: async () => ({ name: pluginName, vendorVersion: VERSION, manifest }),
     // A node-only plugin: no controller service, no topology constraints, no expansion.
     getPluginCapabilities: async () => ({}),
     // Probe backs a liveness check: it answers ready whenever the driver can serve. Whether the

@@ -11,7 +11,12 @@ import { classifyOpenError } from "../linux/inspect.ts";
  * The kubelet root differs between distributions (microk8s, k0s), so only the tail is fixed.
  */
 export const KUBELET_CSI_VOLUME_PATH =
-  /^\/(?:[^/]+\/)*pods\/[^/]+\/volumes\/kubernetes\.io~csi\/[^/]+\/mount$/;
+  /^\/(?:[^/]+\/)*pods\/([^/]+)\/volumes\/kubernetes\.io~csi\/[^/]+\/mount$/;
+
+/** The pod uid a kubelet CSI volume path names, or undefined when it is no such path. */
+export function podUidOf(targetPath: string): string | undefined {
+  return KUBELET_CSI_VOLUME_PATH.exec(targetPath)?.[1];
+}
 
 // pods, <pod-uid>, volumes, kubernetes.io~csi, <volume-name>, mount
 const TAIL_SEGMENTS = 6;

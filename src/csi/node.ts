@@ -1,3 +1,4 @@
+import { status } from "@grpc/grpc-js";
 import {
   type Node,
   NodeServiceCapability_RPC_Type as NodeCapability,
@@ -5,16 +6,19 @@ import {
 import type { Mounter } from "../linux/mounter.ts";
 import type { ServiceHandlers } from "../rpc/adapter.ts";
 import { adoptPublished } from "./adoption.ts";
+import { type AuditSink, audited } from "./audit.ts";
 import {
   failedPrecondition,
   internal,
   invalid,
   notFound,
   quote,
+  refused,
   volumePathProblem,
 } from "./errors.ts";
-import { openVolumeDir, type VolumeDirectory, VolumePathError } from "./kubelet.ts";
+import { openVolumeDir, podUidOf, type VolumeDirectory, VolumePathError } from "./kubelet.ts";
 import { KeyedMutex } from "./locks.ts";
+import { type PodIdentity, type PodPolicy, podIdentity } from "./policy.ts";
 import { publish } from "./publish.ts";
 import { volumeStats } from "./stats.ts";
 import { unpublish } from "./unpublish.ts";
@@ -36,6 +40,19 @@ export interface NodeServiceOptions {
   recursiveBind?: boolean;
   /** With recursiveBind: read-write mounts below the directory are bound too. */
   allowWritableSubmounts?: boolean;
+  /** Which pods may have the volume (--allow); every pod when absent. */
+  policy?: PodPolicy;
+  /** Told of every publish and unpublish: for which pod, and how it ended. */
+  audit?: AuditSink;
+}
+
+/** Refuses a pod the policy does not admit, or cannot tell without the pod's identity. */
+function admit(policy: PodPolicy | undefined, pod: PodIdentity): void {
+  const decision = policy?.decide(pod);
+  if (!decision || decision.allowed) return;
+  const code =
+    decision.reason === "not-allowed" ? status.PERMISSION_DENIED : status.FAILED_PRECONDITION;
+  throw refused(code, decision.message);
 }
 
 /**
@@ -58,21 +75,30 @@ export class NodeService {
     const { options } = this;
     return {
       nodePublishVolume: async (req) => {
-        validatePublish(req);
-        using volume = this.openVolume(req.targetPath, "publish");
-        await this.locks.run(volume.key, () =>
-          publish(options, req.volumeId, req.targetPath, volume),
-        );
-        this.published.add(volume.key);
-        return {};
+        const pod = podIdentity(req.volumeContext);
+        const auditedPod = { uid: podUidOf(req.targetPath), ...pod };
+        return audited(options.audit, "publish", req.volumeId, auditedPod, async () => {
+          validatePublish(req);
+          // Before anything is touched: a pod refused gets neither a mount nor a directory.
+          admit(options.policy, pod);
+          using volume = this.openVolume(req.targetPath, "publish");
+          await this.locks.run(volume.key, () =>
+            publish(options, req.volumeId, req.targetPath, volume),
+          );
+          this.published.add(volume.key);
+          return {};
+        });
       },
       nodeUnpublishVolume: async (req) => {
-        validateUnpublish(req);
-        using volume = this.openVolume(req.targetPath, "unpublish");
-        if (!volume) return {};
-        await this.locks.run(volume.key, () => unpublish(options, req.targetPath, volume));
-        this.published.delete(volume.key);
-        return {};
+        const pod = { uid: podUidOf(req.targetPath) };
+        return audited(options.audit, "unpublish", req.volumeId, pod, async () => {
+          validateUnpublish(req);
+          using volume = this.openVolume(req.targetPath, "unpublish");
+          if (!volume) return {};
+          await this.locks.run(volume.key, () => unpublish(options, req.targetPath, volume));
+          this.published.delete(volume.key);
+          return {};
+        });
       },
       nodeGetVolumeStats: async (req) => {
         validateVolumeStats(req);

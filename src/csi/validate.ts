@@ -5,7 +5,8 @@ import {
   type NodeUnpublishVolumeRequest,
 } from "../gen/csi/v1/csi_pb.ts";
 import { invalid, notFound, quote } from "./errors.ts";
-import { KUBELET_CSI_VOLUME_PATH } from "./kubelet.ts";
+import { KUBELET_CSI_VOLUME_PATH, podUidOf } from "./kubelet.ts";
+import { POD_INFO_KEYS } from "./policy.ts";
 
 // CSI size limit for identifiers such as volume_id.
 const MAX_VOLUME_ID_BYTES = 128;
@@ -74,6 +75,15 @@ export function validatePublish(req: NodePublishVolumeRequest): void {
   if (req.volumeContext[EPHEMERAL_CONTEXT_KEY] !== "true") {
     throw invalid(
       `only ephemeral inline volumes are supported: volume_context ${EPHEMERAL_CONTEXT_KEY} must be "true"`,
+    );
+  }
+  // The pod the kubelet names must be the pod whose directory the volume is in: a policy that
+  // admits the pod named must not hand the volume to another.
+  const podUid = req.volumeContext[POD_INFO_KEYS.uid];
+  const targetUid = podUidOf(req.targetPath);
+  if (podUid && podUid !== targetUid) {
+    throw invalid(
+      `volume_context ${POD_INFO_KEYS.uid} ${quote(podUid)} is not the pod uid in target_path (${quote(targetUid ?? "")})`,
     );
   }
 }

@@ -3,6 +3,7 @@
  * finds the same value on every other line that has it.
  */
 export const LogKey = {
+  allow: "allow",
   code: "code",
   context: "context",
   csiSocketPath: "csi_socket_path",
@@ -15,12 +16,18 @@ export const LogKey = {
   maxConnections: "max_connections",
   method: "method",
   nodeId: "node_id",
+  operation: "operation",
+  outcome: "outcome",
   path: "path",
   paths: "paths",
   pluginName: "plugin_name",
+  podName: "pod_name",
+  podNamespace: "pod_namespace",
+  podUid: "pod_uid",
   reason: "reason",
   registrationSocket: "registration_socket",
   remote: "remote",
+  serviceAccount: "service_account",
   signal: "signal",
   socketPath: "socket_path",
   targetPath: "target_path",

@@ -15,6 +15,20 @@ export type Fields = Record<string, unknown>;
 
 export type Logger = ConsolaInstance;
 
+// Strings from a request are cut to this length in logs.
+const MAX_LOGGED_CHARS = 256;
+
+/** A caller's string for a log field: cut short; undefined when it is not a string or empty. */
+export function logged(value: unknown): string | undefined {
+  if (typeof value !== "string" || value === "") return undefined;
+  return value.length > MAX_LOGGED_CHARS ? `${value.slice(0, MAX_LOGGED_CHARS)}...` : value;
+}
+
+/** The fields that have a value: a line shows no `key=undefined`. */
+export function presentFields(fields: Fields): Fields {
+  return Object.fromEntries(Object.entries(fields).filter(([, value]) => value !== undefined));
+}
+
 const LEVEL_NAMES: Record<number, string> = {
   0: "error",
   1: "warn",

@@ -1,9 +1,17 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { isNamespaceName } from "../csi/policy.ts";
 import type { CallRecord } from "../rpc/adapter.ts";
 import { codeName } from "../rpc/status.ts";
 
 export type MountOperation = "mount" | "umount";
+
+// The refusal counter's namespace label comes from the kubelet, so a cluster's namespaces bound
+// it; this bounds it too against a caller that makes names up. Beyond it, and for a name that is
+// no namespace name, the label is OTHER_NAMESPACES (no namespace can be called that).
+const MAX_REFUSAL_NAMESPACES = 1000;
+const OTHER_NAMESPACES = "(other)";
+const NO_NAMESPACE = "(none)";
 
 /** The driver's Prometheus metrics. */
 export class Metrics {
@@ -11,6 +19,8 @@ export class Metrics {
   private readonly requests: Counter<"method" | "code">;
   private readonly durations: Histogram<"method" | "code">;
   private readonly mountFailures: Counter<"operation">;
+  private readonly refusals: Counter<"namespace">;
+  private readonly refusedNamespaces = new Set<string>();
 
   constructor(version: string, publishedVolumes: () => number) {
     const registers = [this.registry];
@@ -31,6 +41,12 @@ export class Metrics {
       name: "spiffe_csi_mount_failures_total",
       help: "mount or umount runs that failed or were killed after the mount timeout.",
       labelNames: ["operation"],
+      registers,
+    });
+    this.refusals = new Counter({
+      name: "spiffe_csi_publish_refusals_total",
+      help: "Publishes the pod policy (--allow) refused, by the pod's namespace.",
+      labelNames: ["namespace"],
       registers,
     });
     // Both operations show from the start, at zero.
@@ -69,6 +85,19 @@ export class Metrics {
         this.set((await up()) ? 1 : 0);
       },
     });
+  }
+
+  /** A publish refused by --allow, for a pod of `namespace` (undefined: the kubelet said none). */
+  publishRefused(namespace: string | undefined): void {
+    let label = namespace ?? NO_NAMESPACE;
+    if (namespace !== undefined && !this.refusedNamespaces.has(namespace)) {
+      if (isNamespaceName(namespace) && this.refusedNamespaces.size < MAX_REFUSAL_NAMESPACES) {
+        this.refusedNamespaces.add(namespace);
+      } else {
+        label = OTHER_NAMESPACES;
+      }
+    }
+    this.refusals.inc({ namespace: label });
   }
 
   mountFailed(operation: MountOperation): void {

@@ -216,7 +216,18 @@ describe("the defaults", () => {
   });
   test("configure the driver as the kustomize deployment does", () => {
     const standalone = kustomize(join(repo, "deploy", "kubernetes"));
-    expect(driverConfig(driver)).toEqual(driverConfig(driverOf(standalone)));
+    const { policy: chartPolicy, ...chart } = driverConfig(driver);
+    const { policy: kustomizePolicy, ...kustomized } = driverConfig(driverOf(standalone));
+    expect(chart).toEqual(kustomized);
+    // The pods admitted are the same: the chart gives no --allow rule (every pod), kustomize's
+    // single --allow=$(ALLOW) setting "*" (every pod the kubelet names), and both CSIDriver
+    // objects make the kubelet name every pod (podInfoOnMount).
+    expect(chartPolicy.describe()).toBe("every pod (no --allow rule)");
+    expect(kustomizePolicy.describe()).toBe("*/*");
+    for (const render of [docs, standalone]) {
+      const csiDriver = all(render, "CSIDriver")[0] as Doc & { spec: { podInfoOnMount?: boolean } };
+      expect(csiDriver.spec.podInfoOnMount).toBe(true);
+    }
   });
   test("nothing optional: no priority class or quota, no SCC, no admission policy", () => {
     const set = driverSets(docs)[0] as Workload;

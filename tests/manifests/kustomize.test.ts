@@ -162,6 +162,7 @@ describe("an overlay changes every setting, everywhere it belongs and nowhere el
     expect(diff(renders.standalone, renders.overlay)).toEqual(
       [
         `CSIDriver.metadata.name = "${name}"`,
+        `${driver}.env[ALLOW].value = "spire-server/spire-server,team-a"`,
         `${driver}.env[PLUGIN_NAME].value = "${name}"`,
         `${driver}.env[WORKLOAD_API_SOCKET_DIR].value = "/var/run/spire-agent/public"`,
         `${driver}.image = "registry.example.org/platform/spiffe-csi-driver:9.9.9"`,
@@ -193,6 +194,12 @@ describe("an overlay changes every setting, everywhere it belongs and nowhere el
     expect(kubeletDir).toBe("/var/lib/k0s/kubelet");
     expect(config.pluginName).toBe("workload-api.example.org");
     expect(config.workloadApiSocketDir).toBe("/var/run/spire-agent/public");
+    expect(config.policy.describe()).toBe("spire-server/spire-server, team-a/*");
+  });
+
+  test("the standalone deployment and the agent's admit every pod the kubelet names", () => {
+    expect(settingsOf(spec(renders.standalone)).config.policy.describe()).toBe("*/*");
+    expect(settingsOf(spec(renders.agent)).config.policy.describe()).toBe("*/*");
   });
 
   const spec = (docs: Doc[]) => (driverSets(docs)[0] as Workload).spec.template.spec;

@@ -23,7 +23,7 @@ import { ConfigMap, Namespace, Pod, ResourceQuota, ServiceAccount } from "kubern
 import { parseAllDocuments } from "yaml";
 import { toolPath } from "../../scripts/kube-tools.ts";
 import { normalizeArgv } from "../../src/cli/argv.ts";
-import { configFromArgs, args as driverArgs } from "../../src/cli/config.ts";
+import { configFromArgs, args as driverArgs, parsedArgs } from "../../src/cli/config.ts";
 
 export type Doc = {
   apiVersion: string;
@@ -257,13 +257,10 @@ export const clone = <T>(value: T): T => structuredClone(value);
 
 /** The driver's configuration from a container's arguments, as the binary reads them. */
 export function driverConfig(c: Container) {
-  return configFromArgs(
-    parseArgs(normalizeArgv((c.args ?? []).map((a) => expand(c, a))), driverArgs) as Record<
-      string,
-      unknown
-    >,
-    { MY_NODE_NAME: "node-1" },
-  );
+  const argv = normalizeArgv((c.args ?? []).map((a) => expand(c, a)));
+  return configFromArgs(parsedArgs(parseArgs(argv, driverArgs), argv), {
+    MY_NODE_NAME: "node-1",
+  });
 }
 
 /** The node path behind a path in a container, through its hostPath volume mounts. */

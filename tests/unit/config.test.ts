@@ -1,7 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { parseArgs } from "citty";
 import { normalizeArgv } from "../../src/cli/argv.ts";
-import { args, configFromArgs } from "../../src/cli/config.ts";
+import { args, configFromArgs, parsedArgs } from "../../src/cli/config.ts";
 import { ConfigError, validatePluginName } from "../../src/cli/settings.ts";
 import { contextProblem, usableByContainers } from "../../src/selinux/context.ts";
 
@@ -192,6 +192,63 @@ describe("--recursive-bind and --allow-writable-submounts", () => {
     expect(() => config({ "recursive-bind": "yes" }, { MY_NODE_NAME: "n" })).toThrow(
       "--recursive-bind takes no value",
     );
+  });
+});
+
+describe("--allow", () => {
+  /** The flags as the driver reads a command line: citty's parse, with every repeated value. */
+  function fromArgv(...words: string[]) {
+    const argv = normalizeArgv([
+      "-workload-api-socket-dir",
+      "/run/spire",
+      "-node-id",
+      "n",
+      ...words,
+    ]);
+    return configFromArgs(parsedArgs(parseArgs(argv, args), argv), {});
+  }
+  const rules = (...words: string[]) => fromArgv(...words).policy.describe();
+
+  test("unset: every pod", () => {
+    expect(fromArgv().policy.enforcing).toBe(false);
+    expect(rules()).toBe("every pod (no --allow rule)");
+  });
+
+  test("every spelling, repeated, in order; commas join rules", () => {
+    expect(
+      rules(
+        "-allow",
+        "a",
+        "--allow=b/x",
+        "-allow=c",
+        "--allow",
+        "d,e/y",
+        "--recursive-bind",
+        "--allowWritableSubmounts",
+      ),
+    ).toBe("a/*, b/x, c/*, d/*, e/y");
+  });
+
+  test("a flag taking a value takes the next word as citty does, even one like --allow", () => {
+    const resolved = fromArgv("--node-id", "--allow", "--allow", "team-a");
+    expect(resolved.nodeId).toBe("--allow");
+    expect(resolved.policy.describe()).toBe("team-a/*");
+  });
+
+  test("words after -- are not flags", () => {
+    expect(() => fromArgv("--allow", "a", "--", "--allow", "b")).toThrow(/unexpected argument/);
+  });
+
+  test.each([
+    [["--allow"], "--allow needs a value"],
+    [["--allow="], "--allow needs a value"],
+    [["--allow", "a", "--allow"], "--allow needs a value"],
+    [["--no-allow"], "--allow needs a value"],
+    [["--allow", "Team"], '--allow "Team": "Team" is not a namespace name'],
+    [["--allow", "a", "--allow", "b/c/d"], '--allow "b/c/d": a rule is NAMESPACE or'],
+  ])("%p is a setting error", (words, message) => {
+    expect(() => fromArgv(...words)).toThrow(ConfigError);
+    expect(() => fromArgv(...words)).toThrow(message);
   });
 });
 
