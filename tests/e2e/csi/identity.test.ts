@@ -1,36 +1,23 @@
 // The real binary, started as a process, answering a real grpc-js client on its unix socket.
-import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { existsSync, lstatSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { describe, expect, setDefaultTimeout, test } from "bun:test";
+import { existsSync, lstatSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import pkg from "../../../package.json" with { type: "json" };
-import {
-  clients,
-  type DriverProcess,
-  spawnDriver,
-  startDriver,
-  tempDir,
-  waitServing,
-} from "../../helpers/driver.ts";
+import { flagOf, SETTINGS } from "../../../src/cli/settings.ts";
+import { clients, NODE_NAME, runBinary, waitServing } from "../../helpers/driver.ts";
 import { sendRawRequest } from "../../helpers/rpc.ts";
+import { testbed } from "../../helpers/testbed.ts";
 
 // Every test here starts driver processes and waits on them.
 setDefaultTimeout(120_000);
 
-const root = tempDir("identity");
-const socketDir = join(root, "agent");
-mkdirSync(socketDir);
-const running: DriverProcess[] = [];
-
-afterAll(async () => {
-  for (const driver of running) if (driver.proc.exitCode === null) await driver.stop("SIGKILL");
-  rmSync(root, { recursive: true, force: true });
-}, 60_000);
+const bed = testbed("identity", { agent: false });
+const { root, socketDir } = bed;
 
 async function started(name: string, args: string[] = []) {
   const csiSocketPath = join(root, name, "csi.sock");
-  const driver = await startDriver({ workloadApiSocketDir: socketDir, csiSocketPath, args });
-  running.push(driver);
+  const driver = await bed.start(args, { csiSocketPath });
   return { driver, csiSocketPath, ...clients(csiSocketPath) };
 }
 
@@ -82,24 +69,22 @@ describe("command line", () => {
   });
 
   test("--version prints the version and exits 0", async () => {
-    const driver = spawnDriver(["--version"]);
-    const stdout = await new Response(driver.proc.stdout).text();
-    expect((await driver.exited()).code).toBe(0);
+    const { code, stdout } = await runBinary(["--version"]);
+    expect(code).toBe(0);
     expect(stdout.trim()).toBe(pkg.version);
   });
 
-  test("--help lists every flag", async () => {
-    const driver = spawnDriver(["--help"]);
-    const stdout = await new Response(driver.proc.stdout).text();
-    expect((await driver.exited()).code).toBe(0);
-    for (const flag of [
-      "workload-api-socket-dir",
-      "csi-socket-path",
-      "plugin-name",
-      "node-id-env",
-      "log-format",
-    ]) {
-      expect(stdout).toContain(`--${flag}`);
+  test("--help lists every flag of the settings table, with its default", async () => {
+    const { code, stdout } = await runBinary(["--help"]);
+    expect(code).toBe(0);
+    for (const [name, setting] of Object.entries(SETTINGS)) {
+      // The line whose option column is this flag (colours off, padding trimmed).
+      const line = stdout
+        .replace(/\x1b\[[0-9;]*m/g, "")
+        .split("\n")
+        .find((each) => new RegExp(`^\\s*--${flagOf(name)}[= ]`).test(each));
+      expect(line).toBeDefined();
+      if ("default" in setting) expect(line).toContain(`(Default: ${setting.default})`);
     }
   });
 
@@ -133,8 +118,7 @@ describe("command line", () => {
   for (const [name, argv, env, message] of badStarts) {
     test(`${name}: one line on stderr, exit 2, no socket`, async () => {
       const csiSocketPath = join(root, `bad-${name.replaceAll(" ", "-")}`, "csi.sock");
-      const driver = spawnDriver([...argv, "--csi-socket-path", csiSocketPath], env);
-      const { code, stderr } = await driver.exited();
+      const { code, stderr } = await runBinary([...argv, "--csi-socket-path", csiSocketPath], env);
       expect(code).toBe(2);
       const lines = stderr.trim().split("\n");
       expect(lines).toHaveLength(1);
@@ -150,22 +134,20 @@ describe("socket lifecycle", () => {
     await driver.stop("SIGKILL");
     // The killed process could not clean up: its socket is still there, and nobody answers.
     expect(lstatSync(csiSocketPath).isSocket()).toBe(true);
-    const again = spawnDriver(
+    const again = bed.spawn(
       ["-workload-api-socket-dir", socketDir, "-csi-socket-path", csiSocketPath],
       { MY_NODE_NAME: "n" },
     );
-    running.push(again);
     await waitServing(again, csiSocketPath);
     expect(again.stderr).toContain("removed a stale socket");
   });
 
   test("refuses to start beside a live server, and leaves its socket alone", async () => {
     const { csiSocketPath } = await started("live");
-    const second = spawnDriver(
+    const { code, stderr } = await runBinary(
       ["-workload-api-socket-dir", socketDir, "-csi-socket-path", csiSocketPath],
       { MY_NODE_NAME: "n" },
     );
-    const { code, stderr } = await second.exited();
     expect(code).toBe(1);
     expect(stderr).toContain(`another process is serving on ${csiSocketPath}`);
     const { identity } = clients(csiSocketPath);
@@ -178,11 +160,10 @@ describe("socket lifecycle", () => {
     const directory = join(root, "dir.sock");
     mkdirSync(directory);
     for (const path of [file, directory]) {
-      const driver = spawnDriver(
+      const { code, stderr } = await runBinary(
         ["-workload-api-socket-dir", socketDir, "-csi-socket-path", path],
         { MY_NODE_NAME: "n" },
       );
-      const { code, stderr } = await driver.exited();
       expect(code).toBe(1);
       expect(stderr).toContain(`${path} exists and is not a socket`);
       expect(existsSync(path)).toBe(true);
@@ -247,7 +228,7 @@ describe("logging", () => {
       level: "info",
       msg: "starting",
       version: pkg.version,
-      node_id: "node-1",
+      node_id: NODE_NAME,
     });
     expect(lines.find((line) => line.method === "GetPluginInfo")).toMatchObject({
       level: "debug",

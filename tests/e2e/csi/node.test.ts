@@ -1,5 +1,5 @@
 // Real binary, real grpc-js client, real bind mounts, inside a private mount namespace.
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import {
   chmodSync,
   existsSync,
@@ -17,46 +17,32 @@ import {
   NodeServiceCapability_RPC_Type,
   VolumeUsage_Unit,
 } from "../../../src/gen/csi/v1/csi_pb.ts";
-import { startAgent, talkToAgent } from "../../helpers/agent.ts";
-import {
-  assertPrivateMountNamespace,
-  clients,
-  type DriverProcess,
-  spawnDriver,
-  startDriver,
-  tempDir,
-} from "../../helpers/driver.ts";
+import { talkToAgent } from "../../helpers/agent.ts";
+import { assertPrivateMountNamespace, clients, runBinary } from "../../helpers/driver.ts";
 import { invalidPublishRequests } from "../../helpers/invalid.ts";
 import {
   mountsAt,
   mountsUnder,
   type PodVolume,
   podVolume,
-  prepareVolume,
   publishRequest,
   statsRequest,
   unpublishRequest,
 } from "../../helpers/kubelet.ts";
 import { rpcFailure } from "../../helpers/rpc.ts";
+import { testbed } from "../../helpers/testbed.ts";
 
 assertPrivateMountNamespace();
 // Every test here waits on the driver's process and on mount/umount processes it spawns.
 setDefaultTimeout(120_000);
 
-const root = tempDir("node");
-const socketDir = join(root, "agent-sockets");
-const kubeletRoot = join(root, "kubelet");
-const csiSocketPath = join(root, "plugin", "csi.sock");
-mkdirSync(socketDir);
-let agent = startAgent(socketDir);
-let driver: DriverProcess;
-const { node } = clients(csiSocketPath);
+const bed = testbed("node");
+const { root, socketDir, kubeletRoot } = bed;
+const { node } = bed.clients();
+const driver = await bed.start();
+const volumes: PodVolume[] = [];
 
-beforeAll(async () => {
-  driver = await startDriver({ workloadApiSocketDir: socketDir, csiSocketPath });
-}, 120_000);
-
-afterAll(async () => {
+bed.beforeCleanup(async () => {
   // Unpublishing every volume the tests made, as the kubelet does when the pods go, must leave
   // no mount and no mount directory behind.
   for (const volume of volumes) {
@@ -64,17 +50,12 @@ afterAll(async () => {
   }
   expect(mountsUnder(root)).toBe(0);
   const { stderr } = await driver.stop();
-  agent.stop(true);
   expect(stderr).not.toContain("code=INTERNAL");
-  rmSync(root, { recursive: true, force: true });
-}, 120_000);
-
-const volumes: PodVolume[] = [];
+});
 
 /** A pod volume whose directory the kubelet has prepared. */
 function preparedVolume(): PodVolume {
-  const volume = podVolume(kubeletRoot);
-  prepareVolume(volume);
+  const volume = bed.volume();
   volumes.push(volume);
   return volume;
 }
@@ -316,20 +297,14 @@ describe("NodeGetVolumeStats", () => {
 describe("the agent's directory over time", () => {
   test("the agent restarting (socket deleted and re-created) is reachable with no new publish", async () => {
     const volume = await published();
-    agent.stop(true);
-    rmSync(join(socketDir, "agent.sock"), { force: true });
-    agent = startAgent(socketDir);
+    bed.restartAgent();
     expect(await talkToAgent(volume.targetPath, "again")).toBe("pong again");
     expect(mountsAt(volume.targetPath)).toBe(1);
   });
 
   test("the directory replaced: stats abnormal, a re-publish repairs with one mount", async () => {
     const volume = await published();
-    agent.stop(true);
-    rmSync(join(socketDir, "agent.sock"), { force: true });
-    rmdirSync(socketDir);
-    mkdirSync(socketDir);
-    agent = startAgent(socketDir);
+    bed.restartAgent({ replaceDir: true });
 
     const broken = await node.nodeGetVolumeStats(statsRequest(volume));
     expect(broken.volumeCondition?.abnormal).toBe(true);
@@ -346,11 +321,7 @@ describe("the agent's directory over time", () => {
 
   test("a stale mount of the replaced directory is still unpublished", async () => {
     const volume = await published();
-    agent.stop(true);
-    rmSync(join(socketDir, "agent.sock"), { force: true });
-    rmdirSync(socketDir);
-    mkdirSync(socketDir);
-    agent = startAgent(socketDir);
+    bed.restartAgent({ replaceDir: true });
     await node.nodeUnpublishVolume(unpublishRequest(volume));
     expect(mountsAt(volume.targetPath)).toBe(0);
     expect(existsSync(volume.targetPath)).toBe(false);
@@ -360,19 +331,19 @@ describe("the agent's directory over time", () => {
 describe("the agent's directory as a file system of its own", () => {
   test("replaced by a new tmpfs: stats abnormal, unpublish still removes the old bind", async () => {
     const volume = await published();
-    agent.stop(true);
+    bed.agent?.stop(true);
     expect(Bun.spawnSync(["mount", "-t", "tmpfs", "agent-tmpfs", socketDir]).exitCode).toBe(0);
     try {
-      agent = startAgent(socketDir);
+      bed.restartAgent();
       const stats = await node.nodeGetVolumeStats(statsRequest(volume));
       expect(stats.volumeCondition?.abnormal).toBe(true);
       await node.nodeUnpublishVolume(unpublishRequest(volume));
       expect(mountsAt(volume.targetPath)).toBe(0);
       expect(existsSync(volume.targetPath)).toBe(false);
     } finally {
-      agent.stop(true);
+      bed.agent?.stop(true);
       expect(Bun.spawnSync(["umount", socketDir]).exitCode).toBe(0);
-      agent = startAgent(socketDir);
+      bed.restartAgent();
     }
   });
 });
@@ -396,28 +367,18 @@ describe("NodeGetCapabilities and NodeGetInfo", () => {
   });
 });
 
-describe("mount failures", () => {
-  const standIns = join(root, "bin");
+describe("mount failures", async () => {
+  const standIns = bed.dir("bin");
+  writeFileSync(
+    join(standIns, "mount"),
+    "#!/bin/sh\necho 'mount: simulated failure' >&2\nexit 32\n",
+  );
+  chmodSync(join(standIns, "mount"), 0o755);
   const failingSocketPath = join(root, "failing", "csi.sock");
-  let failing: DriverProcess;
-
-  beforeAll(async () => {
-    mkdirSync(standIns);
-    writeFileSync(
-      join(standIns, "mount"),
-      "#!/bin/sh\necho 'mount: simulated failure' >&2\nexit 32\n",
-    );
-    chmodSync(join(standIns, "mount"), 0o755);
-    failing = await startDriver({
-      workloadApiSocketDir: socketDir,
-      csiSocketPath: failingSocketPath,
-      env: { PATH: `${standIns}:${process.env.PATH}` },
-    });
-  }, 120_000);
-
-  afterAll(async () => {
-    await failing.stop();
-  }, 60_000);
+  await bed.start([], {
+    csiSocketPath: failingSocketPath,
+    env: { PATH: `${standIns}:${process.env.PATH}` },
+  });
 
   test("a failing mount answers INTERNAL with its status and message, and leaves no directory", async () => {
     const volume = preparedVolume();
@@ -441,7 +402,7 @@ describe("a stale view of the agent's directory", () => {
     mkdirSync(view);
     expect(Bun.spawnSync(["mount", "--bind", hostDir, view]).exitCode).toBe(0);
     const viewSocketPath = join(root, "view", "csi.sock");
-    const viewDriver = await startDriver({
+    const viewDriver = await bed.start([], {
       workloadApiSocketDir: view,
       csiSocketPath: viewSocketPath,
     });
@@ -469,14 +430,10 @@ test.each(["mount", "umount"])(
     const present = missing === "mount" ? "umount" : "mount";
     symlinkSync(Bun.which(present) ?? `/usr/bin/${present}`, join(bin, present));
     const socketPath = join(root, `without-${missing}`, "csi.sock");
-    const lonely = spawnDriver(
+    const { code, stderr } = await runBinary(
       ["-workload-api-socket-dir", socketDir, "-csi-socket-path", socketPath],
-      {
-        MY_NODE_NAME: "n",
-        PATH: bin,
-      },
+      { MY_NODE_NAME: "n", PATH: bin },
     );
-    const { code, stderr } = await lonely.exited();
     expect(code).toBe(1);
     expect(stderr).toContain(`cannot find ${missing} on PATH`);
     expect(existsSync(socketPath)).toBe(false);
