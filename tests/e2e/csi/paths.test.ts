@@ -1,7 +1,7 @@
 // Attacks on the paths the driver works on, by root in the pod directories: directories swapped
 // with symbolic links while calls run, the same target named by several paths, and hostile
 // files in the place of the kubelet's vol_data.json.
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import {
   existsSync,
   lstatSync,
@@ -17,20 +17,15 @@ import { join, resolve } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { parseMountInfo } from "../../../src/linux/mountinfo.ts";
 import { talkToAgent } from "../../helpers/agent.ts";
-import {
-  assertPrivateMountNamespace,
-  clients,
-  type DriverProcess,
-  startDriver,
-} from "../../helpers/driver.ts";
+import { assertPrivateMountNamespace, freePort } from "../../helpers/driver.ts";
 import {
   DRIVER_NAME,
   mountsAt,
   mountsUnder,
   type PodVolume,
   podVolume,
-  prepareVolume,
   publishRequest,
+  residentMemory,
   statsRequest,
   unpublishRequest,
 } from "../../helpers/kubelet.ts";
@@ -41,25 +36,10 @@ assertPrivateMountNamespace();
 setDefaultTimeout(120_000);
 
 const bed = testbed("paths");
-const { root, socketDir, kubeletRoot, csiSocketPath } = bed;
-let driver: DriverProcess;
-let node: ReturnType<typeof clients>["node"];
-let healthPort: number;
-
-beforeAll(async () => {
-  healthPort = freePort();
-  driver = await startDriver({
-    workloadApiSocketDir: socketDir,
-    csiSocketPath,
-    args: ["--health-addr", `127.0.0.1:${healthPort}`],
-  });
-  node = clients(csiSocketPath).node;
-}, 60_000);
-
-afterAll(async () => {
-  node?.close();
-  await driver?.stop();
-}, 60_000);
+const { root, kubeletRoot } = bed;
+const healthPort = freePort();
+const driver = await bed.start(["--health-addr", `127.0.0.1:${healthPort}`]);
+const { node } = bed.clients();
 
 const internals: string[] = [];
 const ok = (call: Promise<unknown>) =>
@@ -71,11 +51,7 @@ const ok = (call: Promise<unknown>) =>
     },
   );
 
-function preparedVolume(): PodVolume {
-  const volume = podVolume(kubeletRoot);
-  prepareVolume(volume);
-  return volume;
-}
+const preparedVolume = (): PodVolume => bed.volume();
 
 /** Every mount outside the kubelet root: mount id and place. */
 function mountsOutside(): string[] {
@@ -259,18 +235,6 @@ async function publishedGauge(): Promise<number> {
   return Number(match[1]);
 }
 
-/** A TCP port on the loopback address that nothing listens on now. */
-function freePort(): number {
-  const listener = Bun.listen({
-    hostname: "127.0.0.1",
-    port: 0,
-    socket: { data() {} },
-  });
-  const port = listener.port;
-  listener.stop(true);
-  return port;
-}
-
 describe("hostile files in the place of vol_data.json", () => {
   // Each answers at once as "no record": the publish goes on as for a volume the kubelet left
   // no record for, and other calls are not held up.
@@ -283,12 +247,10 @@ describe("hostile files in the place of vol_data.json", () => {
     ["a character device", (path) => Bun.spawnSync(["mknod", path, "c", "1", "3"])],
   ];
 
-  beforeAll(() => {
-    writeFileSync(
-      join(root, "record.json"),
-      JSON.stringify({ driverName: "other.example.com", volumeHandle: "other" }),
-    );
-  });
+  writeFileSync(
+    join(root, "record.json"),
+    JSON.stringify({ driverName: "other.example.com", volumeHandle: "other" }),
+  );
 
   test.each(cases)(
     "%s: no record, answered promptly",
@@ -297,11 +259,11 @@ describe("hostile files in the place of vol_data.json", () => {
       mkdirSync(volume.volumeDir, { recursive: true });
       const record = join(volume.volumeDir, "vol_data.json");
       make(record);
-      const rssBefore = residentMb(driver.proc.pid);
+      const rssBefore = residentMemory(driver.proc.pid).rssMb;
       expect(await ok(node.nodePublishVolume(publishRequest(volume)))).toBe(status.OK);
       expect(mountsAt(volume.targetPath)).toBe(1);
       // Memory did not take the file in.
-      expect(residentMb(driver.proc.pid) - rssBefore).toBeLessThan(50);
+      expect(residentMemory(driver.proc.pid).rssMb - rssBefore).toBeLessThan(50);
       expect(await ok(node.nodeUnpublishVolume(unpublishRequest(volume)))).toBe(status.OK);
       expect(existsSync(volume.targetPath)).toBe(false);
       rmSync(record, { recursive: true, force: true });
@@ -324,8 +286,3 @@ describe("hostile files in the place of vol_data.json", () => {
     }
   }, 60_000);
 });
-
-function residentMb(pid: number): number {
-  const status = readFileSync(`/proc/${pid}/status`, "utf8");
-  return Number(/^VmRSS:\s+(\d+) kB/m.exec(status)?.[1] ?? Number.NaN) / 1024;
-}
