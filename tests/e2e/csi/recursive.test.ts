@@ -5,7 +5,7 @@
 // container: the agent's directory a slave there (HostToContainer), the kubelet root shared
 // (Bidirectional). A pod is a namespace that takes its copy of the target as a slave. A
 // read-only tmpfs in the agent's directory stands in for SPIFFEFS.
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import { existsSync, mkdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
@@ -14,35 +14,32 @@ import type { Check } from "../../../src/cli/doctor-checks.ts";
 import { startAgent, talkToAgent } from "../../helpers/agent.ts";
 import {
   assertPrivateMountNamespace,
-  BINARY,
   clients,
-  DriverProcess,
-  startDriver,
-  tempDir,
-  waitServing,
+  type DriverProcess,
+  runBinary,
 } from "../../helpers/driver.ts";
 import {
   mountsUnder,
   type PodVolume,
-  podVolume,
-  prepareVolume,
   publishRequest,
   removeVolume,
   unpublishRequest,
 } from "../../helpers/kubelet.ts";
 import { rpcFailure } from "../../helpers/rpc.ts";
+import { testbed } from "../../helpers/testbed.ts";
 
 assertPrivateMountNamespace();
 // Generous for a loaded machine: covers every test and hook of this file.
 setDefaultTimeout(120_000);
 
-const root = tempDir("recursive");
+const bed = testbed("recursive", { agent: false });
+const { root } = bed;
 // The agent's host directory, a shared mount; the Workload API directory is inside it, as
 // /run/spire/agent-sockets is inside /run on a node.
 const agentMount = join(root, "agent");
 const socketDir = join(agentMount, "sockets");
 const spiffefs = join(socketDir, "spiffefs");
-const kubeletRoot = join(root, "kubelet");
+const kubeletRoot = bed.kubeletRoot;
 
 /** Runs a command to completion; its stdout, or an error with its stderr. */
 function run(...argv: string[]): string {
@@ -106,81 +103,72 @@ run("mount", "--make-shared", kubeletRoot);
 mkdirSync(socketDir);
 const agents = [startAgent(socketDir)];
 
-/** The driver as a DaemonSet runs it: in its own namespace, the agent's directory a slave. */
-async function startDaemonSetDriver(csiSocketPath: string, args: string[]) {
-  const driver = new DriverProcess(
-    Bun.spawn(
-      [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "unchanged",
-        "sh",
-        "-c",
-        'mount --make-rslave "$0" && exec "$@"',
-        agentMount,
-        BINARY,
-        "-workload-api-socket-dir",
-        socketDir,
-        "-csi-socket-path",
-        csiSocketPath,
-        ...args,
-      ],
-      {
-        stdin: "ignore",
-        stdout: "pipe",
-        stderr: "pipe",
-        env: { PATH: process.env.PATH ?? "/usr/bin:/bin", MY_NODE_NAME: "node-1" },
-      },
-    ),
-  );
-  await waitServing(driver, csiSocketPath);
+/** A driver that is stopped with SIGTERM at the end, and must have logged no INTERNAL. */
+async function startChecked(csiSocketPath: string, args: string[], options = {}) {
+  const driver = await bed.start(args, {
+    workloadApiSocketDir: socketDir,
+    csiSocketPath,
+    ...options,
+  });
+  bed.beforeCleanup(async () => {
+    const { stderr } = await driver.stop();
+    expect(stderr).not.toContain("code=INTERNAL");
+  });
   return driver;
 }
 
-const daemonSetSocket = join(root, "plugin", "csi.sock");
-let daemonSet: DriverProcess;
-const daemonSetNode = clients(daemonSetSocket).node;
+/** The driver as a DaemonSet runs it: in its own namespace, the agent's directory a slave. */
+function startDaemonSetDriver(csiSocketPath: string, args: string[]): Promise<DriverProcess> {
+  const prefix = ["unshare", "--mount", "--propagation", "unchanged", "sh", "-c"];
+  return startChecked(csiSocketPath, args, {
+    prefix: [...prefix, 'mount --make-rslave "$0" && exec "$@"', agentMount],
+  });
+}
 
-beforeAll(async () => {
-  mountSpiffefs("one");
-  daemonSet = await startDaemonSetDriver(daemonSetSocket, ["--recursive-bind"]);
-}, 60_000);
-
-afterAll(async () => {
+bed.beforeCleanup(() => {
   for (const pod of pods) pod.kill();
-  daemonSetNode.close();
-  const { stderr } = await daemonSet.stop();
-  expect(stderr).not.toContain("code=INTERNAL");
+});
+mountSpiffefs("one");
+const daemonSetSocket = join(root, "plugin", "csi.sock");
+const daemonSet = await startDaemonSetDriver(daemonSetSocket, ["--recursive-bind"]);
+const daemonSetNode = clients(daemonSetSocket).node;
+bed.beforeCleanup(() => {
   for (const agent of agents) agent.stop(true);
   run("umount", "--recursive", "--lazy", agentMount);
   run("umount", "--recursive", "--lazy", kubeletRoot);
-  rmSync(root, { recursive: true, force: true });
-}, 60_000);
+});
 
-function preparedVolume(): PodVolume {
-  const volume = podVolume(kubeletRoot);
-  prepareVolume(volume);
-  return volume;
+const preparedVolume = (): PodVolume => bed.volume();
+
+/** Unpublishes as the kubelet does, and removes the volume: no mount may be left below it. */
+async function unpublished(node: typeof daemonSetNode, volume: PodVolume): Promise<void> {
+  await node.nodeUnpublishVolume(unpublishRequest(volume));
+  expect(mountsUnder(volume.targetPath)).toBe(0);
+  removeVolume(volume);
+}
+
+/** A mount made at the target's `probe` stays out of the agent's directory. */
+function probeStaysOut(volume: PodVolume): void {
+  mkdirSync(join(socketDir, "probe"));
+  try {
+    run("mount", "-t", "tmpfs", "tmpfs", join(volume.targetPath, "probe"));
+    expect(isMountPoint(join(socketDir, "probe"))).toBe(false);
+    run("umount", join(volume.targetPath, "probe"));
+  } finally {
+    rmSync(join(socketDir, "probe"), { recursive: true });
+  }
 }
 
 /** The doctor's checks for --recursive-bind, run as an operator would, by name. */
-function doctorChecks(prefix: string[] = []): Record<string, Check> {
-  const result = Bun.spawnSync(
-    [...prefix, BINARY, "doctor", "-workload-api-socket-dir", socketDir].concat([
-      "--kubelet-dir",
-      kubeletRoot,
-      "--recursive-bind",
-      "--json",
-    ]),
-    { stdout: "pipe", stderr: "pipe" },
-  );
-  const checks = JSON.parse(result.stdout.toString()) as Check[];
+async function doctorChecks(prefix: string[] = []): Promise<Record<string, Check>> {
+  const argv = ["doctor", "-workload-api-socket-dir", socketDir, "--kubelet-dir", kubeletRoot];
+  const { stdout } = await runBinary([...argv, "--recursive-bind", "--json"], {}, prefix);
+  const checks = JSON.parse(stdout) as Check[];
   return Object.fromEntries(checks.map((check) => [check.name, check]));
 }
 const READ_ONLY_CHECK = "file systems below the Workload API directory are read-only";
 const RECEIVES_CHECK = "Workload API directory receives later mounts";
-const submountCheck = () => doctorChecks()[READ_ONLY_CHECK];
+const submountCheck = async () => (await doctorChecks())[READ_ONLY_CHECK];
 
 describe("--recursive-bind, driver in a DaemonSet's namespace", () => {
   test("a file system mounted before publishing is seen at the target and in a pod", async () => {
@@ -190,9 +178,7 @@ describe("--recursive-bind, driver in a DaemonSet's namespace", () => {
     expect(await talkToAgent(volume.targetPath)).toBe("pong ping");
     const pod = await startPod();
     expect(readIn(pod.pid, join(volume.targetPath, "spiffefs", "svid"))).toBe("one");
-    await daemonSetNode.nodeUnpublishVolume(unpublishRequest(volume));
-    expect(mountsUnder(volume.targetPath)).toBe(0);
-    removeVolume(volume);
+    await unpublished(daemonSetNode, volume);
   }, 60_000);
 
   test("a file system mounted again after publishing (a FUSE server's restart) reaches the target, the driver and the pod; unpublish leaves nothing", async () => {
@@ -258,9 +244,7 @@ describe("--recursive-bind, driver in a DaemonSet's namespace", () => {
       rmSync(join(socketDir, "probe"), { recursive: true, force: true });
     }
     for (const each of [volume, other]) {
-      await daemonSetNode.nodeUnpublishVolume(unpublishRequest(each));
-      expect(mountsUnder(each.targetPath)).toBe(0);
-      removeVolume(each);
+      await unpublished(daemonSetNode, each);
     }
   }, 60_000);
 
@@ -277,14 +261,14 @@ describe("--recursive-bind, driver in a DaemonSet's namespace", () => {
       expect(mountsUnder(volume.volumeDir)).toBe(0);
       expect(existsSync(volume.targetPath)).toBe(false);
       removeVolume(volume);
-      const check = submountCheck();
+      const check = await submountCheck();
       expect(check?.ok).toBe(false);
       expect(check?.detail).toContain(`read-write: ${writable};`);
     } finally {
       run("umount", writable);
       rmSync(writable, { recursive: true, force: true });
     }
-    expect(submountCheck()?.ok).toBe(true);
+    expect((await submountCheck())?.ok).toBe(true);
   }, 60_000);
 
   test("the agent's directory re-created after publishing: the stale tree is replaced", async () => {
@@ -298,31 +282,14 @@ describe("--recursive-bind, driver in a DaemonSet's namespace", () => {
     await daemonSetNode.nodePublishVolume(publishRequest(volume));
     expect(readFileSync(join(volume.targetPath, "spiffefs", "svid"), "utf8")).toBe("three");
     expect(await talkToAgent(volume.targetPath)).toBe("pong ping");
-    await daemonSetNode.nodeUnpublishVolume(unpublishRequest(volume));
-    expect(mountsUnder(volume.targetPath)).toBe(0);
-    removeVolume(volume);
+    await unpublished(daemonSetNode, volume);
   }, 60_000);
 });
 
-describe("--recursive-bind, driver in the node's namespace (the directory is a shared mount)", () => {
+describe("--recursive-bind, driver in the node's namespace (the directory is a shared mount)", async () => {
   const csiSocketPath = join(root, "plugin-node", "csi.sock");
-  let driver: DriverProcess;
-  let node: ReturnType<typeof clients>["node"];
-
-  beforeAll(async () => {
-    driver = await startDriver({
-      workloadApiSocketDir: socketDir,
-      csiSocketPath,
-      args: ["--recursive-bind"],
-    });
-    node = clients(csiSocketPath).node;
-  }, 60_000);
-
-  afterAll(async () => {
-    node.close();
-    const { stderr } = await driver.stop();
-    expect(stderr).not.toContain("code=INTERNAL");
-  }, 60_000);
+  await startChecked(csiSocketPath, ["--recursive-bind"]);
+  const { node } = clients(csiSocketPath);
 
   test("the target is made a slave: remounts reach it and the pod, nothing goes back, unpublish leaves the agent's mounts", async () => {
     const volume = preparedVolume();
@@ -335,11 +302,7 @@ describe("--recursive-bind, driver in the node's namespace (the directory is a s
     expect(readFileSync(svid, "utf8")).toBe("four");
     expect(readIn(pod.pid, svid)).toBe("four");
 
-    mkdirSync(join(socketDir, "probe"));
-    run("mount", "-t", "tmpfs", "tmpfs", join(volume.targetPath, "probe"));
-    expect(isMountPoint(join(socketDir, "probe"))).toBe(false);
-    run("umount", join(volume.targetPath, "probe"));
-    rmSync(join(socketDir, "probe"), { recursive: true });
+    probeStaysOut(volume);
 
     await node.nodeUnpublishVolume(unpublishRequest(volume));
     expect(mountsUnder(volume.targetPath)).toBe(0);
@@ -350,7 +313,7 @@ describe("--recursive-bind, driver in the node's namespace (the directory is a s
   }, 60_000);
 });
 
-describe("--recursive-bind, a publish stopped between the bind and making it a slave", () => {
+describe("--recursive-bind, a publish stopped between the bind and making it a slave", async () => {
   // A `mount` that fails to change propagation while the flag file exists.
   const failing = join(root, "fail-make-slave");
   const bin = join(root, "bin");
@@ -361,23 +324,12 @@ describe("--recursive-bind, a publish stopped between the bind and making it a s
     { mode: 0o755 },
   );
   const csiSocketPath = join(root, "plugin-failing", "csi.sock");
-  let driver: DriverProcess;
-  let node: ReturnType<typeof clients>["node"];
-
-  beforeAll(async () => {
-    driver = await startDriver({
-      workloadApiSocketDir: socketDir,
-      csiSocketPath,
-      args: ["--recursive-bind"],
-      env: { PATH: `${bin}:${process.env.PATH}` },
-    });
-    node = clients(csiSocketPath).node;
-  }, 60_000);
-
-  afterAll(async () => {
-    node.close();
-    await driver.stop();
-  }, 60_000);
+  await bed.start(["--recursive-bind"], {
+    workloadApiSocketDir: socketDir,
+    csiSocketPath,
+    env: { PATH: `${bin}:${process.env.PATH}` },
+  });
+  const { node } = clients(csiSocketPath);
 
   /** A volume left bound and still a peer of the agent's directory. */
   async function interrupted(): Promise<PodVolume> {
@@ -396,9 +348,7 @@ describe("--recursive-bind, a publish stopped between the bind and making it a s
 
   test("unpublishing it makes it a slave first: the agent's file systems stay mounted", async () => {
     const volume = await interrupted();
-    await node.nodeUnpublishVolume(unpublishRequest(volume));
-    expect(mountsUnder(volume.targetPath)).toBe(0);
-    removeVolume(volume);
+    await unpublished(node, volume);
     expect(isMountPoint(spiffefs)).toBe(true);
     expect(readFileSync(join(spiffefs, "svid"), "utf8")).toBe("four");
   }, 60_000);
@@ -406,34 +356,27 @@ describe("--recursive-bind, a publish stopped between the bind and making it a s
   test("publishing it again makes it a slave: nothing mounted at it reaches the agent", async () => {
     const volume = await interrupted();
     await node.nodePublishVolume(publishRequest(volume));
-    mkdirSync(join(socketDir, "probe"));
-    try {
-      run("mount", "-t", "tmpfs", "tmpfs", join(volume.targetPath, "probe"));
-      expect(isMountPoint(join(socketDir, "probe"))).toBe(false);
-      run("umount", join(volume.targetPath, "probe"));
-    } finally {
-      rmSync(join(socketDir, "probe"), { recursive: true });
-    }
-    await node.nodeUnpublishVolume(unpublishRequest(volume));
-    expect(mountsUnder(volume.targetPath)).toBe(0);
-    removeVolume(volume);
+    probeStaysOut(volume);
+    await unpublished(node, volume);
     expect(isMountPoint(spiffefs)).toBe(true);
   }, 60_000);
 });
 
 describe("doctor --recursive-bind", () => {
-  test("passes where later mounts reach the directory, fails where its mount is private", () => {
-    expect(doctorChecks()[RECEIVES_CHECK]?.ok).toBe(true);
-    const isolated = doctorChecks([
-      "unshare",
-      "--mount",
-      "--propagation",
-      "private",
-      "sh",
-      "-c",
-      'mount --make-rprivate "$0" && exec "$@"',
-      agentMount,
-    ])[RECEIVES_CHECK];
+  test("passes where later mounts reach the directory, fails where its mount is private", async () => {
+    expect((await doctorChecks())[RECEIVES_CHECK]?.ok).toBe(true);
+    const isolated = (
+      await doctorChecks([
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        'mount --make-rprivate "$0" && exec "$@"',
+        agentMount,
+      ])
+    )[RECEIVES_CHECK];
     expect(isolated?.ok).toBe(false);
     expect(isolated?.fix).toContain("mountPropagation: HostToContainer");
   }, 60_000);
@@ -450,9 +393,7 @@ describe("without --recursive-bind", () => {
       expect(await talkToAgent(volume.targetPath)).toBe("pong ping");
       expect(existsSync(join(volume.targetPath, "spiffefs", "svid"))).toBe(false);
       expect(mountsUnder(volume.targetPath)).toBe(1);
-      await node.nodeUnpublishVolume(unpublishRequest(volume));
-      expect(mountsUnder(volume.targetPath)).toBe(0);
-      removeVolume(volume);
+      await unpublished(node, volume);
     } finally {
       node.close();
       await driver.stop();
