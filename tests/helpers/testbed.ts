@@ -1,5 +1,5 @@
 import { afterAll, expect } from "bun:test";
-import { mkdirSync, rmdirSync, rmSync } from "node:fs";
+import { mkdirSync, rmdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { AGENT_SOCKET, startAgent } from "./agent.ts";
 import {
@@ -28,6 +28,7 @@ export function testbed(prefix: string, { agent = true }: TestbedOptions = {}) {
   mkdirSync(socketDir);
   const drivers: DriverProcess[] = [];
   const cleanups: (() => Promise<void> | void)[] = [];
+  let standIns = 0;
   const bed = {
     root,
     socketDir,
@@ -47,6 +48,16 @@ export function testbed(prefix: string, { agent = true }: TestbedOptions = {}) {
         mkdirSync(socketDir);
       }
       bed.agent = startAgent(socketDir);
+    },
+
+    /**
+     * A PATH whose first directory holds a stand-in for `program`: a shell script (after its
+     * `#!/bin/sh` line), with the real programs behind it.
+     */
+    standIn(program: "mount" | "umount", script: string): string {
+      const bin = bed.dir(`stand-in-${++standIns}-${program}`);
+      writeFileSync(join(bin, program), `#!/bin/sh\n${script}\n`, { mode: 0o755 });
+      return `${bin}:${process.env.PATH}`;
     },
 
     /** A directory of its own below the root, made now. */

@@ -368,17 +368,9 @@ describe("NodeGetCapabilities and NodeGetInfo", () => {
 });
 
 describe("mount failures", async () => {
-  const standIns = bed.dir("bin");
-  writeFileSync(
-    join(standIns, "mount"),
-    "#!/bin/sh\necho 'mount: simulated failure' >&2\nexit 32\n",
-  );
-  chmodSync(join(standIns, "mount"), 0o755);
+  const PATH = bed.standIn("mount", "echo 'mount: simulated failure' >&2\nexit 32");
   const failingSocketPath = join(root, "failing", "csi.sock");
-  await bed.start([], {
-    csiSocketPath: failingSocketPath,
-    env: { PATH: `${standIns}:${process.env.PATH}` },
-  });
+  await bed.start([], { csiSocketPath: failingSocketPath, env: { PATH } });
 
   test("a failing mount answers INTERNAL with its status and message, and leaves no directory", async () => {
     const volume = preparedVolume();

@@ -316,18 +316,15 @@ describe("--recursive-bind, driver in the node's namespace (the directory is a s
 describe("--recursive-bind, a publish stopped between the bind and making it a slave", async () => {
   // A `mount` that fails to change propagation while the flag file exists.
   const failing = join(root, "fail-make-slave");
-  const bin = join(root, "bin");
-  mkdirSync(bin);
-  writeFileSync(
-    join(bin, "mount"),
-    `#!/bin/sh\ncase "$*" in *--make-rslave*) [ -e ${failing} ] && exit 1;; esac\nexec ${Bun.which("mount")} "$@"\n`,
-    { mode: 0o755 },
+  const PATH = bed.standIn(
+    "mount",
+    `case "$*" in *--make-rslave*) [ -e ${failing} ] && exit 1;; esac\nexec ${Bun.which("mount")} "$@"`,
   );
   const csiSocketPath = join(root, "plugin-failing", "csi.sock");
   await bed.start(["--recursive-bind"], {
     workloadApiSocketDir: socketDir,
     csiSocketPath,
-    env: { PATH: `${bin}:${process.env.PATH}` },
+    env: { PATH },
   });
   const { node } = clients(csiSocketPath);
 

@@ -1,61 +1,24 @@
 // The agent's directory missing at start, and `mount`/`umount` failing or hanging: clear errors,
 // bounded waits, no half-made state.
-import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import {
-  chmodSync,
-  existsSync,
-  mkdirSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-} from "node:fs";
+import { describe, expect, setDefaultTimeout, test } from "bun:test";
+import { existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { startAgent, talkToAgent } from "../../helpers/agent.ts";
-import {
-  assertPrivateMountNamespace,
-  clients,
-  type DriverProcess,
-  startDriver,
-  tempDir,
-} from "../../helpers/driver.ts";
-import {
-  mountsAt,
-  podVolume,
-  prepareVolume,
-  publishRequest,
-  unpublishRequest,
-} from "../../helpers/kubelet.ts";
+import { assertPrivateMountNamespace, clients } from "../../helpers/driver.ts";
+import { mountsAt, publishRequest, unpublishRequest } from "../../helpers/kubelet.ts";
 import { rpcFailure } from "../../helpers/rpc.ts";
+import { testbed } from "../../helpers/testbed.ts";
+import { waitFor } from "../../helpers/wait.ts";
 
 assertPrivateMountNamespace();
 // Every test here starts drivers and waits on the mount/umount processes they spawn.
 setDefaultTimeout(120_000);
 
-const root = tempDir("faults");
-const kubeletRoot = join(root, "kubelet");
-const running: DriverProcess[] = [];
-
-afterAll(async () => {
-  for (const driver of running) if (driver.proc.exitCode === null) await driver.stop("SIGKILL");
-  rmSync(root, { recursive: true, force: true });
-}, 60_000);
-
-function prepared() {
-  const volume = podVolume(kubeletRoot);
-  prepareVolume(volume);
-  return volume;
-}
-
-/** A stand-in for `mount` or `umount` on PATH, with the real other one beside it. */
-function standIn(name: "mount" | "umount", script: string): string {
-  const bin = join(root, `bin-${name}-${Math.random().toString(36).slice(2)}`);
-  mkdirSync(bin);
-  writeFileSync(join(bin, name), `#!/bin/sh\n${script}\n`);
-  chmodSync(join(bin, name), 0o755);
-  return `${bin}:${process.env.PATH}`;
-}
+const bed = testbed("faults", { agent: false });
+const { root } = bed;
+const prepared = () => bed.volume();
+const standIn = bed.standIn;
 
 async function driverWith(
   name: string,
@@ -64,8 +27,7 @@ async function driverWith(
   args: string[] = [],
 ) {
   const csiSocketPath = join(root, name, "csi.sock");
-  const driver = await startDriver({ workloadApiSocketDir: socketDir, csiSocketPath, env, args });
-  running.push(driver);
+  const driver = await bed.start(args, { workloadApiSocketDir: socketDir, csiSocketPath, env });
   return { driver, node: clients(csiSocketPath).node };
 }
 
@@ -169,22 +131,14 @@ describe("mount and umount failing or hanging", () => {
     );
     const volume = prepared();
     const publish = rpcFailure(node.nodePublishVolume(publishRequest(volume)));
-    const waitFor = async (what: string, condition: () => boolean) => {
-      for (let waited = 0; !condition(); waited += 10) {
-        if (waited > 30_000) throw new Error(`timed out waiting for ${what}: ${driver.stderr}`);
-        await Bun.sleep(10);
-      }
-    };
     await waitFor(
       "the mount to start",
       () => existsSync(started) && readFileSync(started, "utf8").endsWith("\n"),
     );
     driver.proc.kill("SIGTERM");
-    await waitFor("the drain to start", () => driver.stderr.includes("shutting down"));
+    await driver.waitForLog("shutting down");
     driver.proc.kill("SIGTERM");
-    await waitFor("the second signal to be logged", () =>
-      driver.stderr.includes("already shutting down"),
-    );
+    await driver.waitForLog("already shutting down");
     const error = await publish;
     expect(error.code).toBe(status.DEADLINE_EXCEEDED);
     const { code, stderr } = await driver.exited();
