@@ -1,28 +1,17 @@
 // SELinux labels on the Workload API directory: the real binary sets the real `security.selinux`
 // attribute (the kernel stores it on tmpfs even without a policy loaded), read back here with
 // lgetxattr. Everything runs inside a private mount namespace, on a tmpfs mounted for the file.
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import { mkdirSync, readdirSync, rmdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
+import type { Check } from "../../../src/cli/doctor-checks.ts";
 import { getLabel, setLabel } from "../../../src/selinux/xattr.ts";
 import { AGENT_SOCKET, startAgent, talkToAgent } from "../../helpers/agent.ts";
-import {
-  assertPrivateMountNamespace,
-  BINARY,
-  clients,
-  DriverProcess,
-  startDriver,
-  tempDir,
-  waitServing,
-} from "../../helpers/driver.ts";
-import {
-  podVolume,
-  prepareVolume,
-  publishRequest,
-  unpublishRequest,
-} from "../../helpers/kubelet.ts";
+import { assertPrivateMountNamespace, clients, freePort, runBinary } from "../../helpers/driver.ts";
+import { type PodVolume, publishRequest, unpublishRequest } from "../../helpers/kubelet.ts";
 import { rpcFailure } from "../../helpers/rpc.ts";
+import { testbed } from "../../helpers/testbed.ts";
 import { waitFor } from "../../helpers/wait.ts";
 
 assertPrivateMountNamespace();
@@ -32,9 +21,10 @@ setDefaultTimeout(120_000);
 const CONTAINER_FILE = "system_u:object_r:container_file_t:s0";
 const HOST_LABEL = "system_u:object_r:var_run_t:s0";
 
-const root = tempDir("selinux");
+const bed = testbed("selinux", { agent: false });
+const { root } = bed;
 const mounted: string[] = [];
-const running: DriverProcess[] = [];
+const agents: ReturnType<typeof startAgent>[] = [];
 
 function run(argv: string[]): void {
   const result = Bun.spawnSync(argv, { stderr: "pipe" });
@@ -46,16 +36,26 @@ function mount(argv: string[], target: string): void {
   mounted.push(target);
 }
 
-// A file system that stores security.selinux, whatever /tmp is.
+// A file system that stores security.selinux, whatever /tmp is. The testbed's own directories
+// are made again on it.
 mount(["-t", "tmpfs", "selinux-test"], root);
-
-afterAll(async () => {
-  for (const driver of running) if (driver.proc.exitCode === null) await driver.stop("SIGKILL");
+bed.beforeCleanup(async () => {
+  for (const agent of agents) agent.stop(true);
+  for (const driver of drivers) await driver.stop();
   for (const path of mounted.reverse()) Bun.spawnSync(["umount", "-l", path]);
-  rmSync(root, { recursive: true, force: true });
-}, 60_000);
+});
+const drivers: Awaited<ReturnType<typeof bed.start>>[] = [];
 
-let port = 19_900 + Math.floor(Math.random() * 90);
+/** A driver on `setup`'s directories, stopped before the file systems go at the end. */
+async function startOn(setup: Agent, args: string[], prefix: string[] = []) {
+  const driver = await bed.start(args, {
+    workloadApiSocketDir: setup.socketDir,
+    csiSocketPath: setup.csiSocketPath,
+    prefix,
+  });
+  drivers.push(driver);
+  return driver;
+}
 
 /** An agent's directory as SPIRE lays it out, plus a subdirectory and a link leading out of it. */
 function agentDirectory(name: string) {
@@ -63,6 +63,7 @@ function agentDirectory(name: string) {
   const socketDir = join(base, "agent-sockets");
   mkdirSync(socketDir, { recursive: true });
   const agent = startAgent(socketDir);
+  agents.push(agent);
   // SPIRE's links to its socket; one leading out of the directory must not be followed.
   symlinkSync(AGENT_SOCKET, join(socketDir, "api.sock"));
   const outside = join(base, "outside");
@@ -75,7 +76,6 @@ function agentDirectory(name: string) {
     socketDir,
     agent,
     outside,
-    kubeletRoot: join(base, "kubelet"),
     csiSocketPath: join(base, "plugin", "csi.sock"),
   };
 }
@@ -94,8 +94,7 @@ function allLabelled(socketDir: string): Record<string, string> {
 }
 
 async function publish(setup: Agent, csiSocketPath = setup.csiSocketPath) {
-  const volume = podVolume(setup.kubeletRoot);
-  prepareVolume(volume);
+  const volume = bed.volume();
   const { node } = clients(csiSocketPath);
   try {
     await node.nodePublishVolume(publishRequest(volume));
@@ -105,7 +104,7 @@ async function publish(setup: Agent, csiSocketPath = setup.csiSocketPath) {
   return volume;
 }
 
-async function unpublish(csiSocketPath: string, volume: ReturnType<typeof podVolume>) {
+async function unpublish(csiSocketPath: string, volume: PodVolume) {
   const { node } = clients(csiSocketPath);
   try {
     await node.nodeUnpublishVolume(unpublishRequest(volume));
@@ -114,18 +113,9 @@ async function unpublish(csiSocketPath: string, volume: ReturnType<typeof podVol
   }
 }
 
-describe("--selinux-label on", () => {
+describe("--selinux-label on", async () => {
   const setup = agentDirectory("on");
-  let driver: DriverProcess;
-  beforeAll(async () => {
-    driver = await startDriver({
-      workloadApiSocketDir: setup.socketDir,
-      csiSocketPath: setup.csiSocketPath,
-      args: ["--selinux-label", "on"],
-    });
-    running.push(driver);
-  }, 60_000);
-  afterAll(() => setup.agent.stop(true));
+  await startOn(setup, ["--selinux-label", "on"]);
 
   test("labels the directory and every entry in it, links themselves, nothing below or beyond", async () => {
     const volume = await publish(setup);
@@ -150,6 +140,7 @@ describe("--selinux-label on", () => {
     rmdirSync(setup.socketDir);
     mkdirSync(setup.socketDir);
     setup.agent = startAgent(setup.socketDir);
+    agents.push(setup.agent);
     expect(labels(setup.socketDir)).toEqual({ ".": undefined, [AGENT_SOCKET]: undefined });
 
     const volume = await publish(setup);
@@ -162,6 +153,7 @@ describe("--selinux-label on", () => {
     // Only the socket re-created, in the same directory: the next publish labels it.
     setup.agent.stop(true);
     setup.agent = startAgent(setup.socketDir);
+    agents.push(setup.agent);
     expect(getLabel(join(setup.socketDir, AGENT_SOCKET))).toBeUndefined();
     const second = await publish(setup);
     expect(labels(setup.socketDir)).toEqual({
@@ -180,18 +172,11 @@ describe("--selinux-label off", () => {
     setLabel(join(setup.socketDir, AGENT_SOCKET), "unconfined_u:object_r:var_run_t:s0:c1,c2");
     const before = labels(setup.socketDir);
     expect(before["api.sock"]).toBeUndefined();
-    const driver = await startDriver({
-      workloadApiSocketDir: setup.socketDir,
-      csiSocketPath: setup.csiSocketPath,
-      args: ["--selinux-label", "off"],
-    });
-    running.push(driver);
+    await startOn(setup, ["--selinux-label", "off"]);
     const volume = await publish(setup);
     expect(labels(setup.socketDir)).toEqual(before);
     expect(before["."]).toBe(HOST_LABEL);
     await unpublish(setup.csiSocketPath, volume);
-    await driver.stop();
-    setup.agent.stop(true);
   }, 60_000);
 });
 
@@ -200,18 +185,17 @@ describe("a read-only directory", () => {
     const setup = agentDirectory("read-only");
     mount(["--bind", setup.socketDir], setup.socketDir);
     run(["mount", "-o", "remount,bind,ro", setup.socketDir]);
-    const healthPort = port++;
-    const driver = await startDriver({
-      workloadApiSocketDir: setup.socketDir,
-      csiSocketPath: setup.csiSocketPath,
-      args: ["--selinux-label", "on", "--health-addr", `127.0.0.1:${healthPort}`],
-    });
-    running.push(driver);
+    const healthPort = freePort();
+    const driver = await startOn(setup, [
+      "--selinux-label",
+      "on",
+      "--health-addr",
+      `127.0.0.1:${healthPort}`,
+    ]);
     // Start-up labelling is not fatal: it is logged.
     expect(driver.stderr).toContain("cannot label");
 
-    const volume = podVolume(setup.kubeletRoot);
-    prepareVolume(volume);
+    const volume = bed.volume();
     const { node, identity } = clients(setup.csiSocketPath);
     const failure = await rpcFailure(node.nodePublishVolume(publishRequest(volume)));
     expect(failure.code).toBe(status.FAILED_PRECONDITION);
@@ -236,6 +220,7 @@ describe("a read-only directory", () => {
     // A socket the agent re-creates while pods run: /readyz labels it, within its interval.
     setup.agent.stop(true);
     setup.agent = startAgent(setup.socketDir);
+    agents.push(setup.agent);
     expect(getLabel(join(setup.socketDir, AGENT_SOCKET))).toBeUndefined();
     await waitFor("/readyz to label the new socket", async () => {
       expect(await readyzStatus()).toBe(200);
@@ -244,16 +229,13 @@ describe("a read-only directory", () => {
 
     // Labelled already: read-only is enough, the labels are only read.
     run(["mount", "-o", "remount,bind,ro", setup.socketDir]);
-    const second = podVolume(setup.kubeletRoot);
-    prepareVolume(second);
+    const second = bed.volume();
     await node.nodePublishVolume(publishRequest(second));
     expect(await talkToAgent(second.targetPath)).toBe("pong ping");
     await node.nodeUnpublishVolume(unpublishRequest(second));
     await node.nodeUnpublishVolume(unpublishRequest(volume));
     node.close();
     identity.close();
-    await driver.stop();
-    setup.agent.stop(true);
   }, 60_000);
 });
 
@@ -305,33 +287,12 @@ describe("--selinux-label auto", () => {
     test(`${name}: ${labelled ? "labels" : "labels nothing"}`, async () => {
       const setup = agentDirectory(`auto-${name.replace(/\W+/g, "-")}`);
       const before = labels(setup.socketDir);
-      const driver = new DriverProcess(
-        Bun.spawn(
-          [
-            ...selinuxInputs(enforce, current),
-            BINARY,
-            "-workload-api-socket-dir",
-            setup.socketDir,
-            "-csi-socket-path",
-            setup.csiSocketPath,
-          ],
-          {
-            stdin: "ignore",
-            stdout: "pipe",
-            stderr: "pipe",
-            env: { PATH: process.env.PATH ?? "/usr/bin:/bin", MY_NODE_NAME: "node-1" },
-          },
-        ),
-      );
-      running.push(driver);
-      await waitServing(driver, setup.csiSocketPath);
+      const driver = await startOn(setup, [], selinuxInputs(enforce, current));
       // The publish's mount stays in the driver's namespace; the labels are what matter here.
       const volume = await publish(setup);
       expect(labels(setup.socketDir)).toEqual(labelled ? allLabelled(setup.socketDir) : before);
       expect(driver.stderr).toContain(labelled ? "SELinux labelling on" : "SELinux labelling off");
       await unpublish(setup.csiSocketPath, volume);
-      await driver.stop();
-      setup.agent.stop(true);
     }, 60_000);
   }
 });
@@ -345,15 +306,10 @@ describe("settings", () => {
     "%s %s exits 2 before serving",
     async (flag, value, message) => {
       const csiSocketPath = join(root, "settings", "csi.sock");
-      const proc = Bun.spawn(
-        [BINARY, "-workload-api-socket-dir", root, "-csi-socket-path", csiSocketPath, flag, value],
-        {
-          stdout: "pipe",
-          stderr: "pipe",
-          env: { PATH: process.env.PATH ?? "/usr/bin:/bin", MY_NODE_NAME: "node-1" },
-        },
+      const { code, stderr } = await runBinary(
+        ["-workload-api-socket-dir", root, "-csi-socket-path", csiSocketPath, flag, value],
+        { MY_NODE_NAME: "node-1" },
       );
-      const [code, stderr] = await Promise.all([proc.exited, new Response(proc.stderr).text()]);
       expect(code).toBe(2);
       expect(stderr).toContain(message);
     },
@@ -363,17 +319,8 @@ describe("settings", () => {
 
 describe("doctor", () => {
   async function labelCheck(prefix: string[], socketDir: string) {
-    const proc = Bun.spawn(
-      [...prefix, BINARY, "doctor", "-workload-api-socket-dir", socketDir, "--json"],
-      { stdout: "pipe", stderr: "pipe", env: { PATH: process.env.PATH ?? "/usr/bin:/bin" } },
-    );
-    const [stdout] = await Promise.all([new Response(proc.stdout).text(), proc.exited]);
-    const checks = JSON.parse(stdout) as {
-      name: string;
-      ok: boolean;
-      detail: string;
-      fix?: string;
-    }[];
+    const argv = ["doctor", "-workload-api-socket-dir", socketDir, "--json"];
+    const checks = JSON.parse((await runBinary(argv, {}, prefix)).stdout) as Check[];
     return checks.find((check) => check.name.includes("(SELinux)"));
   }
 
