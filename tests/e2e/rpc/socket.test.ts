@@ -1,7 +1,7 @@
 // The CSI and registration sockets: a directory others could write to is refused, only the
 // socket the driver bound is ever removed, and a flood of idle connections neither exhausts the
 // driver's descriptors nor stops calls on live connections.
-import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import {
   chmodSync,
   chownSync,
@@ -9,51 +9,27 @@ import {
   lstatSync,
   mkdirSync,
   readFileSync,
-  rmSync,
   unlinkSync,
   writeFileSync,
 } from "node:fs";
 import { join } from "node:path";
 import type { Socket } from "bun";
-import { startAgent } from "../../helpers/agent.ts";
-import {
-  assertPrivateMountNamespace,
-  BINARY,
-  clients,
-  DriverProcess,
-  spawnDriver,
-  startDriver,
-  tempDir,
-  waitServing,
-} from "../../helpers/driver.ts";
-import {
-  mountsAt,
-  podVolume,
-  prepareVolume,
-  publishRequest,
-  unpublishRequest,
-} from "../../helpers/kubelet.ts";
+import type { Check } from "../../../src/cli/doctor-checks.ts";
+import { assertPrivateMountNamespace, clients, freePort, runBinary } from "../../helpers/driver.ts";
+import { mountsAt, publishRequest, unpublishRequest } from "../../helpers/kubelet.ts";
+import { testbed } from "../../helpers/testbed.ts";
+import { waitFor } from "../../helpers/wait.ts";
 
 assertPrivateMountNamespace();
 // Generous for a loaded machine: covers every test and hook of this file.
 setDefaultTimeout(120_000);
 
-const root = tempDir("socket");
+const bed = testbed("socket");
+const { root, socketDir: agentDir } = bed;
 // Other users may look in (as on a node's /var/lib), so that the refusals below are what keeps
 // them from the socket, not this directory's mode.
 chmodSync(root, 0o755);
-const agentDir = join(root, "agent");
-mkdirSync(agentDir);
-const agent = startAgent(agentDir);
-const kubeletRoot = join(root, "kubelet");
-const running: DriverProcess[] = [];
 const NOBODY = 65534;
-
-afterAll(async () => {
-  for (const driver of running) if (driver.proc.exitCode === null) await driver.stop("SIGKILL");
-  agent.stop(true);
-  rmSync(root, { recursive: true, force: true });
-});
 
 /** A directory of the given mode (and owner), for a socket. */
 function directory(name: string, mode: number, owner = 0): string {
@@ -94,11 +70,9 @@ function plantListeningSocket(path: string): { kill(): void } {
 }
 
 async function refusedStart(argv: string[]): Promise<string> {
-  const driver = spawnDriver(["-workload-api-socket-dir", agentDir, ...argv], {
+  const { code, stderr } = await runBinary(["-workload-api-socket-dir", agentDir, ...argv], {
     MY_NODE_NAME: "n",
   });
-  running.push(driver);
-  const { code, stderr } = await driver.exited();
   expect(code).toBe(1);
   const lines = stderr.trim().split("\n");
   expect(lines.filter((line) => line.startsWith("spiffe-csi-driver: "))).toHaveLength(1);
@@ -131,7 +105,7 @@ describe("the socket's directory", () => {
     expect(existsSync(join(open, "plugin"))).toBe(false);
     const sticky = directory("sticky-parent", 0o1777);
     const socketPath = join(sticky, "plugin", "csi.sock");
-    running.push(await startDriver({ workloadApiSocketDir: agentDir, csiSocketPath: socketPath }));
+    await bed.start([], { csiSocketPath: socketPath });
     expect(lstatSync(join(sticky, "plugin")).mode & 0o777).toBe(0o750);
   }, 30_000);
 
@@ -140,10 +114,7 @@ describe("the socket's directory", () => {
     const socketPath = join(dir, "csi.sock");
     const planted = plantListeningSocket(socketPath);
     try {
-      for (let waited = 0; !existsSync(socketPath); waited += 10) {
-        if (waited > 60_000) throw new Error("the planted socket did not appear");
-        await Bun.sleep(10);
-      }
+      await waitFor("the planted socket to appear", () => existsSync(socketPath));
       const line = await refusedStart(["-csi-socket-path", socketPath]);
       expect(line).toContain("is writable by its group or by others");
     } finally {
@@ -154,8 +125,7 @@ describe("the socket's directory", () => {
   test("in a safe directory, another user can neither replace the socket nor plant one", async () => {
     const dir = directory("safe", 0o755);
     const socketPath = join(dir, "csi.sock");
-    const driver = await startDriver({ workloadApiSocketDir: agentDir, csiSocketPath: socketPath });
-    running.push(driver);
+    const driver = await bed.start([], { csiSocketPath: socketPath });
     expect(asNobody(["rm", "-f", socketPath])).not.toBe(0);
     expect(asNobody(["touch", join(dir, "other.sock")])).not.toBe(0);
     expect((await clients(socketPath).identity.probe({})).ready).toBe(true);
@@ -181,26 +151,10 @@ describe("the socket's directory", () => {
 
 test("the doctor reports a socket directory the driver would refuse, with the fix", async () => {
   const doctor = async (socketPath: string) => {
-    const proc = Bun.spawn(
-      [
-        BINARY,
-        "doctor",
-        "-workload-api-socket-dir",
-        agentDir,
-        "-csi-socket-path",
-        socketPath,
-        "--json",
-      ],
-      { stdout: "pipe", stderr: "pipe" },
-    );
-    const [stdout, code] = await Promise.all([new Response(proc.stdout).text(), proc.exited]);
+    const argv = ["doctor", "-workload-api-socket-dir", agentDir, "-csi-socket-path", socketPath];
+    const { code, stdout } = await runBinary([...argv, "--json"]);
     expect(code).toBe(1);
-    const checks = JSON.parse(stdout) as {
-      name: string;
-      ok: boolean;
-      detail: string;
-      fix?: string;
-    }[];
+    const checks = JSON.parse(stdout) as Check[];
     return checks.find((check) => check.name === "CSI socket directory is safe");
   };
   const open = directory("doctor-open", 0o1777);
@@ -219,12 +173,9 @@ describe("removing the socket on shutdown", () => {
     const registry = directory("registry-ok", 0o750);
     const socketPath = join(root, "replaced", "csi.sock");
     const registrationPath = join(registry, "csi.spiffe.io-reg.sock");
-    const driver = await startDriver({
-      workloadApiSocketDir: agentDir,
+    const driver = await bed.start(["--kubelet-registration-dir", registry], {
       csiSocketPath: socketPath,
-      args: ["--kubelet-registration-dir", registry],
     });
-    running.push(driver);
     for (const path of [socketPath, registrationPath]) {
       expect(lstatSync(path).isSocket()).toBe(true);
       unlinkSync(path);
@@ -240,10 +191,8 @@ describe("removing the socket on shutdown", () => {
   test("the driver's own sockets are removed, and nothing else in their directories", async () => {
     const registry = directory("registry-clean", 0o750);
     const socketPath = join(root, "clean", "csi.sock");
-    const driver = await startDriver({
-      workloadApiSocketDir: agentDir,
+    const driver = await bed.start(["--kubelet-registration-dir", registry], {
       csiSocketPath: socketPath,
-      args: ["--kubelet-registration-dir", registry],
     });
     const { code } = await driver.stop();
     expect(code).toBe(0);
@@ -295,44 +244,17 @@ async function idleConnections(path: string, count: number) {
   };
 }
 
-async function until(what: string, condition: () => boolean, timeoutMs: number): Promise<void> {
-  for (let waited = 0; !condition(); waited += 20) {
-    if (waited > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(20);
-  }
-}
-
 /** Starts the driver with an open-file limit, as a container runtime or systemd might set it. */
 async function startLimited(nofile: number, name: string, args: string[]) {
   const socketPath = join(root, name, "csi.sock");
-  const driver = new DriverProcess(
-    Bun.spawn(
-      [
-        "prlimit",
-        `--nofile=${nofile}:${nofile}`,
-        BINARY,
-        "-workload-api-socket-dir",
-        agentDir,
-        "-csi-socket-path",
-        socketPath,
-        ...args,
-      ],
-      {
-        stdin: "ignore",
-        stdout: "pipe",
-        stderr: "pipe",
-        env: { PATH: process.env.PATH ?? "/usr/bin:/bin", MY_NODE_NAME: "node-1" },
-      },
-    ),
-  );
-  running.push(driver);
-  await waitServing(driver, socketPath);
+  const prefix = ["prlimit", `--nofile=${nofile}:${nofile}`];
+  const driver = await bed.start(args, { csiSocketPath: socketPath, prefix });
   return { driver, socketPath };
 }
 
 describe("connections", () => {
   test("the finding: 1,500 idle connections at an open-file limit of 1,024; /healthz and the kubelet's calls are served", async () => {
-    const healthPort = 19_900 + Math.floor(Math.random() * 100);
+    const healthPort = freePort();
     const { driver, socketPath } = await startLimited(1024, "flood", [
       "--health-addr",
       `127.0.0.1:${healthPort}`,
@@ -343,13 +265,11 @@ describe("connections", () => {
     const flood = await idleConnections(socketPath, 1500);
     try {
       // The connections beyond the cap (256) are closed as soon as they are accepted.
-      await until(
-        "the driver to close the connections over its cap",
+      await waitFor(
+        () => `the driver to close the connections over its cap (closed ${flood.closed})`,
         () => flood.closed >= 1500 - 256,
-        60_000,
       );
-      const volume = podVolume(kubeletRoot);
-      prepareVolume(volume);
+      const volume = bed.volume();
       await node.nodePublishVolume(publishRequest(volume), { deadline: Date.now() + 30_000 });
       expect(mountsAt(volume.targetPath)).toBe(1);
       await node.nodeUnpublishVolume(unpublishRequest(volume), { deadline: Date.now() + 30_000 });
@@ -378,7 +298,10 @@ describe("connections", () => {
     ]);
     const flood = await idleConnections(socketPath, 400);
     // Over the cap: closed at once; under it: closed when idle for a second.
-    await until("the driver to close every idle connection", () => flood.closed === 400, 60_000);
+    await waitFor(
+      () => `the driver to close every idle connection (closed ${flood.closed})`,
+      () => flood.closed === 400,
+    );
     const { identity } = clients(socketPath);
     expect((await identity.probe({}, { deadline: Date.now() + 30_000 })).ready).toBe(true);
     expect(driver.proc.exitCode).toBeNull();
