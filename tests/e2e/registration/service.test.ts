@@ -1,25 +1,20 @@
 // Built-in kubelet registration: a client plays the kubelet's plugin watcher against the
 // driver's registration socket.
-import { afterAll, expect, setDefaultTimeout, test } from "bun:test";
-import { existsSync, lstatSync, mkdirSync, rmSync, watch } from "node:fs";
+import { expect, setDefaultTimeout, test } from "bun:test";
+import { existsSync, lstatSync, watch } from "node:fs";
 import { join } from "node:path";
 import { Registration } from "../../../src/gen/pluginregistration/v1/api_pb.ts";
 import { createClient } from "../../../src/rpc/client.ts";
-import { type DriverProcess, spawnDriver, startDriver, tempDir } from "../../helpers/driver.ts";
+import { runBinary } from "../../helpers/driver.ts";
+import { testbed } from "../../helpers/testbed.ts";
 import { waitFor } from "../../helpers/wait.ts";
 
 // Every test here starts a driver process and waits on it.
 setDefaultTimeout(120_000);
 
-const root = tempDir("registration");
-const registry = join(root, "plugins_registry");
-mkdirSync(registry);
-const running: DriverProcess[] = [];
-
-afterAll(async () => {
-  for (const driver of running) if (driver.proc.exitCode === null) await driver.stop("SIGKILL");
-  rmSync(root, { recursive: true, force: true });
-}, 60_000);
+const bed = testbed("registration", { agent: false });
+const { root } = bed;
+const registry = bed.dir("plugins_registry");
 
 /** What the kubelet's plugin watcher does: waits for a socket to appear in its directory. */
 async function socketAppears(dir: string, name: string): Promise<string> {
@@ -36,17 +31,15 @@ async function socketAppears(dir: string, name: string): Promise<string> {
 
 test("the plugin watcher finds the socket, learns the plugin, and its verdict is logged", async () => {
   const csiSocketPath = join(root, "plugin", "csi.sock");
-  const driver = await startDriver({
-    workloadApiSocketDir: root,
-    csiSocketPath,
-    args: [
+  const driver = await bed.start(
+    [
       "--kubelet-registration-dir",
       registry,
       "--kubelet-registration-path",
       "/var/lib/kubelet/plugins/csi.spiffe.io/csi.sock",
     ],
-  });
-  running.push(driver);
+    { csiSocketPath },
+  );
   const socket = await socketAppears(registry, "csi.spiffe.io-reg.sock");
   const watcher = createClient(Registration, `unix://${socket}`);
 
@@ -72,14 +65,12 @@ test("the plugin watcher finds the socket, learns the plugin, and its verdict is
   expect(existsSync(csiSocketPath)).toBe(false);
 });
 
-test("the endpoint defaults to -csi-socket-path, and a plugin name of its own names the socket", async () => {
+test("the endpoint defaults to --csi-socket-path, and a plugin name of its own names the socket", async () => {
   const csiSocketPath = join(root, "other", "csi.sock");
-  const driver = await startDriver({
-    workloadApiSocketDir: root,
-    csiSocketPath,
-    args: ["-plugin-name", "spiffe.example.org", "--kubelet-registration-dir", registry],
-  });
-  running.push(driver);
+  const driver = await bed.start(
+    ["-plugin-name", "spiffe.example.org", "--kubelet-registration-dir", registry],
+    { csiSocketPath },
+  );
   const socket = await socketAppears(registry, "spiffe.example.org-reg.sock");
   const info = await createClient(Registration, `unix://${socket}`).getInfo({});
   expect(info.name).toBe("spiffe.example.org");
@@ -88,7 +79,7 @@ test("the endpoint defaults to -csi-socket-path, and a plugin name of its own na
 });
 
 test("a relative registration directory is a setting error: exit 2", async () => {
-  const driver = spawnDriver(
+  const { code, stderr } = await runBinary(
     [
       "-workload-api-socket-dir",
       root,
@@ -99,7 +90,6 @@ test("a relative registration directory is a setting error: exit 2", async () =>
     ],
     { MY_NODE_NAME: "n" },
   );
-  const { code, stderr } = await driver.exited();
   expect(code).toBe(2);
   expect(stderr).toContain("--kubelet-registration-dir must be an absolute path");
 });
