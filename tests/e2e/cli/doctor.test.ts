@@ -1,7 +1,7 @@
 // `spiffe-csi-driver doctor` on real files, sockets and mounts: a set-up that passes every check,
 // and each thing that can be wrong with one.
 import { describe, expect, setDefaultTimeout, test } from "bun:test";
-import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import type { Check } from "../../../src/cli/doctor-checks.ts";
 import { assertPrivateMountNamespace, runBinary } from "../../helpers/driver.ts";

@@ -1,7 +1,6 @@
 // Real binary, real grpc-js client, real bind mounts, inside a private mount namespace.
 import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import {
-  chmodSync,
   existsSync,
   mkdirSync,
   readdirSync,

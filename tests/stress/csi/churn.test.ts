@@ -3,11 +3,9 @@
 import { expect, test } from "bun:test";
 import { existsSync, mkdirSync, readdirSync } from "node:fs";
 import { join } from "node:path";
-import { assertPrivateMountNamespace, clients, startDriver } from "../../helpers/driver.ts";
+import { assertPrivateMountNamespace, clients } from "../../helpers/driver.ts";
 import {
   mountsUnder,
-  podVolume,
-  prepareVolume,
   publishRequest,
   removeVolume,
   residentMemory,
@@ -23,7 +21,8 @@ const CYCLES = 10_000;
 const WARMUP = 1_000;
 const CONCURRENCY = 32;
 
-const { root, socketDir, kubeletRoot, csiSocketPath } = testbed("churn");
+const bed = testbed("churn");
+const { root, kubeletRoot, csiSocketPath } = bed;
 mkdirSync(join(kubeletRoot, "pods"), { recursive: true });
 
 // The driver collects garbage after this long without a call (src/cli/serve.ts).
@@ -47,7 +46,7 @@ async function memoryAtRest(pid: number): Promise<ReturnType<typeof residentMemo
 }
 
 test(`${CYCLES.toLocaleString("en")} cycles at concurrency ${CONCURRENCY}`, async () => {
-  const driver = await startDriver({ workloadApiSocketDir: socketDir, csiSocketPath });
+  const driver = await bed.start();
   const { node } = clients(csiSocketPath);
   const errors: string[] = [];
   let calls = 0;
@@ -57,8 +56,7 @@ test(`${CYCLES.toLocaleString("en")} cycles at concurrency ${CONCURRENCY}`, asyn
     const worker = async () => {
       while (next < cycles) {
         const i = next++;
-        const volume = podVolume(kubeletRoot);
-        prepareVolume(volume);
+        const volume = bed.volume();
         try {
           await node.nodePublishVolume(publishRequest(volume));
           calls++;

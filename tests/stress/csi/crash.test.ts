@@ -4,18 +4,11 @@ import { expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { status } from "@grpc/grpc-js";
 import { talkToAgent } from "../../helpers/agent.ts";
-import {
-  assertPrivateMountNamespace,
-  clients,
-  type DriverProcess,
-  startDriver,
-} from "../../helpers/driver.ts";
+import { assertPrivateMountNamespace, clients, type DriverProcess } from "../../helpers/driver.ts";
 import {
   mountsAt,
   mountsUnder,
   type PodVolume,
-  podVolume,
-  prepareVolume,
   publishRequest,
   unpublishRequest,
 } from "../../helpers/kubelet.ts";
@@ -35,10 +28,11 @@ const RETRIED = new Set([
   status.ABORTED,
 ]);
 
-const { root, socketDir, kubeletRoot, csiSocketPath } = testbed("crash");
+const bed = testbed("crash");
+const { root, csiSocketPath } = bed;
 
 test(`${KILLS} SIGKILLs during churn: every volume ends as the kubelet wants it`, async () => {
-  const start = () => startDriver({ workloadApiSocketDir: socketDir, csiSocketPath });
+  const start = () => bed.start();
   let driver: DriverProcess = await start();
   // Reconnect fast after a restart, as a kubelet's client would within its retry.
   const { node } = clients(csiSocketPath, {
@@ -47,8 +41,7 @@ test(`${KILLS} SIGKILLs during churn: every volume ends as the kubelet wants it`
   });
 
   const volumes: PodVolume[] = Array.from({ length: VOLUMES }, () => {
-    const volume = podVolume(kubeletRoot);
-    prepareVolume(volume);
+    const volume = bed.volume();
     return volume;
   });
   const wanted = new Map<PodVolume, boolean>(volumes.map((v) => [v, false]));

@@ -1,8 +1,8 @@
 // Hostile input to every method: random bytes, truncated and oversized messages, and well-formed
 // messages with hostile fields. The driver stays up, answers every call with a status, and mounts
 // or unmounts nothing.
-import { afterAll, expect, test } from "bun:test";
-import { mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { expect, test } from "bun:test";
+import { mkdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { create, type DescMessage, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { Client, credentials, status } from "@grpc/grpc-js";
@@ -16,14 +16,9 @@ import {
   NodeUnpublishVolumeRequestSchema,
   type VolumeCapabilitySchema,
 } from "../../../src/gen/csi/v1/csi_pb.ts";
-import { startAgent } from "../../helpers/agent.ts";
-import {
-  assertPrivateMountNamespace,
-  clients,
-  startDriver,
-  tempDir,
-} from "../../helpers/driver.ts";
+import { assertPrivateMountNamespace, clients } from "../../helpers/driver.ts";
 import { podVolume, prepareVolume, publishRequest } from "../../helpers/kubelet.ts";
+import { testbed } from "../../helpers/testbed.ts";
 import { PATIENCE_MS } from "../../helpers/wait.ts";
 
 assertPrivateMountNamespace();
@@ -39,20 +34,13 @@ const FORBIDDEN = new Set([
   status.UNAVAILABLE,
 ]);
 
-const root = tempDir("hostile");
-const socketDir = join(root, "agent-sockets");
-const kubeletRoot = join(root, "kubelet");
-const csiSocketPath = join(root, "plugin", "csi.sock");
-mkdirSync(socketDir);
-const agent = startAgent(socketDir);
+const bed = testbed("hostile");
+const { root, kubeletRoot, csiSocketPath } = bed;
 
 let foreignTarget = "";
-
-afterAll(() => {
-  agent.stop(true);
+bed.beforeCleanup(() => {
   if (foreignTarget) Bun.spawnSync(["umount", foreignTarget]);
-  rmSync(root, { recursive: true, force: true });
-}, 60_000);
+});
 
 function mountTable(): string[] {
   // Mount ids and parents, device, root, mount point: every mount as it is.
@@ -118,7 +106,7 @@ test(`${PER_METHOD.toLocaleString("en")} hostile requests to every method`, asyn
   const before = mountTable();
   const paths = hostilePaths();
   const mountsWithFixtures = mountTable();
-  const driver = await startDriver({ workloadApiSocketDir: socketDir, csiSocketPath });
+  const driver = await bed.start();
   const raw = new Client(`unix://${csiSocketPath}`, credentials.createInsecure());
 
   const publishVariants = (): MessageInitShape<typeof NodePublishVolumeRequestSchema> => {

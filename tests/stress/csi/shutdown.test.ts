@@ -4,13 +4,11 @@ import { expect, test } from "bun:test";
 import { existsSync, readdirSync } from "node:fs";
 import { status } from "@grpc/grpc-js";
 import { talkToAgent } from "../../helpers/agent.ts";
-import { assertPrivateMountNamespace, clients, startDriver } from "../../helpers/driver.ts";
+import { assertPrivateMountNamespace, clients } from "../../helpers/driver.ts";
 import {
   mountsAt,
   mountsUnder,
   type PodVolume,
-  podVolume,
-  prepareVolume,
   publishRequest,
   unpublishRequest,
 } from "../../helpers/kubelet.ts";
@@ -22,7 +20,8 @@ assertPrivateMountNamespace();
 const CONCURRENCY = 32;
 const ROUNDS = 5;
 
-const { root, socketDir, kubeletRoot, csiSocketPath } = testbed("shutdown");
+const bed = testbed("shutdown");
+const { root, csiSocketPath } = bed;
 
 test(`SIGTERM during churn at concurrency ${CONCURRENCY}, ${ROUNDS} times`, async () => {
   const outcomes = new Map<string, number>();
@@ -30,14 +29,13 @@ test(`SIGTERM during churn at concurrency ${CONCURRENCY}, ${ROUNDS} times`, asyn
   let exits = 0;
 
   for (let round = 0; round < ROUNDS; round++) {
-    const driver = await startDriver({ workloadApiSocketDir: socketDir, csiSocketPath });
+    const driver = await bed.start();
     const { node } = clients(csiSocketPath);
     let stopping = false;
     let answered = 0;
     const worker = async () => {
       while (!stopping) {
-        const volume = podVolume(kubeletRoot);
-        prepareVolume(volume);
+        const volume = bed.volume();
         volumes.push(volume);
         for (const call of [
           () => node.nodePublishVolume(publishRequest(volume)),
@@ -76,7 +74,7 @@ test(`SIGTERM during churn at concurrency ${CONCURRENCY}, ${ROUNDS} times`, asyn
   }
 
   // The kubelet retries what was refused: unpublishing everything leaves nothing.
-  const driver = await startDriver({ workloadApiSocketDir: socketDir, csiSocketPath });
+  const driver = await bed.start();
   const { node } = clients(csiSocketPath);
   for (const volume of volumes) await node.nodeUnpublishVolume(unpublishRequest(volume));
   await driver.stop();

@@ -15,11 +15,9 @@
 import { expect, setDefaultTimeout, test } from "bun:test";
 import { mkdirSync, readdirSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { assertPrivateMountNamespace, clients, startDriver } from "../../helpers/driver.ts";
+import { assertPrivateMountNamespace, clients, freePort } from "../../helpers/driver.ts";
 import { probe } from "../../helpers/http.ts";
 import {
-  podVolume,
-  prepareVolume,
   publishRequest,
   removeVolume,
   residentMemory,
@@ -44,9 +42,10 @@ const MEMORY_LIMIT_MB = 256;
 const OPEN_FILES = 16_384;
 const LOAD = resolve(import.meta.dir, "../../helpers/http-load.ts");
 
-const { socketDir, kubeletRoot, csiSocketPath } = testbed("health");
+const bed = testbed("health");
+const { kubeletRoot, csiSocketPath } = bed;
 mkdirSync(join(kubeletRoot, "pods"), { recursive: true });
-const port = 19_900 + Math.floor(Math.random() * 90);
+const port = freePort();
 
 interface Phase {
   name: string;
@@ -71,11 +70,7 @@ const quantile = (values: number[], q: number) => {
 };
 
 test("keep-alive clients, pipelined requests and one-address floods, while probes and publishes run", async () => {
-  const driver = await startDriver({
-    workloadApiSocketDir: socketDir,
-    csiSocketPath,
-    args: ["--health-addr", `127.0.0.1:${port}`, "--log-format", "json"],
-  });
+  const driver = await bed.start(["--health-addr", `127.0.0.1:${port}`, "--log-format", "json"]);
   const raised = Bun.spawnSync([
     "prlimit",
     `--pid=${driver.proc.pid}`,
@@ -100,8 +95,7 @@ test("keep-alive clients, pipelined requests and one-address floods, while probe
     });
     const publishing = (async () => {
       while (!done) {
-        const volume = podVolume(kubeletRoot);
-        prepareVolume(volume);
+        const volume = bed.volume();
         const started = performance.now();
         try {
           await node.nodePublishVolume(publishRequest(volume), { deadline: Date.now() + 30_000 });

@@ -1,19 +1,12 @@
 // Load on the socket: a thousand connections at once, and clients that connect and say nothing,
 // do not stop other callers from being served.
 import { expect, test } from "bun:test";
-import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import type { Socket } from "bun";
 import { Identity } from "../../../src/gen/csi/v1/csi_pb.ts";
 import { createClient } from "../../../src/rpc/client.ts";
-import { assertPrivateMountNamespace, clients, startDriver } from "../../helpers/driver.ts";
-import {
-  mountsAt,
-  podVolume,
-  prepareVolume,
-  publishRequest,
-  unpublishRequest,
-} from "../../helpers/kubelet.ts";
+import { assertPrivateMountNamespace, clients } from "../../helpers/driver.ts";
+import { mountsAt, publishRequest, unpublishRequest } from "../../helpers/kubelet.ts";
 import { testbed } from "../../helpers/testbed.ts";
 import { PATIENCE_MS } from "../../helpers/wait.ts";
 
@@ -21,16 +14,13 @@ assertPrivateMountNamespace();
 
 const CONNECTIONS = 1_000;
 
-const { root, socketDir, csiSocketPath } = testbed("socket");
+const bed = testbed("socket");
+const { csiSocketPath } = bed;
 
 test(`${CONNECTIONS} silent connections, a half-sent preface, and ${CONNECTIONS} concurrent clients`, async () => {
   // This measures the socket under many connections, so the cap is raised above them; the cap
   // itself (connections beyond it closed, live ones served) is tested in tests/e2e/rpc/socket.test.ts.
-  const driver = await startDriver({
-    workloadApiSocketDir: socketDir,
-    csiSocketPath,
-    args: ["--max-connections", String(4 * CONNECTIONS)],
-  });
+  const driver = await bed.start(["--max-connections", String(4 * CONNECTIONS)]);
 
   // Connections that connect and send nothing, and one that stops half-way through the HTTP/2
   // preface.
@@ -52,8 +42,7 @@ test(`${CONNECTIONS} silent connections, a half-sent preface, and ${CONNECTIONS}
   // Meanwhile, the kubelet's calls are served.
   const started = performance.now();
   const { node, identity } = clients(csiSocketPath);
-  const volume = podVolume(join(root, "kubelet"));
-  prepareVolume(volume);
+  const volume = bed.volume();
   await node.nodePublishVolume(publishRequest(volume), { deadline: Date.now() + PATIENCE_MS });
   expect(mountsAt(volume.targetPath)).toBe(1);
   await node.nodeUnpublishVolume(unpublishRequest(volume), { deadline: Date.now() + PATIENCE_MS });
