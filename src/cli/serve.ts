@@ -191,17 +191,17 @@ async function startHealth(driver: Driver, address: string, metrics: Metrics): P
 
 /** The CSI services on the CSI socket; closing drains the calls in flight. */
 async function startCsi(driver: Driver): Promise<(graceMs: number) => Promise<void>> {
-  const { config, observe } = driver;
-  const inFlight = new InFlightCalls();
+  const { config, observe, logger } = driver;
+  const calls = { observe, logger, inFlight: new InFlightCalls() };
   const server = await startServer(
     config.csiSocketPath,
     [
-      grpcService(Identity, identityHandlers(config.pluginName), observe, inFlight),
-      grpcService(Controller, controllerHandlers(), observe, inFlight),
-      grpcService(Node, driver.node.handlers(), observe, inFlight),
+      grpcService(Identity, identityHandlers(config.pluginName), calls),
+      grpcService(Controller, controllerHandlers(), calls),
+      grpcService(Node, driver.node.handlers(), calls),
     ],
-    driver.logger,
-    inFlight,
+    logger,
+    calls.inFlight,
     driver.limits,
   );
   return (graceMs) => server.close(graceMs);
@@ -217,19 +217,20 @@ async function startRegistration(
 ): Promise<() => Promise<void>> {
   const { config, logger } = driver;
   const socketPath = join(dir, `${config.pluginName}-reg.sock`);
+  const inFlight = new InFlightCalls();
   const server = await startServer(
     socketPath,
     [
-      grpcService(
-        Registration,
-        registrationHandlers(config.pluginName, endpoint, logger),
+      grpcService(Registration, registrationHandlers(config.pluginName, endpoint, logger), {
         // Logged, but not counted among the CSI calls.
-        driver.logCall,
-      ),
+        observe: driver.logCall,
+        logger,
+        // Its own count: closing it must not wait for CSI calls.
+        inFlight,
+      }),
     ],
     logger,
-    // Its own count: closing it must not wait for CSI calls.
-    new InFlightCalls(),
+    inFlight,
     driver.limits,
   );
   logger.info("serving kubelet plugin registration", {

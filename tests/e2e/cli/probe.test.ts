@@ -3,6 +3,7 @@ import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import { join } from "node:path";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
 import { Identity } from "../../../src/gen/csi/v1/csi_pb.ts";
+import { createLogger } from "../../../src/ops/log.ts";
 import { grpcService } from "../../../src/rpc/adapter.ts";
 import { runBinary } from "../../helpers/driver.ts";
 import { testbed } from "../../helpers/testbed.ts";
@@ -32,7 +33,7 @@ describe("probe", () => {
         getPluginCapabilities: async () => ({}),
         probe: async () => ({ ready: false }),
       },
-      () => {},
+      { observe: () => {}, logger: createLogger("error", "text", () => {}) },
     );
     server.addService(definition, implementation);
     await new Promise<void>((resolve, reject) =>

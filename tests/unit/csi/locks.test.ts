@@ -50,21 +50,3 @@ test("a failing call releases the key for the next one", async () => {
   expect(await next).toBe("ran");
   expect(mutex.size).toBe(0);
 });
-
-test("InFlightCalls: idle resolves once every started call has finished", async () => {
-  const { InFlightCalls } = await import("../../../src/rpc/in-flight.ts");
-  const calls = new InFlightCalls();
-  await calls.idle();
-  calls.start();
-  calls.start();
-  let idle = false;
-  const waiting = calls.idle().then(() => {
-    idle = true;
-  });
-  calls.finish();
-  await Bun.sleep(1);
-  expect(idle).toBe(false);
-  calls.finish();
-  await waiting;
-  expect(idle).toBe(true);
-});

@@ -1,5 +1,4 @@
-import { afterAll, describe, expect, test } from "bun:test";
-import { mkdirSync, rmSync } from "node:fs";
+import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { status } from "@grpc/grpc-js";
@@ -12,9 +11,9 @@ import {
 } from "../../../src/gen/csi/v1/csi_pb.ts";
 import type { HeldDirectory, Mounter } from "../../../src/linux/mounter.ts";
 import { RpcError } from "../../../src/rpc/status.ts";
-import { tempDir } from "../../helpers/driver.ts";
 import { invalidPublishRequests } from "../../helpers/invalid.ts";
 import { podVolume, prepareVolume, publishRequest } from "../../helpers/kubelet.ts";
+import { testbed } from "../../helpers/testbed.ts";
 import { waitFor } from "../../helpers/wait.ts";
 
 /** Records calls; validation must reject bad requests before any reaches it. */
@@ -62,11 +61,7 @@ describe("targetPathProblem", () => {
 });
 
 describe("NodeService validation", () => {
-  const root = tempDir("unit-node");
-  const socketDir = join(root, "agent-sockets");
-  mkdirSync(socketDir);
-  const kubeletRoot = join(root, "kubelet");
-  afterAll(() => rmSync(root, { recursive: true, force: true }), 30_000);
+  const { root, socketDir, kubeletRoot } = testbed("unit-node", { agent: false });
 
   const mounter = new RecordingMounter();
   const handlers = new NodeService({
@@ -163,10 +158,7 @@ describe("NodeService validation", () => {
 });
 
 describe("NodeService concurrency", () => {
-  const root = tempDir("unit-locks");
-  const socketDir = join(root, "agent-sockets");
-  mkdirSync(socketDir);
-  afterAll(() => rmSync(root, { recursive: true, force: true }), 30_000);
+  const { root, socketDir } = testbed("unit-locks", { agent: false });
 
   /** Holds each mount until `hold` resolves, and counts the calls and how many overlap. */
   class HoldingMounter implements Mounter {
