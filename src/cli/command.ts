@@ -2,10 +2,9 @@ import { defineCommand } from "citty";
 import { CommandMounter } from "../linux/mounter.ts";
 import { createLogger } from "../ops/log.ts";
 import { VERSION } from "../version.ts";
-import { args, type Config, configFromArgs } from "./config.ts";
-import { exit } from "./exit.ts";
+import { args, configFromArgs } from "./config.ts";
+import { exit, settingsOrExit } from "./exit.ts";
 import { serve } from "./serve.ts";
-import { ConfigError } from "./settings.ts";
 
 /** The driver's command: flags, then `serve` until SIGTERM. */
 export const main = defineCommand({
@@ -17,13 +16,9 @@ export const main = defineCommand({
   },
   args,
   async run({ args: parsed }) {
-    let config: Config;
-    try {
-      config = configFromArgs(parsed as Record<string, unknown>, process.env);
-    } catch (error) {
-      if (error instanceof ConfigError) exit(2, error.message);
-      throw error;
-    }
+    const config = settingsOrExit(() =>
+      configFromArgs(parsed as Record<string, unknown>, process.env),
+    );
     const mountPath = Bun.which("mount");
     const umountPath = Bun.which("umount");
     if (!mountPath || !umountPath) {

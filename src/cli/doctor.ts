@@ -16,7 +16,7 @@ import {
   socketDirectorySafetyCheck,
   submountChecks,
 } from "./doctor-checks.ts";
-import { exit } from "./exit.ts";
+import { exit, settingsOrExit } from "./exit.ts";
 import { argsOf, ConfigError, readSetting, SETTINGS } from "./settings.ts";
 
 /** Runs every check of a node's set-up; each yields one line. */
@@ -117,13 +117,10 @@ export const doctor = defineCommand({
   },
   args,
   async run({ args: parsed }) {
-    let options: DoctorOptions;
-    try {
-      options = doctorOptions(parsed as Record<string, unknown>);
-    } catch (error) {
-      if (error instanceof ConfigError) exit(2, error.message, "doctor");
-      throw error;
-    }
+    const options = settingsOrExit(
+      () => doctorOptions(parsed as Record<string, unknown>),
+      "doctor",
+    );
     const checks = await runChecks(options);
     process.stdout.write(
       parsed.json ? `${JSON.stringify(checks, null, 2)}\n` : `${formatChecks(checks)}\n`,

@@ -41,13 +41,39 @@ describe("configFromArgs", () => {
     expect(config({ "node-id": "node-c" }, { MY_NODE_NAME: "node-a" }).nodeId).toBe("node-c");
   });
 
-  test("keeps the reference's defaults", () => {
-    const resolved = config({}, { MY_NODE_NAME: "n" });
-    expect(resolved.csiSocketPath).toBe("/spiffe-csi/csi.sock");
-    expect(resolved.pluginName).toBe("csi.spiffe.io");
-    expect(resolved.mountTimeoutMs).toBe(30_000);
-    expect(resolved.maxConnections).toBe(256);
-    expect(resolved.connectionIdleTimeoutMs).toBe(60_000);
+  test("keeps the reference's defaults, and the README's", () => {
+    // Literal values, not the table's: a changed default must fail here.
+    expect(config({}, { MY_NODE_NAME: "n" })).toEqual({
+      workloadApiSocketDir: "/run/spire",
+      csiSocketPath: "/spiffe-csi/csi.sock",
+      pluginName: "csi.spiffe.io",
+      nodeId: "n",
+      logLevel: "info",
+      logFormat: "text",
+      mountTimeoutMs: 30_000,
+      healthAddr: undefined,
+      maxConnections: 256,
+      connectionIdleTimeoutMs: 60_000,
+      kubeletRegistration: undefined,
+      selinuxLabel: "auto",
+      selinuxContext: "system_u:object_r:container_file_t:s0",
+      recursiveBind: false,
+      allowWritableSubmounts: false,
+    });
+  });
+
+  test("--kubelet-registration-path defaults to --csi-socket-path", () => {
+    const resolved = config(
+      {
+        "kubelet-registration-dir": "/var/lib/kubelet/plugins_registry",
+        "csi-socket-path": "/x/c.sock",
+      },
+      { MY_NODE_NAME: "n" },
+    );
+    expect(resolved.kubeletRegistration).toEqual({
+      dir: "/var/lib/kubelet/plugins_registry",
+      endpoint: "/x/c.sock",
+    });
   });
 
   test("labels for SELinux when the node runs it, with container_file_t at s0, by default", () => {
