@@ -21,7 +21,7 @@ import type { InFlightCalls } from "./in-flight.ts";
 import { type CallStatus, RpcError, toStatus } from "./status.ts";
 
 /** Typed async handlers for every method of a protobuf-es service descriptor. */
-export type UnaryHandlers<M extends GenServiceMethods> = {
+type UnaryHandlers<M extends GenServiceMethods> = {
   [K in keyof M]: (
     request: MessageShape<M[K]["input"]>,
   ) => Promise<MessageInitShape<M[K]["output"]>>;
