@@ -3,7 +3,7 @@ import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { CallRecord } from "../rpc/adapter.ts";
 import { codeName } from "../rpc/status.ts";
 
-export type MountOperation = "mount" | "umount";
+type MountOperation = "mount" | "umount";
 
 /** The driver's Prometheus metrics. */
 export class Metrics {
