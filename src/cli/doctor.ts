@@ -28,7 +28,7 @@ async function runChecks(options: DoctorOptions): Promise<Check[]> {
     ...(options.recursiveBind ? await submountChecks(socketDir) : []),
     socketDirectoryCheck(options.csiSocketPath),
     socketDirectorySafetyCheck(options.csiSocketPath),
-    ...kubeletChecks(options.kubeletDir),
+    ...(await kubeletChecks(options.kubeletDir)),
     registrationDirectoryCheck(options.registrationDir),
     ...programChecks(),
     capabilityCheck(),

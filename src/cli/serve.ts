@@ -122,7 +122,7 @@ async function setUp(config: Config, mounter: Mounter, logger: Logger): Promise<
     recursiveBind: config.recursiveBind,
     allowWritableSubmounts: config.allowWritableSubmounts,
   });
-  if (metrics) node.adoptPublished();
+  if (metrics) await node.adoptPublished();
   const logCall = rpcLogger(logger);
   const callMade = idleCollector(IDLE_COLLECT_MS);
   const observe: CallObserver = (call) => {
