@@ -54,9 +54,11 @@ const podman = [
 ];
 const buildah = ["buildah", ...storage];
 const IMAGE = "localhost/spiffe-csi-driver:test";
-const packageVersion = (
-  JSON.parse(readFileSync(join(repo, "package.json"), "utf8")) as { version: string }
-).version;
+const pkg = JSON.parse(readFileSync(join(repo, "package.json"), "utf8")) as {
+  version: string;
+  repository: { url: string };
+};
+const packageVersion = pkg.version;
 
 function run(argv: string[], options: { cwd?: string; allowFailure?: boolean } = {}) {
   const result = Bun.spawnSync(argv, {
@@ -304,7 +306,7 @@ test("the Containerfile builds with buildah against the stand-ins", () => {
   const labels = JSON.parse(
     run([...podman, "image", "inspect", "--format", "{{json .Labels}}", IMAGE]).stdout,
   );
-  expect(labels["org.opencontainers.image.source"]).toBeString();
+  expect(labels["org.opencontainers.image.source"]).toBe(pkg.repository.url);
   expect(labels["org.opencontainers.image.version"]).toBe(packageVersion);
   expect(labels["org.opencontainers.image.licenses"]).toBe("Apache-2.0");
   console.log(`image: built ${IMAGE} in ${seconds.toFixed(1)} s`);
