@@ -56,6 +56,13 @@ export function prepareVolume(volume: PodVolume): void {
   );
 }
 
+/** A pod volume whose directory the kubelet has prepared. */
+export function preparedVolume(kubeletRoot: string, volumeName?: string): PodVolume {
+  const volume = podVolume(kubeletRoot, volumeName);
+  prepareVolume(volume);
+  return volume;
+}
+
 export function publishRequest(volume: PodVolume): NodePublishVolumeRequest {
   return create(NodePublishVolumeRequestSchema, {
     volumeId: volume.volumeId,

@@ -10,7 +10,7 @@ import {
   startDriver,
   tempDir,
 } from "./driver.ts";
-import { mountsUnder, type PodVolume, podVolume, prepareVolume } from "./kubelet.ts";
+import { mountsUnder, type PodVolume, preparedVolume } from "./kubelet.ts";
 
 export interface TestbedOptions {
   /** Start a stand-in for the SPIFFE agent in the socket directory (default: yes). */
@@ -94,9 +94,7 @@ export function testbed(prefix: string, { agent = true }: TestbedOptions = {}) {
 
     /** A pod volume whose directory the kubelet has prepared. */
     volume(volumeName?: string): PodVolume {
-      const volume = podVolume(bed.kubeletRoot, volumeName);
-      prepareVolume(volume);
-      return volume;
+      return preparedVolume(bed.kubeletRoot, volumeName);
     },
 
     /** Clients of the bed's CSI socket. */
