@@ -30,6 +30,7 @@ import {
   unpublishRequest,
 } from "../../helpers/kubelet.ts";
 import { testbed } from "../../helpers/testbed.ts";
+import { waitFor } from "../../helpers/wait.ts";
 
 assertPrivateMountNamespace();
 // Generous for a loaded machine: covers every test and hook of this file.
@@ -218,14 +219,16 @@ describe("one volume, several names", () => {
   }, 120_000);
 });
 
-/** The gauge once it shows `expected` (/metrics is recomputed at most once a second), or after 30 s. */
+/** The gauge once it shows `expected` (/metrics is recomputed at most once a second). */
 async function publishedGaugeReaching(expected: number): Promise<number> {
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    const value = await publishedGauge();
-    if (value === expected || Date.now() > deadline) return value;
-    await Bun.sleep(100);
-  }
+  let last: number | undefined;
+  return waitFor(
+    () => `the published-volumes gauge to show ${expected} (last: ${last})`,
+    async () => {
+      last = await publishedGauge();
+      return last === expected && last;
+    },
+  );
 }
 
 async function publishedGauge(): Promise<number> {

@@ -27,6 +27,7 @@ import {
 } from "../../helpers/kubelet.ts";
 import { rpcFailure } from "../../helpers/rpc.ts";
 import { testbed } from "../../helpers/testbed.ts";
+import { waitFor } from "../../helpers/wait.ts";
 
 assertPrivateMountNamespace();
 // Generous for a loaded machine: covers every test and hook of this file.
@@ -67,10 +68,10 @@ function mountSpiffefs(content: string, at = spiffefs): void {
 async function startPod(): Promise<Subprocess> {
   const pod = Bun.spawn(["unshare", "--mount", "--propagation", "slave", "sleep", "600"]);
   const own = readlinkSync("/proc/self/ns/mnt");
-  for (let waited = 0; readlinkSync(`/proc/${pod.pid}/ns/mnt`) === own; waited += 5) {
-    if (waited > 60_000) throw new Error("the pod's namespace was not created in 60 s");
-    await Bun.sleep(5);
-  }
+  await waitFor(
+    "the pod's namespace to be created",
+    () => readlinkSync(`/proc/${pod.pid}/ns/mnt`) !== own,
+  );
   pods.push(pod);
   return pod;
 }
