@@ -1,5 +1,5 @@
 /** Stops one thing that was started, given how long calls in flight may still run. */
-export type Closer = (graceMs: number) => Promise<void> | void;
+type Closer = (graceMs: number) => Promise<void> | void;
 
 /**
  * What the driver started and must stop, in one stack: each server's closer is pushed as it

@@ -2,10 +2,9 @@ import { defineCommand } from "citty";
 import { CommandMounter } from "../linux/mounter.ts";
 import { createLogger } from "../ops/log.ts";
 import { VERSION } from "../version.ts";
-import { args, type Config, configFromArgs, parsedArgs } from "./config.ts";
-import { exit } from "./exit.ts";
+import { args, configFromArgs, parsedArgs } from "./config.ts";
+import { exit, settingsOrExit } from "./exit.ts";
 import { serve } from "./serve.ts";
-import { ConfigError } from "./settings.ts";
 
 /** The driver's command: flags, then `serve` until SIGTERM. */
 export const main = defineCommand({
@@ -17,13 +16,7 @@ export const main = defineCommand({
   },
   args,
   async run({ args: parsed, rawArgs }) {
-    let config: Config;
-    try {
-      config = configFromArgs(parsedArgs(parsed, rawArgs), process.env);
-    } catch (error) {
-      if (error instanceof ConfigError) exit(2, error.message);
-      throw error;
-    }
+    const config = settingsOrExit(() => configFromArgs(parsedArgs(parsed, rawArgs), process.env));
     const mountPath = Bun.which("mount");
     const umountPath = Bun.which("umount");
     if (!mountPath || !umountPath) {

@@ -349,7 +349,7 @@ export function socketDirectorySafetyCheck(csiSocketPath: string): Check {
     : pass(name, `${dir}: nobody but the driver's user can replace the socket`);
 }
 
-export function kubeletChecks(kubeletDir: string): Check[] {
+export async function kubeletChecks(kubeletDir: string): Promise<Check[]> {
   const podsDir = join(kubeletDir, "pods");
   if (!existsSync(podsDir)) {
     return [
@@ -371,7 +371,7 @@ export function kubeletChecks(kubeletDir: string): Check[] {
     } finally {
       closeSync(fd);
     }
-    const mount = findMount(mountId);
+    const mount = await findMount(mountId);
     if (!mount) throw new Error(`mount ${mountId} is not in /proc/self/mountinfo`);
     propagation = mount.propagation;
     where = mount.mountPoint;

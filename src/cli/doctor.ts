@@ -18,7 +18,7 @@ import {
   socketDirectorySafetyCheck,
   submountChecks,
 } from "./doctor-checks.ts";
-import { exit } from "./exit.ts";
+import { exit, settingsOrExit } from "./exit.ts";
 import { argsOf, ConfigError, listValues, readSetting, SETTINGS } from "./settings.ts";
 
 /** Runs every check of a node's set-up; each yields one line. */
@@ -30,7 +30,7 @@ async function runChecks(options: DoctorOptions): Promise<Check[]> {
     ...(options.recursiveBind ? await submountChecks(socketDir) : []),
     socketDirectoryCheck(options.csiSocketPath),
     socketDirectorySafetyCheck(options.csiSocketPath),
-    ...kubeletChecks(options.kubeletDir),
+    ...(await kubeletChecks(options.kubeletDir)),
     registrationDirectoryCheck(options.registrationDir, options.builtInRegistration),
     ...programChecks(),
     capabilityCheck(),
@@ -157,13 +157,10 @@ export const doctor = defineCommand({
   },
   args,
   async run({ args: parsed, rawArgs }) {
-    let options: DoctorOptions;
-    try {
-      options = doctorOptions(parsed as Record<string, unknown>, rawArgs);
-    } catch (error) {
-      if (error instanceof ConfigError) exit(2, error.message, "doctor");
-      throw error;
-    }
+    const options = settingsOrExit(
+      () => doctorOptions(parsed as Record<string, unknown>, rawArgs),
+      "doctor",
+    );
     const checks = await runChecks(options);
     process.stdout.write(
       parsed.json ? `${JSON.stringify(checks, null, 2)}\n` : `${formatChecks(checks)}\n`,

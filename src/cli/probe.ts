@@ -2,7 +2,7 @@ import { type ArgsDef, defineCommand } from "citty";
 import { Identity } from "../gen/csi/v1/csi_pb.ts";
 import { createClient } from "../rpc/client.ts";
 import { unknownFlags } from "./argv.ts";
-import { exit } from "./exit.ts";
+import { exit, settingsOrExit } from "./exit.ts";
 import { argsOf, ConfigError, positiveSeconds, readSetting, SETTINGS } from "./settings.ts";
 
 const { csiSocketPath } = SETTINGS;
@@ -31,17 +31,14 @@ export const probe = defineCommand({
   },
   args,
   async run({ args: parsed }) {
-    let socketPath: string;
-    let timeoutMs: number;
-    try {
+    const { socketPath, timeoutMs } = settingsOrExit(() => {
       const unknown = unknownFlags(parsed as Record<string, unknown>, args);
       if (unknown.length > 0) throw new ConfigError(`unknown flag --${unknown[0]}`);
-      socketPath = readSetting("csiSocketPath", csiSocketPath, parsed);
-      timeoutMs = readSetting("timeout", timeout, parsed);
-    } catch (error) {
-      if (error instanceof ConfigError) exit(2, error.message, "probe");
-      throw error;
-    }
+      return {
+        socketPath: readSetting("csiSocketPath", csiSocketPath, parsed),
+        timeoutMs: readSetting("timeout", timeout, parsed),
+      };
+    }, "probe");
     const client = createClient(Identity, `unix://${socketPath}`);
     try {
       const answer = await client.probe({}, { deadline: Date.now() + timeoutMs });

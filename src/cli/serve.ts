@@ -130,7 +130,7 @@ async function setUp(config: Config, mounter: Mounter, logger: Logger): Promise<
       if (record.outcome === "refused") metrics?.publishRefused(record.pod.namespace);
     },
   });
-  if (metrics) node.adoptPublished();
+  if (metrics) await node.adoptPublished();
   const logCall = rpcLogger(logger);
   const callMade = idleCollector(IDLE_COLLECT_MS);
   const observe: CallObserver = (call) => {
@@ -199,17 +199,17 @@ async function startHealth(driver: Driver, address: string, metrics: Metrics): P
 
 /** The CSI services on the CSI socket; closing drains the calls in flight. */
 async function startCsi(driver: Driver): Promise<(graceMs: number) => Promise<void>> {
-  const { config, observe } = driver;
-  const inFlight = new InFlightCalls();
+  const { config, observe, logger } = driver;
+  const calls = { observe, logger, inFlight: new InFlightCalls() };
   const server = await startServer(
     config.csiSocketPath,
     [
-      grpcService(Identity, identityHandlers(config.pluginName, config.policy), observe, inFlight),
-      grpcService(Controller, controllerHandlers(), observe, inFlight),
-      grpcService(Node, driver.node.handlers(), observe, inFlight),
+      grpcService(Identity, identityHandlers(config.pluginName, config.policy), calls),
+      grpcService(Controller, controllerHandlers(), calls),
+      grpcService(Node, driver.node.handlers(), calls),
     ],
-    driver.logger,
-    inFlight,
+    logger,
+    calls.inFlight,
     driver.limits,
   );
   return (graceMs) => server.close(graceMs);
@@ -225,19 +225,20 @@ async function startRegistration(
 ): Promise<() => Promise<void>> {
   const { config, logger } = driver;
   const socketPath = join(dir, `${config.pluginName}-reg.sock`);
+  const inFlight = new InFlightCalls();
   const server = await startServer(
     socketPath,
     [
-      grpcService(
-        Registration,
-        registrationHandlers(config.pluginName, endpoint, logger),
+      grpcService(Registration, registrationHandlers(config.pluginName, endpoint, logger), {
         // Logged, but not counted among the CSI calls.
-        driver.logCall,
-      ),
+        observe: driver.logCall,
+        logger,
+        // Its own count: closing it must not wait for CSI calls.
+        inFlight,
+      }),
     ],
     logger,
-    // Its own count: closing it must not wait for CSI calls.
-    new InFlightCalls(),
+    inFlight,
     driver.limits,
   );
   logger.info("serving kubelet plugin registration", {

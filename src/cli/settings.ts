@@ -32,7 +32,7 @@ interface SettingBase {
 }
 
 /** A flag that takes a value (`--name value`, `--name=value`). */
-export interface TextSetting<T> extends SettingBase {
+interface TextSetting<T> extends SettingBase {
   kind: "text";
   /** The value taken when the flag is not given; none: the setting is unset. */
   default?: string;
@@ -42,7 +42,7 @@ export interface TextSetting<T> extends SettingBase {
 }
 
 /** A switch: `--name`, or `--name=true|false` (never a separate value, as in Go). */
-export interface SwitchSetting extends SettingBase {
+interface SwitchSetting extends SettingBase {
   kind: "switch";
 }
 
@@ -256,10 +256,8 @@ export const SETTINGS = {
   }),
 } satisfies Record<string, Setting>;
 
-export type SettingName = keyof typeof SETTINGS;
-
 /** The value a setting yields: its parse's result, a switch's boolean, undefined when unset. */
-export type SettingValue<S> = S extends { kind: "text"; parse: (...args: never[]) => infer T }
+type SettingValue<S> = S extends { kind: "text"; parse: (...args: never[]) => infer T }
   ? S extends { default: string } | { required: true }
     ? T
     : T | undefined

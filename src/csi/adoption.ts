@@ -1,19 +1,26 @@
-import { readFileSync } from "node:fs";
 import { directoryInode, inspectEntry, sameInode } from "../linux/inspect.ts";
-import { parseMountInfo } from "../linux/mountinfo.ts";
+import { type MountInfo, MountTableTooLarge, readMountTable } from "../linux/mountinfo.ts";
 import { KUBELET_CSI_VOLUME_PATH, openVolumeDir, TARGET_NAME } from "./kubelet.ts";
 import { release } from "./target.ts";
 
 /**
  * The volumes published before this process started, by volume key, from one read of the mount
- * table at start-up (never on a call's path): kubelet CSI volume paths that show the Workload
+ * table at start-up (never on a call's path, and bounded like every read of it): kubelet CSI volume paths that show the Workload
  * API directory.
  */
-export function adoptPublished(socketDir: string): string[] {
+export async function adoptPublished(socketDir: string): Promise<string[]> {
   const source = directoryInode(socketDir);
   if (!source) return [];
+  let table: MountInfo[];
+  try {
+    table = await readMountTable();
+  } catch (error) {
+    // A node with more mounts than a call may read: the gauge starts from this process's own.
+    if (error instanceof MountTableTooLarge) return [];
+    throw error;
+  }
   const keys: string[] = [];
-  for (const mount of parseMountInfo(readFileSync("/proc/self/mountinfo", "utf8"))) {
+  for (const mount of table) {
     if (!KUBELET_CSI_VOLUME_PATH.test(mount.mountPoint)) continue;
     try {
       using volume = openVolumeDir(mount.mountPoint);

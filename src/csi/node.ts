@@ -122,8 +122,9 @@ export class NodeService {
   }
 
   /** Counts the volumes published before this process started (see adoption.ts). */
-  adoptPublished(): void {
-    for (const key of adoptPublished(this.options.workloadApiSocketDir)) this.published.add(key);
+  async adoptPublished(): Promise<void> {
+    const keys = await adoptPublished(this.options.workloadApiSocketDir);
+    for (const key of keys) this.published.add(key);
   }
 
   /**

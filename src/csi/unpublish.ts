@@ -97,7 +97,7 @@ export async function unmountAll(
       }
       if (!ownsMount(options, current.handle, source, record)) {
         throw failedPrecondition(
-          `target_path ${quote(targetPath)} is a mount point (${describeMount(current.handle.mountId)}) that is not this driver's; refusing to unmount it`,
+          `target_path ${quote(targetPath)} is a mount point (${await describeMount(current.handle.mountId)}) that is not this driver's; refusing to unmount it`,
         );
       }
       // A stale bind of a re-created directory can still share a peer group with it too.
@@ -166,10 +166,10 @@ function ownsMount(
   return target.nlink === 0 && target.dev === device;
 }
 
-/** What is mounted, for an error message: the one place the mount table is read. */
-function describeMount(mountId: number): string {
+/** What is mounted, for an error message: the one place unpublish reads the mount table. */
+async function describeMount(mountId: number): Promise<string> {
   try {
-    const mount = findMount(mountId);
+    const mount = await findMount(mountId);
     if (mount) return `${mount.fsType} ${mount.source}, root ${mount.root}, device ${mount.device}`;
   } catch {
     // Only an error message is at stake.

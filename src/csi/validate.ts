@@ -13,7 +13,7 @@ const MAX_VOLUME_ID_BYTES = 128;
 // Linux PATH_MAX.
 const MAX_PATH_BYTES = 4096;
 
-export const EPHEMERAL_CONTEXT_KEY = "csi.storage.k8s.io/ephemeral";
+const EPHEMERAL_CONTEXT_KEY = "csi.storage.k8s.io/ephemeral";
 
 function checkVolumeId(volumeId: string): void {
   if (!volumeId) throw invalid("volume_id is required");

@@ -1,6 +1,6 @@
 import { connect } from "node:net";
 
-export type ConnectOutcome =
+type ConnectOutcome =
   | { kind: "connected" }
   | { kind: "timeout" }
   | { kind: "error"; error: NodeJS.ErrnoException };

@@ -1,4 +1,3 @@
-import { readFileSync } from "node:fs";
 import { open } from "node:fs/promises";
 
 /** One line of /proc/<pid>/mountinfo (see proc(5)). */
@@ -56,7 +55,7 @@ function hasReadOnly(options: string | undefined): boolean {
 }
 
 /** Past this, the mount table is not read: a node with that many mounts has another problem. */
-export const MAX_MOUNT_TABLE_BYTES = 16 * 1024 * 1024;
+const MAX_MOUNT_TABLE_BYTES = 16 * 1024 * 1024;
 // procfs hands out mountinfo a page or so per read.
 const READ_CHUNK_BYTES = 256 * 1024;
 
@@ -96,8 +95,6 @@ export async function readMountTable(maxBytes = MAX_MOUNT_TABLE_BYTES): Promise<
  * The mount with the given id, from this process's mount table. Reads the whole table, so it
  * is for rare paths only (explaining an error), never for the common path of a call.
  */
-export function findMount(mountId: number): MountInfo | undefined {
-  return parseMountInfo(readFileSync("/proc/self/mountinfo", "utf8")).find(
-    (mount) => mount.mountId === mountId,
-  );
+export async function findMount(mountId: number): Promise<MountInfo | undefined> {
+  return (await readMountTable()).find((mount) => mount.mountId === mountId);
 }

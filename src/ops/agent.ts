@@ -6,7 +6,7 @@ import { isErrno } from "../linux/errno.ts";
 // How long a connection to the agent's socket may take before it counts as not answering.
 const CONNECT_TIMEOUT_MS = 1000;
 
-export type AgentCheck =
+type AgentCheck =
   | { ok: true; socket: string }
   | { ok: false; reason: "missing" | "unreadable" | "no-socket" | "refused"; problem: string };
 

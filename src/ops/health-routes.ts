@@ -14,7 +14,7 @@ export interface Answer {
 }
 
 /** The checks behind the routes, each shared by concurrent requests and run at most once a second. */
-export interface HealthChecks {
+interface HealthChecks {
   /** The CSI socket, for messages. */
   csiSocketPath: string;
   /** False once the driver is shutting down. */

@@ -13,7 +13,7 @@ const CHECK_INTERVAL_MS = 1_000;
 // At most one log line per interval about malformed requests; the others are counted in it.
 const MALFORMED_LOG_INTERVAL_MS = 1_000;
 
-export interface HealthOptions {
+interface HealthOptions {
   /** host:port, or :port for every address. */
   address: string;
   workloadApiSocketDir: string;
@@ -30,7 +30,7 @@ export interface HealthOptions {
   logger: Logger;
 }
 
-export interface HealthServer {
+interface HealthServer {
   close(): void;
 }
 

@@ -64,7 +64,7 @@ function lineParts(entry: LogObject): { message: string; fields: Fields } {
  * controls, any other non-ASCII character) becomes `\xNN` or `\u{...}`. A caller's string can
  * then neither end its field early nor start a line, nor steer a terminal.
  */
-export function escapeText(text: string): string {
+function escapeText(text: string): string {
   let escaped = "";
   for (const char of text) {
     const code = char.codePointAt(0) ?? 0;

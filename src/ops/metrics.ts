@@ -1,10 +1,12 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
-import { isNamespaceName } from "../csi/policy.ts";
 import type { CallRecord } from "../rpc/adapter.ts";
 import { codeName } from "../rpc/status.ts";
 
-export type MountOperation = "mount" | "umount";
+type MountOperation = "mount" | "umount";
+
+// A Kubernetes namespace name: a DNS label of at most 63 characters.
+const NAMESPACE_NAME = /^[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?$/;
 
 // The refusal counter's namespace label comes from the kubelet, so a cluster's namespaces bound
 // it; this bounds it too against a caller that makes names up. Beyond it, and for a name that is
@@ -91,7 +93,7 @@ export class Metrics {
   publishRefused(namespace: string | undefined): void {
     let label = namespace ?? NO_NAMESPACE;
     if (namespace !== undefined && !this.refusedNamespaces.has(namespace)) {
-      if (isNamespaceName(namespace) && this.refusedNamespaces.size < MAX_REFUSAL_NAMESPACES) {
+      if (NAMESPACE_NAME.test(namespace) && this.refusedNamespaces.size < MAX_REFUSAL_NAMESPACES) {
         this.refusedNamespaces.add(namespace);
       } else {
         label = OTHER_NAMESPACES;

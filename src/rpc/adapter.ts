@@ -15,11 +15,13 @@ import {
   status,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
-import { InFlightCalls } from "./in-flight.ts";
+import type { Logger } from "../ops/log.ts";
+import { LogKey } from "../ops/log-keys.ts";
+import type { InFlightCalls } from "./in-flight.ts";
 import { type CallStatus, RpcError, toStatus } from "./status.ts";
 
 /** Typed async handlers for every method of a protobuf-es service descriptor. */
-export type UnaryHandlers<M extends GenServiceMethods> = {
+type UnaryHandlers<M extends GenServiceMethods> = {
   [K in keyof M]: (
     request: MessageShape<M[K]["input"]>,
   ) => Promise<MessageInitShape<M[K]["output"]>>;
@@ -38,6 +40,16 @@ export interface CallRecord extends CallStatus {
 
 export type CallObserver = (record: CallRecord) => void;
 
+/** What every call of a service is told to, and counted in. */
+export interface CallOptions {
+  /** Told of each finished call (for logs and metrics). */
+  observe: CallObserver;
+  /** Where a failing observer is reported. */
+  logger: Logger;
+  /** The count a shutdown waits on; none: the calls are not waited for. */
+  inFlight?: InFlightCalls;
+}
+
 export interface GrpcService {
   definition: ServiceDefinition;
   implementation: UntypedServiceImplementation;
@@ -54,8 +66,7 @@ const passThrough = (bytes: Buffer): Buffer => bytes;
 export function grpcService<M extends GenServiceMethods>(
   service: GenService<M>,
   handlers: UnaryHandlers<M>,
-  observe: CallObserver,
-  inFlight: InFlightCalls = new InFlightCalls(),
+  options: CallOptions,
 ): GrpcService {
   const definition: Record<string, ServiceDefinition[string]> = {};
   const implementation: UntypedServiceImplementation = {};
@@ -80,8 +91,7 @@ export function grpcService<M extends GenServiceMethods>(
     implementation[method.name] = unaryCall(
       method,
       handler as (request: unknown) => Promise<unknown>,
-      observe,
-      inFlight,
+      options,
     );
   }
   return { definition, implementation };
@@ -90,12 +100,11 @@ export function grpcService<M extends GenServiceMethods>(
 function unaryCall(
   method: DescMethod,
   handler: (request: unknown) => Promise<unknown>,
-  observe: CallObserver,
-  inFlight: InFlightCalls,
+  { observe, logger, inFlight }: CallOptions,
 ) {
   return async (call: ServerUnaryCall<Buffer, Buffer>, callback: sendUnaryData<Buffer>) => {
     const started = performance.now();
-    inFlight.start();
+    inFlight?.start();
     let request: unknown;
     let response: Buffer | undefined;
     let outcome: CallStatus = { code: status.OK, details: "" };
@@ -114,13 +123,17 @@ function unaryCall(
     } else {
       callback({ code: outcome.code, details: outcome.details });
     }
-    inFlight.finish();
+    inFlight?.finish();
     try {
       observe({ ...outcome, method, request, durationMs: performance.now() - started });
     } catch (error) {
       // The answer has gone out; a failing observer (a log write) must not become an
       // unhandled rejection that takes the process down.
-      console.error("call observer failed:", error);
+      try {
+        logger.error("call observer failed", { [LogKey.method]: method.name }, error);
+      } catch {
+        // The log itself cannot be written: there is nowhere left to say so.
+      }
     }
   };
 }

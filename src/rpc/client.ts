@@ -10,7 +10,7 @@ import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2
 import { type CallOptions, Client, type ClientOptions, credentials } from "@grpc/grpc-js";
 
 /** A typed promise-returning client for every unary method of a protobuf-es service. */
-export type UnaryClient<M extends GenServiceMethods> = {
+type UnaryClient<M extends GenServiceMethods> = {
   [K in keyof M]: (
     request: MessageInitShape<M[K]["input"]>,
     options?: CallOptions,

@@ -14,7 +14,7 @@ export class StartError extends Error {
   override name = "StartError";
 }
 
-export interface RunningServer {
+interface RunningServer {
   /** Stops accepting calls, waits up to `graceMs` for calls in flight, removes the socket. */
   close(graceMs: number): Promise<void>;
 }

@@ -28,7 +28,7 @@ function readSmall(path: string): string | undefined {
   }
 }
 
-export interface Detection {
+interface Detection {
   enabled: boolean;
   /** What was read, for the log. */
   reason: string;

@@ -1,4 +1,5 @@
-// Starts the compiled driver as a process, the way a DaemonSet or systemd would.
+// The harness: starts the compiled driver as a process, the way a DaemonSet or systemd would,
+// waits for it on conditions, and stops it. Every test that runs the binary goes through here.
 import { existsSync, lstatSync, mkdtempSync, readFileSync, readlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -10,13 +11,20 @@ import { PATIENCE_MS, waitFor } from "./wait.ts";
 
 export const BINARY = resolve(import.meta.dir, "../../dist/spiffe-csi-driver");
 
+/** The node name every driver started here gets, through MY_NODE_NAME. */
+export const NODE_NAME = "node-1";
+
 export interface DriverOptions {
   workloadApiSocketDir: string;
   csiSocketPath: string;
+  /** More flags, after the two above. */
   args?: string[];
   env?: Record<string, string>;
+  /** A command the binary runs under (nsenter, setpriv, unshare ...). */
+  prefix?: string[];
 }
 
+/** A running binary: its stderr as it comes, its exit, and a stop. */
 export class DriverProcess {
   private stderrText = "";
   private readonly reading: Promise<void>;
@@ -33,6 +41,21 @@ export class DriverProcess {
     return this.stderrText;
   }
 
+  /** Waits until the driver has logged `text`; fails at once if it exits first. */
+  async waitForLog(text: string, timeoutMs = PATIENCE_MS): Promise<void> {
+    await waitFor(
+      () => `the driver to log ${JSON.stringify(text)} (it logged: ${this.stderrText})`,
+      () => {
+        if (this.stderrText.includes(text)) return true;
+        if (this.proc.exitCode !== null) {
+          throw new Error(`driver exited with ${this.proc.exitCode}: ${this.stderrText}`);
+        }
+        return false;
+      },
+      timeoutMs,
+    );
+  }
+
   async exited(): Promise<{ code: number | null; stderr: string }> {
     const code = await this.proc.exited;
     await this.reading;
@@ -45,16 +68,33 @@ export class DriverProcess {
   }
 }
 
-export function spawnDriver(argv: string[], env: Record<string, string> = {}): DriverProcess {
+/** Starts the binary with `argv`; the environment holds PATH and `env` only. */
+export function spawnDriver(
+  argv: string[],
+  env: Record<string, string> = {},
+  prefix: string[] = [],
+): DriverProcess {
   if (!existsSync(BINARY)) throw new Error(`${BINARY} is missing: run npm run build first`);
   return new DriverProcess(
-    Bun.spawn([BINARY, ...argv], {
+    Bun.spawn([...prefix, BINARY, ...argv], {
       stdin: "ignore",
       stdout: "pipe",
       stderr: "pipe",
       env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...env },
     }),
   );
+}
+
+/** Runs the binary (a subcommand, or a start that fails) to its end: exit status and output. */
+export async function runBinary(
+  argv: string[],
+  env: Record<string, string> = {},
+  prefix: string[] = [],
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const driver = spawnDriver(argv, env, prefix);
+  const stdout = new Response(driver.proc.stdout).text();
+  const { code, stderr } = await driver.exited();
+  return { code, stdout: await stdout, stderr };
 }
 
 export function clients(csiSocketPath: string, options: ClientOptions = {}) {
@@ -76,7 +116,8 @@ export async function startDriver(options: DriverOptions): Promise<DriverProcess
       options.csiSocketPath,
       ...(options.args ?? []),
     ],
-    { MY_NODE_NAME: "node-1", ...options.env },
+    { MY_NODE_NAME: NODE_NAME, ...options.env },
+    options.prefix,
   );
   await waitServing(driver, options.csiSocketPath);
   return driver;
@@ -130,6 +171,17 @@ function isSocket(path: string): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * A TCP port on 127.0.0.1 that was free a moment ago: the operating system picks it (a bind to
+ * port 0), so that tests running at once never pick the same one.
+ */
+export function freePort(): number {
+  const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const port = listener.port;
+  listener.stop(true);
+  return port;
 }
 
 export function tempDir(prefix: string): string {

@@ -1,5 +1,6 @@
 // Stands in for the kubelet: builds exactly the requests it sends for an inline ephemeral CSI
-// volume (see ../shared/docs/kubelet-contract.md) and prepares the directories it prepares.
+// volume (as the kubelet's pkg/volume/csi does, CSI spec v1.12) and prepares the directories it
+// prepares: the pod's volume directory and its vol_data.json.
 import { createHash, randomUUID } from "node:crypto";
 import { mkdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -53,6 +54,13 @@ export function prepareVolume(volume: PodVolume): void {
       specVolID: volume.volumeName,
     }),
   );
+}
+
+/** A pod volume whose directory the kubelet has prepared. */
+export function preparedVolume(kubeletRoot: string, volumeName?: string): PodVolume {
+  const volume = podVolume(kubeletRoot, volumeName);
+  prepareVolume(volume);
+  return volume;
 }
 
 export function publishRequest(volume: PodVolume): NodePublishVolumeRequest {

@@ -17,16 +17,11 @@ import {
 } from "node:fs";
 import { rm } from "node:fs/promises";
 import { join, resolve } from "node:path";
+import pkg from "../../package.json" with { type: "json" };
 import { parseMountInfo } from "../../src/linux/mountinfo.ts";
 import { startAgent, talkToAgent } from "../helpers/agent.ts";
 import { assertPrivateMountNamespace, clients, tempDir } from "../helpers/driver.ts";
-import {
-  mountsAt,
-  podVolume,
-  prepareVolume,
-  publishRequest,
-  unpublishRequest,
-} from "../helpers/kubelet.ts";
+import { mountsAt, preparedVolume, publishRequest, unpublishRequest } from "../helpers/kubelet.ts";
 import { waitFor } from "../helpers/wait.ts";
 
 assertPrivateMountNamespace();
@@ -54,9 +49,7 @@ const podman = [
 ];
 const buildah = ["buildah", ...storage];
 const IMAGE = "localhost/spiffe-csi-driver:test";
-const packageVersion = (
-  JSON.parse(readFileSync(join(repo, "package.json"), "utf8")) as { version: string }
-).version;
+const packageVersion = pkg.version;
 
 function run(argv: string[], options: { cwd?: string; allowFailure?: boolean } = {}) {
   const result = Bun.spawnSync(argv, {
@@ -304,7 +297,7 @@ test("the Containerfile builds with buildah against the stand-ins", () => {
   const labels = JSON.parse(
     run([...podman, "image", "inspect", "--format", "{{json .Labels}}", IMAGE]).stdout,
   );
-  expect(labels["org.opencontainers.image.source"]).toBeString();
+  expect(labels["org.opencontainers.image.source"]).toBe(pkg.repository.url);
   expect(labels["org.opencontainers.image.version"]).toBe(packageVersion);
   expect(labels["org.opencontainers.image.licenses"]).toBe("Apache-2.0");
   console.log(`image: built ${IMAGE} in ${seconds.toFixed(1)} s`);
@@ -357,8 +350,7 @@ test("the image serves CSI with the reference's DaemonSet args; publish mounts w
     );
     const { identity, node } = clients(socket);
     expect((await identity.getPluginInfo({})).name).toBe("csi.spiffe.io");
-    const volume = podVolume(kubeletDir);
-    prepareVolume(volume);
+    const volume = preparedVolume(kubeletDir);
     await node.nodePublishVolume(publishRequest(volume));
     // The mount made in the container reached the host, and leads to the agent.
     expect(mountsAt(volume.targetPath)).toBe(1);
