@@ -1,5 +1,6 @@
 import { join } from "node:path";
 import { type ArgsDef, defineCommand } from "citty";
+import { asciiJson, escapeControls } from "../ops/log.ts";
 import { unknownFlags } from "./argv.ts";
 import {
   agentChecks,
@@ -14,6 +15,7 @@ import {
   registrationDirectoryCheck,
   socketDirectoryCheck,
   socketDirectorySafetyCheck,
+  socketDirPathCheck,
   submountChecks,
 } from "./doctor-checks.ts";
 import { exit } from "./exit.ts";
@@ -24,6 +26,7 @@ async function runChecks(options: DoctorOptions): Promise<Check[]> {
   const socketDir = options.workloadApiSocketDir;
   return [
     ...(await agentChecks(socketDir)),
+    socketDirPathCheck(socketDir, options.allowSymlinkedSocketDir === true),
     ...labelChecks(socketDir, options.selinuxContext),
     ...(options.recursiveBind ? await submountChecks(socketDir) : []),
     socketDirectoryCheck(options.csiSocketPath),
@@ -37,17 +40,29 @@ async function runChecks(options: DoctorOptions): Promise<Check[]> {
   ];
 }
 
+/**
+ * One line per check (and one for its fix). Every text is escaped: a name read from the node (a
+ * socket's, say) can hold escape codes that would move the cursor and turn a FAIL into a PASS on
+ * a terminal.
+ */
 function formatChecks(checks: Check[]): string {
   return checks
     .map((check) => {
-      const line = `${check.ok ? "PASS" : "FAIL"}  ${check.name}: ${check.detail}`;
-      return check.fix ? `${line}\n      fix: ${check.fix}` : line;
+      const line = `${check.ok ? "PASS" : "FAIL"}  ${escapeControls(check.name)}: ${escapeControls(check.detail)}`;
+      return check.fix ? `${line}\n      fix: ${escapeControls(check.fix)}` : line;
     })
     .join("\n");
 }
 
 // The driver's settings the doctor checks the node against, as the driver reads them.
-const { workloadApiSocketDir, csiSocketPath, pluginName, selinuxContext, recursiveBind } = SETTINGS;
+const {
+  workloadApiSocketDir,
+  allowSymlinkedSocketDir,
+  csiSocketPath,
+  pluginName,
+  selinuxContext,
+  recursiveBind,
+} = SETTINGS;
 
 const args = {
   ...argsOf(
@@ -75,8 +90,11 @@ const args = {
     valueHint: "dir",
   },
   ...argsOf(
-    { selinuxContext, recursiveBind },
+    { allowSymlinkedSocketDir, selinuxContext, recursiveBind },
     {
+      allowSymlinkedSocketDir: {
+        help: "The driver runs with --allow-symlinked-socket-dir: symbolic links on the directory's path are followed",
+      },
       selinuxContext: { help: "The SELinux label the driver gives the Workload API directory" },
       recursiveBind: {
         help: "The driver runs with --recursive-bind: check that file systems below the Workload API directory are read-only",
@@ -107,6 +125,11 @@ function doctorOptions(parsed: Record<string, unknown>): DoctorOptions {
       (parsed["registration-dir"] as string | undefined) ?? join(kubeletDir, "plugins_registry"),
     selinuxContext: readSetting("selinuxContext", selinuxContext, parsed),
     recursiveBind: readSetting("recursiveBind", recursiveBind, parsed),
+    allowSymlinkedSocketDir: readSetting(
+      "allowSymlinkedSocketDir",
+      allowSymlinkedSocketDir,
+      parsed,
+    ),
   };
 }
 
@@ -125,9 +148,7 @@ export const doctor = defineCommand({
       throw error;
     }
     const checks = await runChecks(options);
-    process.stdout.write(
-      parsed.json ? `${JSON.stringify(checks, null, 2)}\n` : `${formatChecks(checks)}\n`,
-    );
+    process.stdout.write(parsed.json ? `${asciiJson(checks, 2)}\n` : `${formatChecks(checks)}\n`);
     exit(checks.every((check) => check.ok) ? 0 : 1);
   },
 });

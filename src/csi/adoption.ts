@@ -1,7 +1,8 @@
 import { readFileSync } from "node:fs";
-import { directoryInode, inspectEntry, sameInode } from "../linux/inspect.ts";
+import { inspectEntry, sameInode } from "../linux/inspect.ts";
 import { parseMountInfo } from "../linux/mountinfo.ts";
 import { KUBELET_CSI_VOLUME_PATH, openVolumeDir, TARGET_NAME } from "./kubelet.ts";
+import { openSourceIfThere, type SourceOptions } from "./source.ts";
 import { release } from "./target.ts";
 
 /**
@@ -9,8 +10,8 @@ import { release } from "./target.ts";
  * table at start-up (never on a call's path): kubelet CSI volume paths that show the Workload
  * API directory.
  */
-export function adoptPublished(socketDir: string): string[] {
-  const source = directoryInode(socketDir);
+export function adoptPublished(options: SourceOptions): string[] {
+  using source = openSourceIfThere(options);
   if (!source) return [];
   const keys: string[] = [];
   for (const mount of parseMountInfo(readFileSync("/proc/self/mountinfo", "utf8"))) {

@@ -429,34 +429,6 @@ describe("mount failures", () => {
   });
 });
 
-describe("a stale view of the agent's directory", () => {
-  test("the driver's directory replaced under a bind (a hostPath in a container): UNAVAILABLE", async () => {
-    // The driver sees the agent's directory through a bind mount, as through a hostPath volume.
-    const hostDir = join(root, "host-agent-sockets");
-    const view = join(root, "driver-view");
-    mkdirSync(hostDir);
-    mkdirSync(view);
-    expect(Bun.spawnSync(["mount", "--bind", hostDir, view]).exitCode).toBe(0);
-    const viewSocketPath = join(root, "view", "csi.sock");
-    const viewDriver = await startDriver({
-      workloadApiSocketDir: view,
-      csiSocketPath: viewSocketPath,
-    });
-    try {
-      const viewNode = clients(viewSocketPath).node;
-      // The agent re-creates its directory on the host; the driver's bind still holds the old one.
-      rmdirSync(hostDir);
-      mkdirSync(hostDir);
-      const error = await rpcFailure(viewNode.nodePublishVolume(publishRequest(preparedVolume())));
-      expect(error.code).toBe(status.UNAVAILABLE);
-      expect(error.details).toContain("restart the driver");
-    } finally {
-      await viewDriver.stop();
-      expect(Bun.spawnSync(["umount", view]).exitCode).toBe(0);
-    }
-  });
-});
-
 test.each(["mount", "umount"])(
   "the driver refuses to start without %s on PATH",
   async (missing) => {
