@@ -350,6 +350,71 @@ describe("--recursive-bind, driver in the node's namespace (the directory is a s
   }, 60_000);
 });
 
+describe("--recursive-bind, a read-write file system mounted between the check and the bind", () => {
+  // A `mount` that, while the flag file exists, mounts a read-write tmpfs in the directory being
+  // bound just before it binds it: what an agent mounting at that moment does.
+  const slipping = join(root, "slip-before-rbind");
+  const slipped = join(socketDir, "slipped");
+  const bin = join(root, "bin-slip");
+  mkdirSync(bin);
+  writeFileSync(
+    join(bin, "mount"),
+    `#!/bin/sh\ncase "$*" in *--rbind*) [ -e ${slipping} ] && { ${Bun.which("mount")} -t tmpfs -o size=64k slipped ${slipped} || exit 99; };; esac\nexec ${Bun.which("mount")} "$@"\n`,
+    { mode: 0o755 },
+  );
+  const csiSocketPath = join(root, "plugin-slip", "csi.sock");
+  let driver: DriverProcess;
+  let node: ReturnType<typeof clients>["node"];
+
+  beforeAll(async () => {
+    driver = await startDriver({
+      workloadApiSocketDir: socketDir,
+      csiSocketPath,
+      args: ["--recursive-bind"],
+      env: { PATH: `${bin}:${process.env.PATH}` },
+    });
+    node = clients(csiSocketPath).node;
+  }, 60_000);
+
+  afterAll(async () => {
+    node.close();
+    const { stderr } = await driver.stop();
+    expect(stderr).not.toContain("code=INTERNAL");
+  }, 60_000);
+
+  test("the published tree is checked again and taken back: FAILED_PRECONDITION, nothing left, the agent's mounts untouched", async () => {
+    const svid = readFileSync(join(spiffefs, "svid"), "utf8");
+    mkdirSync(slipped);
+    writeFileSync(slipping, "");
+    try {
+      const volume = preparedVolume();
+      const error = await rpcFailure(node.nodePublishVolume(publishRequest(volume)));
+      // The stand-in did mount, after the driver's check.
+      expect(isMountPoint(slipped)).toBe(true);
+      expect(error.code).toBe(status.FAILED_PRECONDITION);
+      expect(error.details).toContain(`read-write mounts ("${slipped}")`);
+      expect(error.details).toContain("while it was being bound");
+      expect(mountsUnder(volume.volumeDir)).toBe(0);
+      expect(existsSync(volume.targetPath)).toBe(false);
+      removeVolume(volume);
+      // Taking the bind back unmounted nothing of the agent's.
+      expect(isMountPoint(spiffefs)).toBe(true);
+      expect(readFileSync(join(spiffefs, "svid"), "utf8")).toBe(svid);
+    } finally {
+      rmSync(slipping, { force: true });
+      if (isMountPoint(slipped)) run("umount", slipped);
+      rmSync(slipped, { recursive: true, force: true });
+    }
+    // Without the race, the same driver publishes.
+    const volume = preparedVolume();
+    await node.nodePublishVolume(publishRequest(volume));
+    expect(await talkToAgent(volume.targetPath)).toBe("pong ping");
+    await node.nodeUnpublishVolume(unpublishRequest(volume));
+    expect(mountsUnder(volume.targetPath)).toBe(0);
+    removeVolume(volume);
+  }, 60_000);
+});
+
 describe("--recursive-bind, a publish stopped between the bind and making it a slave", () => {
   // A `mount` that fails to change propagation while the flag file exists.
   const failing = join(root, "fail-make-slave");
