@@ -117,6 +117,16 @@ describe("NodePublishVolume", () => {
     });
   }
 
+  test("a 256-byte name in the path: unpublish INVALID_ARGUMENT and stats NOT_FOUND, naming the field, never INTERNAL", async () => {
+    const volume = podVolume(kubeletRoot, "v".repeat(256));
+    const unpublish = await rpcFailure(node.nodeUnpublishVolume(unpublishRequest(volume)));
+    expect(unpublish.code).toBe(status.INVALID_ARGUMENT);
+    expect(unpublish.details).toContain("target_path has a name longer than 255 bytes");
+    const stats = await rpcFailure(node.nodeGetVolumeStats(statsRequest(volume)));
+    expect(stats.code).toBe(status.NOT_FOUND);
+    expect(stats.details).toContain("volume_path has a name longer than 255 bytes");
+  });
+
   test("a target that is a symbolic link is refused, and nothing is mounted where it points", async () => {
     const volume = preparedVolume();
     const elsewhere = join(root, "elsewhere");
