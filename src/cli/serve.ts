@@ -3,6 +3,7 @@ import { status } from "@grpc/grpc-js";
 import { controllerHandlers } from "../csi/controller.ts";
 import { identityHandlers } from "../csi/identity.ts";
 import { NodeService } from "../csi/node.ts";
+import { inspectSource } from "../csi/source.ts";
 import { Controller, Identity, Node } from "../gen/csi/v1/csi_pb.ts";
 import { Registration } from "../gen/pluginregistration/v1/api_pb.ts";
 import type { Mounter } from "../linux/mounter.ts";
@@ -209,9 +210,21 @@ function startLabelling(config: Config, logger: Logger): Labeler | undefined {
   });
   if (!wanted.enabled) return undefined;
   const labeler = new Labeler(config.workloadApiSocketDir, config.selinuxContext, logger);
-  const problem = labeler.ensure();
+  // A refused path is never labelled: it could lead anywhere (checkSourceAtStart says why).
+  const problem = refusedPath(config) === undefined ? labeler.ensure() : undefined;
   if (problem) logger.warn(problem);
   return labeler;
+}
+
+/**
+ * Why the Workload API directory's path is refused (a link on it, a directory on the way that
+ * someone other than root could change), or undefined. The labeller works on the path: it runs
+ * only where a publish would accept the path.
+ */
+function refusedPath(config: Config): string | undefined {
+  const source = inspectSource(config);
+  if (source.ok) source.handle.close();
+  return !source.ok && source.code === status.FAILED_PRECONDITION ? source.problem : undefined;
 }
 
 /** The HTTP health and metrics endpoint (--health-addr). */
@@ -229,7 +242,7 @@ async function startHealth(driver: Driver, address: string, metrics: Metrics): P
       logger,
       // Checking repairs too: a socket the agent re-creates while pods run is labelled again
       // within one readiness period, not only at the next publish.
-      readinessProblem: () => driver.restart.pending ?? labeler?.ensure(),
+      readinessProblem: () => driver.restart.pending ?? refusedPath(config) ?? labeler?.ensure(),
     });
   } catch (error) {
     throw new StartError(`cannot serve --health-addr ${address}: ${(error as Error).message}`);

@@ -10,6 +10,7 @@ import {
   existsSync,
   mkdirSync,
   readdirSync,
+  renameSync,
   rmSync,
   symlinkSync,
   writeFileSync,
@@ -18,6 +19,7 @@ import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import type { UnixSocketListener } from "bun";
 import type { Check } from "../../src/cli/doctor-checks.ts";
+import { getLabel, setLabel } from "../../src/selinux/xattr.ts";
 import { startAgent, talkToAgent } from "../helpers/agent.ts";
 import {
   assertPrivateMountNamespace,
@@ -43,6 +45,7 @@ assertPrivateMountNamespace();
 setDefaultTimeout(120_000);
 
 const AGENT_UID = 1000;
+const HOST_LABEL = "system_u:object_r:shadow_t:s0";
 const root = tempDir("agent-path");
 // The agent's user must reach its own directories below the test's root.
 chmodSync(root, 0o755);
@@ -108,6 +111,14 @@ function doctorCheck(socketDir: string, args: string[] = []): Check | undefined 
   );
   const checks = JSON.parse(result.stdout.toString()) as Check[];
   return checks.find((check) => check.name === "Workload API socket directory's path is safe");
+}
+
+/** A TCP port on the loopback address that nothing listens on now, chosen by the OS. */
+function freePort(): number {
+  const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const chosen = listener.port;
+  listener.stop(true);
+  return chosen;
 }
 
 describe("symbolic links on the path", () => {
@@ -183,15 +194,63 @@ describe("who can change a directory on the way", () => {
     expect(check?.fix).toContain(`chown root ${parent}`);
   });
 
-  test("a parent its group may write to is refused, naming it", async () => {
+  test("a parent its group may write to is refused, naming it; /readyz says so too", async () => {
     const parent = join(root, "group", "spire");
     const socketDir = agentDir(join(parent, "agent-sockets"));
     chmodSync(parent, 0o775);
-    const node = await driverFor(socketDir);
+    const port = freePort();
+    const node = await driverFor(socketDir, ["--health-addr", `127.0.0.1:${port}`]);
     const error = await refused(node);
+    const expected = `${parent} is writable by its group or by others (mode 0775)`;
     expect(error.code).toBe(status.FAILED_PRECONDITION);
-    expect(error.details).toContain(`${parent} is writable by its group or by others (mode 0775)`);
+    expect(error.details).toContain(expected);
     node.close();
+    const ready = await fetch(`http://127.0.0.1:${port}/readyz`);
+    expect(ready.status).toBe(503);
+    expect(await ready.text()).toContain(expected);
+  });
+
+  test("with --selinux-label on, a refused path is never labelled: the host directory it leads to keeps its label", async () => {
+    // A file system that stores security.selinux without a policy loaded.
+    const base = join(root, "labelled");
+    mkdirSync(base);
+    expect(
+      Bun.spawnSync(["mount", "-t", "tmpfs", "-o", "mode=0755", "labelled", base]).exitCode,
+    ).toBe(0);
+    try {
+      const parent = join(base, "spire");
+      const socketDir = agentDir(join(parent, "agent-sockets"));
+      chownSync(parent, AGENT_UID, AGENT_UID);
+      const secrets = join(base, "host-secrets");
+      mkdirSync(secrets);
+      writeFileSync(join(secrets, "shadow"), "root:secret");
+      for (const path of [secrets, join(secrets, "shadow")]) setLabel(path, HOST_LABEL);
+      // What the agent's user can do to its parent: the directory aside, a link in its place.
+      renameSync(socketDir, `${socketDir}.old`);
+      symlinkSync(secrets, socketDir);
+      const port = freePort();
+      const node = await driverFor(socketDir, [
+        "--selinux-label",
+        "on",
+        "--allow-symlinked-socket-dir",
+        "--health-addr",
+        `127.0.0.1:${port}`,
+      ]);
+      const error = await refused(node);
+      expect(error.code).toBe(status.FAILED_PRECONDITION);
+      node.close();
+      const labels = () => [getLabel(secrets), getLabel(join(secrets, "shadow"))];
+      // Started and published: nothing there was relabelled.
+      expect(labels()).toEqual([HOST_LABEL, HOST_LABEL]);
+      const ready = await fetch(`http://127.0.0.1:${port}/readyz`);
+      expect(ready.status).toBe(503);
+      expect(await ready.text()).toContain(`${parent} is owned by uid ${AGENT_UID}`);
+      // Nor by a readiness check.
+      expect(labels()).toEqual([HOST_LABEL, HOST_LABEL]);
+      await drivers.pop()?.stop();
+    } finally {
+      Bun.spawnSync(["umount", "-l", base]);
+    }
   });
 
   test("the directory itself may belong to the agent's user, below root's directories", async () => {
