@@ -29,6 +29,7 @@ import {
   startDriver,
   tempDir,
 } from "../helpers/driver.ts";
+import { freePort } from "../helpers/http.ts";
 import {
   mountsUnder,
   type PodVolume,
@@ -111,14 +112,6 @@ function doctorCheck(socketDir: string, args: string[] = []): Check | undefined 
   );
   const checks = JSON.parse(result.stdout.toString()) as Check[];
   return checks.find((check) => check.name === "Workload API socket directory's path is safe");
-}
-
-/** A TCP port on the loopback address that nothing listens on now, chosen by the OS. */
-function freePort(): number {
-  const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const chosen = listener.port;
-  listener.stop(true);
-  return chosen;
 }
 
 describe("symbolic links on the path", () => {

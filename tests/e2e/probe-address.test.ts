@@ -9,7 +9,7 @@ import { join } from "node:path";
 import type { UnixSocketListener } from "bun";
 import { startAgent } from "../helpers/agent.ts";
 import { type DriverProcess, startDriver, tempDir } from "../helpers/driver.ts";
-import { probe, rawRequest } from "../helpers/http.ts";
+import { freePort, probe, rawRequest } from "../helpers/http.ts";
 import { waitFor } from "../helpers/wait.ts";
 
 // Generous for a loaded machine: covers every test and hook of this file.
@@ -42,14 +42,6 @@ afterAll(async () => {
   rmSync(root, { recursive: true, force: true });
   expect(code).toBe(0);
 }, 60_000);
-
-/** A TCP port on the loopback address that nothing listens on now, chosen by the OS. */
-function freePort(): number {
-  const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const chosen = listener.port;
-  listener.stop(true);
-  return chosen;
-}
 
 /** A keep-alive client from the probes' address, looping on `path`; counts its answers. */
 function holder(path: string) {

@@ -350,37 +350,43 @@ describe("--recursive-bind, driver in the node's namespace (the directory is a s
   }, 60_000);
 });
 
-describe("--recursive-bind, a read-write file system mounted between the check and the bind", () => {
-  // A `mount` that, while the flag file exists, mounts a read-write tmpfs in the directory being
-  // bound just before it binds it: what an agent mounting at that moment does.
-  const slipping = join(root, "slip-before-rbind");
-  const slipped = join(socketDir, "slipped");
-  const bin = join(root, "bin-slip");
+/**
+ * A driver with --recursive-bind in this namespace whose `mount` is a stand-in: the shell line
+ * `line`, then the real `mount`. Started before the enclosing describe's tests, stopped after.
+ */
+function driverWithMount(name: string, line: string) {
+  const bin = join(root, `bin-${name}`);
   mkdirSync(bin);
-  writeFileSync(
-    join(bin, "mount"),
-    `#!/bin/sh\ncase "$*" in *--rbind*) [ -e ${slipping} ] && { ${Bun.which("mount")} -t tmpfs -o size=64k slipped ${slipped} || exit 99; };; esac\nexec ${Bun.which("mount")} "$@"\n`,
-    { mode: 0o755 },
-  );
-  const csiSocketPath = join(root, "plugin-slip", "csi.sock");
-  let driver: DriverProcess;
-  let node: ReturnType<typeof clients>["node"];
-
+  writeFileSync(join(bin, "mount"), `#!/bin/sh\n${line}\nexec ${Bun.which("mount")} "$@"\n`, {
+    mode: 0o755,
+  });
+  const csiSocketPath = join(root, `plugin-${name}`, "csi.sock");
+  const started = {} as { driver: DriverProcess; node: ReturnType<typeof clients>["node"] };
   beforeAll(async () => {
-    driver = await startDriver({
+    started.driver = await startDriver({
       workloadApiSocketDir: socketDir,
       csiSocketPath,
       args: ["--recursive-bind"],
       env: { PATH: `${bin}:${process.env.PATH}` },
     });
-    node = clients(csiSocketPath).node;
+    started.node = clients(csiSocketPath).node;
   }, 60_000);
-
   afterAll(async () => {
-    node.close();
-    const { stderr } = await driver.stop();
-    expect(stderr).not.toContain("code=INTERNAL");
+    started.node.close();
+    await started.driver.stop();
   }, 60_000);
+  return started;
+}
+
+describe("--recursive-bind, a read-write file system mounted between the check and the bind", () => {
+  // A `mount` that, while the flag file exists, mounts a read-write tmpfs in the directory being
+  // bound just before it binds it: what an agent mounting at that moment does.
+  const slipping = join(root, "slip-before-rbind");
+  const slipped = join(socketDir, "slipped");
+  const standIn = driverWithMount(
+    "slip",
+    `case "$*" in *--rbind*) [ -e ${slipping} ] && { ${Bun.which("mount")} -t tmpfs -o size=64k slipped ${slipped} || exit 99; };; esac`,
+  );
 
   test("the published tree is checked again and taken back: FAILED_PRECONDITION, nothing left, the agent's mounts untouched", async () => {
     const svid = readFileSync(join(spiffefs, "svid"), "utf8");
@@ -388,7 +394,7 @@ describe("--recursive-bind, a read-write file system mounted between the check a
     writeFileSync(slipping, "");
     try {
       const volume = preparedVolume();
-      const error = await rpcFailure(node.nodePublishVolume(publishRequest(volume)));
+      const error = await rpcFailure(standIn.node.nodePublishVolume(publishRequest(volume)));
       // The stand-in did mount, after the driver's check.
       expect(isMountPoint(slipped)).toBe(true);
       expect(error.code).toBe(status.FAILED_PRECONDITION);
@@ -407,9 +413,9 @@ describe("--recursive-bind, a read-write file system mounted between the check a
     }
     // Without the race, the same driver publishes.
     const volume = preparedVolume();
-    await node.nodePublishVolume(publishRequest(volume));
+    await standIn.node.nodePublishVolume(publishRequest(volume));
     expect(await talkToAgent(volume.targetPath)).toBe("pong ping");
-    await node.nodeUnpublishVolume(unpublishRequest(volume));
+    await standIn.node.nodeUnpublishVolume(unpublishRequest(volume));
     expect(mountsUnder(volume.targetPath)).toBe(0);
     removeVolume(volume);
   }, 60_000);
@@ -418,38 +424,17 @@ describe("--recursive-bind, a read-write file system mounted between the check a
 describe("--recursive-bind, a publish stopped between the bind and making it a slave", () => {
   // A `mount` that fails to change propagation while the flag file exists.
   const failing = join(root, "fail-make-slave");
-  const bin = join(root, "bin");
-  mkdirSync(bin);
-  writeFileSync(
-    join(bin, "mount"),
-    `#!/bin/sh\ncase "$*" in *--make-rslave*) [ -e ${failing} ] && exit 1;; esac\nexec ${Bun.which("mount")} "$@"\n`,
-    { mode: 0o755 },
+  const standIn = driverWithMount(
+    "failing",
+    `case "$*" in *--make-rslave*) [ -e ${failing} ] && exit 1;; esac`,
   );
-  const csiSocketPath = join(root, "plugin-failing", "csi.sock");
-  let driver: DriverProcess;
-  let node: ReturnType<typeof clients>["node"];
-
-  beforeAll(async () => {
-    driver = await startDriver({
-      workloadApiSocketDir: socketDir,
-      csiSocketPath,
-      args: ["--recursive-bind"],
-      env: { PATH: `${bin}:${process.env.PATH}` },
-    });
-    node = clients(csiSocketPath).node;
-  }, 60_000);
-
-  afterAll(async () => {
-    node.close();
-    await driver.stop();
-  }, 60_000);
 
   /** A volume left bound and still a peer of the agent's directory. */
   async function interrupted(): Promise<PodVolume> {
     const volume = preparedVolume();
     writeFileSync(failing, "");
     try {
-      const error = await rpcFailure(node.nodePublishVolume(publishRequest(volume)));
+      const error = await rpcFailure(standIn.node.nodePublishVolume(publishRequest(volume)));
       expect(error.code).toBe(status.INTERNAL);
       expect(error.details).toContain("slaves");
     } finally {
@@ -461,7 +446,7 @@ describe("--recursive-bind, a publish stopped between the bind and making it a s
 
   test("unpublishing it makes it a slave first: the agent's file systems stay mounted", async () => {
     const volume = await interrupted();
-    await node.nodeUnpublishVolume(unpublishRequest(volume));
+    await standIn.node.nodeUnpublishVolume(unpublishRequest(volume));
     expect(mountsUnder(volume.targetPath)).toBe(0);
     removeVolume(volume);
     expect(isMountPoint(spiffefs)).toBe(true);
@@ -470,7 +455,7 @@ describe("--recursive-bind, a publish stopped between the bind and making it a s
 
   test("publishing it again makes it a slave: nothing mounted at it reaches the agent", async () => {
     const volume = await interrupted();
-    await node.nodePublishVolume(publishRequest(volume));
+    await standIn.node.nodePublishVolume(publishRequest(volume));
     mkdirSync(join(socketDir, "probe"));
     try {
       run("mount", "-t", "tmpfs", "tmpfs", join(volume.targetPath, "probe"));
@@ -479,7 +464,7 @@ describe("--recursive-bind, a publish stopped between the bind and making it a s
     } finally {
       rmSync(join(socketDir, "probe"), { recursive: true });
     }
-    await node.nodeUnpublishVolume(unpublishRequest(volume));
+    await standIn.node.nodeUnpublishVolume(unpublishRequest(volume));
     expect(mountsUnder(volume.targetPath)).toBe(0);
     removeVolume(volume);
     expect(isMountPoint(spiffefs)).toBe(true);
