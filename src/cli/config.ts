@@ -6,6 +6,10 @@ import { argsOf, ConfigError, listValues, readSettings, SETTINGS } from "./setti
 
 export interface Config {
   workloadApiSocketDir: string;
+  /** Follow symbolic links on the Workload API directory's path. */
+  allowSymlinkedSocketDir: boolean;
+  /** How long the driver runs at least before it restarts itself for a removed directory. */
+  selfRestartBackoffMs: number;
   csiSocketPath: string;
   pluginName: string;
   nodeId: string;
@@ -80,6 +84,8 @@ export function configFromArgs(
   const dir = settings.kubeletRegistrationDir;
   return {
     workloadApiSocketDir: settings.workloadApiSocketDir,
+    allowSymlinkedSocketDir: settings.allowSymlinkedSocketDir,
+    selfRestartBackoffMs: settings.selfRestartBackoff,
     csiSocketPath: settings.csiSocketPath,
     pluginName: settings.pluginName,
     nodeId,

@@ -17,6 +17,7 @@ import { Identity } from "../gen/csi/v1/csi_pb.ts";
 import { readMountId } from "../linux/descriptors.ts";
 import { findMount, readMountTable } from "../linux/mountinfo.ts";
 import { mountTree } from "../linux/submounts.ts";
+import { openTrustedDirectory, UnsafePathError } from "../linux/trusted-path.ts";
 import { checkAgent, connects } from "../ops/agent.ts";
 import {
   describeOwner,
@@ -63,6 +64,8 @@ export interface DoctorOptions {
   policy?: PodPolicy;
   /** Who the workloads run as (--workload-user). */
   workloadUser: WorkloadUser;
+  /** The driver follows symbolic links on the Workload API directory's path. */
+  allowSymlinkedSocketDir?: boolean;
 }
 
 const pass = (name: string, detail: string): Check => ({ name, ok: true, detail });
@@ -76,6 +79,37 @@ const fail = (name: string, detail: string, fix: string): Check => ({
 
 // Linux capability number of CAP_SYS_ADMIN.
 const CAP_SYS_ADMIN = 21n;
+
+/**
+ * The Workload API directory's path as the driver opens it: no symbolic link on it (unless
+ * allowed), and no directory on the way that anyone but root could change. What exists of the
+ * path is judged; a missing directory is the agent checks' to report.
+ */
+export function socketDirPathCheck(socketDir: string, followLinks: boolean): Check {
+  const name = "Workload API socket directory's path is safe";
+  let found: ReturnType<typeof openTrustedDirectory>;
+  try {
+    found = openTrustedDirectory(socketDir, { followLinks });
+  } catch (error) {
+    if (error instanceof UnsafePathError) return fail(name, error.message, error.fix);
+    return fail(name, `${socketDir}: ${(error as Error).message}`, "check that /proc is mounted");
+  }
+  const rule = `${followLinks ? "links followed as allowed" : "no symbolic link on it"}, and every directory above it is root's and writable by root alone`;
+  switch (found.kind) {
+    case "directory":
+      found.handle.close();
+      return pass(name, `${socketDir}: ${rule}`);
+    case "missing":
+    case "not-directory":
+      return pass(name, `${socketDir}, as far as it exists (up to ${found.at}): ${rule}`);
+    case "removed":
+      return fail(
+        name,
+        `${found.at} was removed on the node, and this mount namespace still holds the removed directory`,
+        "restart the driver's container (the driver restarts itself when it sees this), so that it gets the node's current directory",
+      );
+  }
+}
 
 /**
  * Whether this process runs in the driver's container: PID 1 of its PID namespace is this very

@@ -1,5 +1,6 @@
 import { join } from "node:path";
 import { type ArgsDef, defineCommand } from "citty";
+import { asciiJson, escapeControls } from "../ops/log.ts";
 import { ANY_USER, parseWorkloadUser } from "../ops/workload-user.ts";
 import { unknownFlags } from "./argv.ts";
 import {
@@ -16,6 +17,7 @@ import {
   registrationDirectoryCheck,
   socketDirectoryCheck,
   socketDirectorySafetyCheck,
+  socketDirPathCheck,
   submountChecks,
 } from "./doctor-checks.ts";
 import { exit, settingsOrExit } from "./exit.ts";
@@ -26,6 +28,7 @@ async function runChecks(options: DoctorOptions): Promise<Check[]> {
   const socketDir = options.workloadApiSocketDir;
   return [
     ...(await agentChecks(socketDir, options.workloadUser)),
+    socketDirPathCheck(socketDir, options.allowSymlinkedSocketDir === true),
     ...labelChecks(socketDir, options.selinuxContext),
     ...(options.recursiveBind ? await submountChecks(socketDir) : []),
     socketDirectoryCheck(options.csiSocketPath),
@@ -39,12 +42,17 @@ async function runChecks(options: DoctorOptions): Promise<Check[]> {
   ];
 }
 
+/**
+ * One line per check (and one for its fix). Every text is escaped: a name read from the node (a
+ * socket's, say) can hold escape codes that would move the cursor and turn a FAIL into a PASS on
+ * a terminal.
+ */
 function formatChecks(checks: Check[]): string {
   return checks
     .map((check) => {
       const verdict = check.skipped ? "SKIP" : check.ok ? "PASS" : "FAIL";
-      const line = `${verdict}  ${check.name}: ${check.detail}`;
-      return check.fix ? `${line}\n      fix: ${check.fix}` : line;
+      const line = `${verdict}  ${escapeControls(check.name)}: ${escapeControls(check.detail)}`;
+      return check.fix ? `${line}\n      fix: ${escapeControls(check.fix)}` : line;
     })
     .join("\n");
 }
@@ -55,6 +63,7 @@ const {
   csiSocketPath,
   pluginName,
   allow,
+  allowSymlinkedSocketDir,
   kubeletRegistrationDir,
   selinuxContext,
   recursiveBind,
@@ -106,8 +115,11 @@ const args = {
     valueHint: "user",
   },
   ...argsOf(
-    { selinuxContext, recursiveBind },
+    { allowSymlinkedSocketDir, selinuxContext, recursiveBind },
     {
+      allowSymlinkedSocketDir: {
+        help: "The driver runs with --allow-symlinked-socket-dir: symbolic links on the directory's path are followed",
+      },
       selinuxContext: { help: "The SELinux label the driver gives the Workload API directory" },
       recursiveBind: {
         help: "The driver runs with --recursive-bind: check that file systems below the Workload API directory are read-only",
@@ -147,6 +159,11 @@ function doctorOptions(parsed: Record<string, unknown>, argv: readonly string[])
     workloadUser,
     selinuxContext: readSetting("selinuxContext", selinuxContext, parsed),
     recursiveBind: readSetting("recursiveBind", recursiveBind, parsed),
+    allowSymlinkedSocketDir: readSetting(
+      "allowSymlinkedSocketDir",
+      allowSymlinkedSocketDir,
+      parsed,
+    ),
   };
 }
 
@@ -162,9 +179,7 @@ export const doctor = defineCommand({
       "doctor",
     );
     const checks = await runChecks(options);
-    process.stdout.write(
-      parsed.json ? `${JSON.stringify(checks, null, 2)}\n` : `${formatChecks(checks)}\n`,
-    );
+    process.stdout.write(parsed.json ? `${asciiJson(checks, 2)}\n` : `${formatChecks(checks)}\n`);
     exit(checks.every((check) => check.ok) ? 0 : 1);
   },
 });

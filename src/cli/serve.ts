@@ -1,9 +1,10 @@
-import { existsSync } from "node:fs";
 import { join } from "node:path";
+import { status } from "@grpc/grpc-js";
 import { auditLogger } from "../csi/audit.ts";
 import { controllerHandlers } from "../csi/controller.ts";
 import { identityHandlers } from "../csi/identity.ts";
 import { NodeService } from "../csi/node.ts";
+import { inspectSource } from "../csi/source.ts";
 import { Controller, Identity, Node } from "../gen/csi/v1/csi_pb.ts";
 import { Registration } from "../gen/pluginregistration/v1/api_pb.ts";
 import type { Mounter } from "../linux/mounter.ts";
@@ -11,6 +12,7 @@ import type { Logger } from "../ops/log.ts";
 import { LogKey } from "../ops/log-keys.ts";
 import { idleCollector } from "../ops/memory.ts";
 import type { Metrics } from "../ops/metrics.ts";
+import { EXIT_RESTART, SelfRestart } from "../ops/self-restart.ts";
 import { registrationHandlers } from "../registration/service.ts";
 import { type CallObserver, grpcService } from "../rpc/adapter.ts";
 import { rpcLogger } from "../rpc/call-log.ts";
@@ -30,6 +32,10 @@ const IDLE_COLLECT_MS = 1_000;
 // killed by its timeout before the driver exits, so none is left running behind it.
 const SHUTDOWN_MARGIN_MS = 1_000;
 
+// How often the driver looks at the Workload API directory by itself, so that a directory
+// removed on the node is noticed without waiting for a publish.
+const SOURCE_CHECK_INTERVAL_MS = 5_000;
+
 /** What the servers share once the driver is set up. */
 interface Driver {
   config: Config;
@@ -44,13 +50,16 @@ interface Driver {
   /** Notes activity, so that garbage is collected once the driver is idle. */
   callMade: () => void;
   limits: ConnectionLimits;
+  /** A restart the driver asks for itself (a removed Workload API directory). */
+  restart: SelfRestart;
   /** False once the driver is shutting down. */
   serving: boolean;
 }
 
 /**
- * Runs the driver until SIGTERM or SIGINT: sets it up, starts each server in turn, each pushing
- * its closer, and on a signal (or a server that cannot start) closes them in reverse order.
+ * Runs the driver until SIGTERM or SIGINT, or until it restarts itself: sets it up, starts each
+ * server in turn, each pushing its closer, and on a signal, a restart that is due (or a server
+ * that cannot start) closes them in reverse order.
  */
 export async function serve(config: Config, mounter: Mounter, logger: Logger): Promise<void> {
   logStart(config, logger);
@@ -62,6 +71,7 @@ export async function serve(config: Config, mounter: Mounter, logger: Logger): P
       closers.push(await startHealth(driver, config.healthAddr, driver.metrics));
     }
     closers.push(await startCsi(driver));
+    closers.push(watchSource(driver));
     if (config.kubeletRegistration) {
       closers.push(await startRegistration(driver, config.kubeletRegistration));
     }
@@ -74,12 +84,17 @@ export async function serve(config: Config, mounter: Mounter, logger: Logger): P
   // Start-up leaves garbage too.
   driver.callMade();
 
-  const signal = await nextSignal(logger);
-  logger.info("shutting down", { [LogKey.signal]: signal });
+  const stop = await Promise.race([
+    nextSignal(logger).then((signal) => ({ signal, code: 0 })),
+    driver.restart.whenDue().then(() => ({ signal: undefined, code: EXIT_RESTART })),
+  ]);
+  logger.info("shutting down", {
+    ...(stop.signal ? { [LogKey.signal]: stop.signal } : { [LogKey.reason]: "restart" }),
+  });
   driver.serving = false;
   await closers.closeAll(config.mountTimeoutMs + SHUTDOWN_MARGIN_MS);
-  logger.info("stopped");
-  exit(0);
+  logger.info("stopped", { [LogKey.exitStatus]: stop.code });
+  exit(stop.code);
 }
 
 function logStart(config: Config, logger: Logger): void {
@@ -90,12 +105,6 @@ function logStart(config: Config, logger: Logger): void {
     [LogKey.workloadApiSocketDir]: config.workloadApiSocketDir,
     [LogKey.csiSocketPath]: config.csiSocketPath,
   });
-  if (!existsSync(config.workloadApiSocketDir)) {
-    // Not fatal: the agent may create it later. Publishing answers UNAVAILABLE until then.
-    logger.warn("the Workload API socket directory does not exist yet", {
-      [LogKey.path]: config.workloadApiSocketDir,
-    });
-  }
   logger.info("pod policy", { [LogKey.allow]: config.policy.describe() });
   if (config.recursiveBind) {
     logger.info("recursive bind on: file systems below the Workload API directory reach pods");
@@ -115,10 +124,27 @@ async function setUp(config: Config, mounter: Mounter, logger: Logger): Promise<
     ? new (await import("../ops/metrics.ts")).Metrics(VERSION, () => node.publishedVolumes)
     : undefined;
   const logAudit = auditLogger(logger);
+  const restart = new SelfRestart(config.selfRestartBackoffMs);
   const node = new NodeService({
     nodeId: config.nodeId,
     pluginName: config.pluginName,
     workloadApiSocketDir: config.workloadApiSocketDir,
+    allowSymlinkedSocketDir: config.allowSymlinkedSocketDir,
+    onSourceRemoved: (problem) => {
+      const inMs = restart.request(problem);
+      if (inMs === undefined) return;
+      // In a container only a restart mounts the node's directory again; the container runtime
+      // (or systemd) starts the driver again after it exits.
+      logger.error(
+        "the Workload API directory the driver sees was removed on the node; restarting so that the container gets the node's current directory",
+        {
+          [LogKey.path]: config.workloadApiSocketDir,
+          [LogKey.reason]: problem,
+          [LogKey.restartInMs]: inMs,
+          [LogKey.exitStatus]: EXIT_RESTART,
+        },
+      );
+    },
     mounter,
     onMountFailure: (operation) => metrics?.mountFailed(operation),
     labeler,
@@ -130,6 +156,7 @@ async function setUp(config: Config, mounter: Mounter, logger: Logger): Promise<
       if (record.outcome === "refused") metrics?.publishRefused(record.pod.namespace);
     },
   });
+  checkSourceAtStart(node, restart, config, logger);
   if (metrics) await node.adoptPublished();
   const logCall = rpcLogger(logger);
   const callMade = idleCollector(IDLE_COLLECT_MS);
@@ -152,8 +179,31 @@ async function setUp(config: Config, mounter: Mounter, logger: Logger): Promise<
     observe,
     callMade,
     limits,
+    restart,
     serving: true,
   };
+}
+
+/**
+ * Says at start what a publish would answer about the Workload API directory. Not fatal: the agent
+ * may create the directory later, an operator may fix who can change its path, and a publish
+ * says what is wrong until then.
+ */
+function checkSourceAtStart(
+  node: NodeService,
+  restart: SelfRestart,
+  config: Config,
+  logger: Logger,
+): void {
+  const refusal = node.checkSource();
+  if (refusal?.code === status.FAILED_PRECONDITION) logger.error(refusal.problem);
+  // A removed directory has its own line (onSourceRemoved).
+  else if (refusal && restart.pending === undefined) {
+    logger.warn("the Workload API socket directory does not exist yet", {
+      [LogKey.path]: config.workloadApiSocketDir,
+      [LogKey.reason]: refusal.problem,
+    });
+  }
 }
 
 /**
@@ -168,9 +218,21 @@ function startLabelling(config: Config, logger: Logger): Labeler | undefined {
   });
   if (!wanted.enabled) return undefined;
   const labeler = new Labeler(config.workloadApiSocketDir, config.selinuxContext, logger);
-  const problem = labeler.ensure();
+  // A refused path is never labelled: it could lead anywhere (checkSourceAtStart says why).
+  const problem = refusedPath(config) === undefined ? labeler.ensure() : undefined;
   if (problem) logger.warn(problem);
   return labeler;
+}
+
+/**
+ * Why the Workload API directory's path is refused (a link on it, a directory on the way that
+ * someone other than root could change), or undefined. The labeller works on the path: it runs
+ * only where a publish would accept the path.
+ */
+function refusedPath(config: Config): string | undefined {
+  const source = inspectSource(config);
+  if (source.ok) source.handle.close();
+  return !source.ok && source.code === status.FAILED_PRECONDITION ? source.problem : undefined;
 }
 
 /** The HTTP health and metrics endpoint (--health-addr). */
@@ -188,7 +250,7 @@ async function startHealth(driver: Driver, address: string, metrics: Metrics): P
       logger,
       // Checking repairs too: a socket the agent re-creates while pods run is labelled again
       // within one readiness period, not only at the next publish.
-      readinessProblem: labeler && (() => labeler.ensure()),
+      readinessProblem: () => driver.restart.pending ?? refusedPath(config) ?? labeler?.ensure(),
     });
   } catch (error) {
     throw new StartError(`cannot serve --health-addr ${address}: ${(error as Error).message}`);
@@ -204,7 +266,15 @@ async function startCsi(driver: Driver): Promise<(graceMs: number) => Promise<vo
   const server = await startServer(
     config.csiSocketPath,
     [
-      grpcService(Identity, identityHandlers(config.pluginName, config.policy), calls),
+      grpcService(
+        Identity,
+        identityHandlers(
+          config.pluginName,
+          config.policy,
+          () => driver.restart.pending === undefined,
+        ),
+        calls,
+      ),
       grpcService(Controller, controllerHandlers(), calls),
       grpcService(Node, driver.node.handlers(), calls),
     ],
@@ -213,6 +283,25 @@ async function startCsi(driver: Driver): Promise<(graceMs: number) => Promise<vo
     driver.limits,
   );
   return (graceMs) => server.close(graceMs);
+}
+
+/**
+ * Looks at the Workload API directory every few seconds, as a publish would: a directory removed
+ * on the node then restarts the driver (onSourceRemoved) before a pod needs it. Other problems are
+ * for the publishes to answer.
+ */
+function watchSource(driver: Driver): () => void {
+  const timer = setInterval(() => {
+    try {
+      driver.node.checkSource();
+    } catch (error) {
+      driver.logger.debug("checking the Workload API directory failed", {
+        [LogKey.error]: (error as Error).message,
+      });
+    }
+  }, SOURCE_CHECK_INTERVAL_MS);
+  timer.unref();
+  return () => clearInterval(timer);
 }
 
 /**

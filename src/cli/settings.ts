@@ -162,6 +162,15 @@ export const SETTINGS = {
     valueHint: "dir",
     parse: absolutePath,
   }),
+  allowSymlinkedSocketDir: toggle({
+    unset: "off",
+    help: "Follow symbolic links on the path of --workload-api-socket-dir (refused otherwise); every directory on the way must still be root's and writable by root alone",
+  }),
+  selfRestartBackoff: text({
+    default: "30",
+    help: "Seconds the driver runs at least before it restarts itself because the Workload API directory it sees was removed on the node (so at most one such restart per period); it exits with status 75",
+    parse: positiveSeconds,
+  }),
   csiSocketPath: text({
     reference: true,
     default: "/spiffe-csi/csi.sock",

@@ -1,15 +1,16 @@
-import { directoryInode, inspectEntry, sameInode } from "../linux/inspect.ts";
+import { inspectEntry, sameInode } from "../linux/inspect.ts";
 import { type MountInfo, MountTableTooLarge, readMountTable } from "../linux/mountinfo.ts";
 import { KUBELET_CSI_VOLUME_PATH, openVolumeDir, TARGET_NAME } from "./kubelet.ts";
+import { openSourceIfThere, type SourceOptions } from "./source.ts";
 import { release } from "./target.ts";
 
 /**
  * The volumes published before this process started, by volume key, from one read of the mount
- * table at start-up (never on a call's path, and bounded like every read of it): kubelet CSI volume paths that show the Workload
- * API directory.
+ * table at start-up (never on a call's path, and bounded like every read of it): kubelet CSI
+ * volume paths that show the Workload API directory.
  */
-export async function adoptPublished(socketDir: string): Promise<string[]> {
-  const source = directoryInode(socketDir);
+export async function adoptPublished(options: SourceOptions): Promise<string[]> {
+  using source = openSourceIfThere(options);
   if (!source) return [];
   let table: MountInfo[];
   try {

@@ -6,9 +6,11 @@ import { formatRule, type PodPolicy } from "./policy.ts";
 /** The manifest key holding the --allow rules in force, joined by commas ("" for none). */
 export const MANIFEST_ALLOW = "allow";
 
+/** `ready` says whether the driver can serve; a driver about to restart itself is not ready. */
 export function identityHandlers(
   pluginName: string,
   policy?: PodPolicy,
+  ready: () => boolean = () => true,
 ): ServiceHandlers<typeof Identity> {
   // The manifest is opaque to the kubelet; the doctor reads the policy in force from it.
   const manifest: Record<string, string> = policy
@@ -20,7 +22,8 @@ export function identityHandlers(
     getPluginCapabilities: async () => ({}),
     // Probe backs a liveness check: it answers ready whenever the driver can serve. Whether the
     // SPIFFE agent is up is not the driver's health (restarting the driver never brings an agent
-    // back); volume health reports that through NodeGetVolumeStats.
-    probe: async () => ({ ready: true }),
+    // back); volume health reports that through NodeGetVolumeStats. A driver that waits to
+    // restart itself (it sees a removed Workload API directory) is not ready.
+    probe: async () => ({ ready: ready() }),
   };
 }

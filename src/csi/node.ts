@@ -20,14 +20,14 @@ import { openVolumeDir, podUidOf, type VolumeDirectory, VolumePathError } from "
 import { KeyedMutex } from "./locks.ts";
 import { type PodIdentity, type PodPolicy, podIdentity } from "./policy.ts";
 import { publish } from "./publish.ts";
+import { inspectSource, type SourceOptions } from "./source.ts";
 import { volumeStats } from "./stats.ts";
 import { unpublish } from "./unpublish.ts";
 import { validatePublish, validateUnpublish, validateVolumeStats } from "./validate.ts";
 
-export interface NodeServiceOptions {
+export interface NodeServiceOptions extends SourceOptions {
   nodeId: string;
   pluginName: string;
-  workloadApiSocketDir: string;
   mounter: Mounter;
   /** Told of every `mount` or `umount` that failed (for metrics). */
   onMountFailure?: (operation: "mount" | "umount") => void;
@@ -121,10 +121,21 @@ export class NodeService {
     return this.published.size;
   }
 
+  /**
+   * Looks at the Workload API directory as a publish would, so that a directory removed on the
+   * node is noticed (onSourceRemoved) without waiting for a publish; says what a publish would
+   * answer, or undefined when it would go ahead.
+   */
+  checkSource(): { code: status; problem: string } | undefined {
+    const source = inspectSource(this.options);
+    if (!source.ok) return source;
+    source.handle.close();
+    return undefined;
+  }
+
   /** Counts the volumes published before this process started (see adoption.ts). */
   async adoptPublished(): Promise<void> {
-    const keys = await adoptPublished(this.options.workloadApiSocketDir);
-    for (const key of keys) this.published.add(key);
+    for (const key of await adoptPublished(this.options)) this.published.add(key);
   }
 
   /**

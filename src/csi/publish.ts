@@ -1,4 +1,5 @@
 import { chmodSync, mkdirSync, readdirSync, rmdirSync } from "node:fs";
+import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import type { DirectoryHandle } from "../linux/descriptors.ts";
 import { isErrno } from "../linux/errno.ts";
@@ -8,7 +9,7 @@ import {
   sameInode,
   type TargetState,
 } from "../linux/inspect.ts";
-import type { MountTree } from "../linux/submounts.ts";
+import { type MountTree, mountTree } from "../linux/submounts.ts";
 import { RpcError } from "../rpc/status.ts";
 import { commandFailed, failedPrecondition, fs, internal, quote } from "./errors.ts";
 import { TARGET_NAME, type VolumeData, type VolumeDirectory } from "./kubelet.ts";
@@ -31,7 +32,7 @@ export async function publish(
   targetPath: string,
   volume: VolumeDirectory,
 ): Promise<void> {
-  using source = openSource(options.workloadApiSocketDir);
+  using source = openSource(options);
   const labelProblem = options.labeler?.ensure();
   if (labelProblem) throw failedPrecondition(labelProblem);
   const record = await volumeRecord(volume, targetPath);
@@ -153,6 +154,32 @@ class Publication {
     if (sourceTree && sourceTree.peerGroups.length > 0) {
       await makeSlave(options, volume, targetPath, bound);
     }
+    if (sourceTree && !options.allowWritableSubmounts) await this.checkBoundTree(bound);
+  }
+
+  /**
+   * With --recursive-bind: the tree the bind copied, checked again. A read-write file system
+   * mounted in the directory between the check of its tree and the bind was copied too, and would
+   * reach pods writable: the bind is taken back. It is a slave by now (or was never a peer), so
+   * unmounting it unmounts nothing of the agent's.
+   */
+  private async checkBoundTree(bound: DirectoryState): Promise<void> {
+    const { options, volume, targetPath, source } = this;
+    const location = join(volume.location, TARGET_NAME);
+    const { writable } = mountTree(await mountTable(), bound.handle.mountId, location);
+    if (writable.length === 0) return;
+    try {
+      await options.mounter.unmount({ fd: bound.handle.fd, path: targetPath });
+    } catch (error) {
+      options.onMountFailure?.("umount");
+      throw commandFailed(`taking back the bind at ${quote(targetPath)}`, error);
+    }
+    this.abandon();
+    // Named as in the directory, where they have to be changed.
+    const inSource = writable.map((path) => source.location() + path.slice(location.length));
+    throw failedPrecondition(
+      `read-write mounts (${inSource.map(quote).join(", ")}) appeared in the Workload API directory ${quote(options.workloadApiSocketDir)} while it was being bound at ${quote(targetPath)}; the bind is taken back: with --recursive-bind pods would get them writable, since a pod's readOnly covers only the top of the volume: mount them read-only, or start the driver with --allow-writable-submounts`,
+    );
   }
 
   /** The target after the bind: where the walk found it, and showing the directory. */

@@ -1,37 +1,98 @@
 import { status } from "@grpc/grpc-js";
 import type { DirectoryHandle } from "../linux/descriptors.ts";
-import { type Inode, openConfiguredDirectory } from "../linux/inspect.ts";
+import { openTrustedDirectory, UnsafePathError } from "../linux/trusted-path.ts";
 import { RpcError } from "../rpc/status.ts";
-import { fs, quote } from "./errors.ts";
+import { internal, quote } from "./errors.ts";
 
-/** The Workload API directory as the driver sees it now, held open; undefined when missing. */
-export function openSourceIfThere(socketDir: string): DirectoryHandle | undefined {
-  return fs(`inspecting the Workload API directory ${quote(socketDir)}`, () =>
-    openConfiguredDirectory(socketDir),
-  );
+/** What the driver knows of the Workload API directory (see NodeServiceOptions). */
+export interface SourceOptions {
+  workloadApiSocketDir: string;
+  /** Follow symbolic links on its path (--allow-symlinked-socket-dir). */
+  allowSymlinkedSocketDir?: boolean;
+  /**
+   * Told when the directory the driver sees was removed on the node and cannot be reached again
+   * from here: only a new mount (a restarted container) gets the node's current one.
+   */
+  onSourceRemoved?: (problem: string) => void;
 }
 
-/** The Workload API directory, held open, or UNAVAILABLE saying why it cannot be published. */
-export function openSource(socketDir: string): DirectoryHandle {
-  const source = openSourceIfThere(socketDir);
-  const problem = sourceProblem(socketDir, source);
-  if (problem || !source) {
-    source?.close();
-    throw new RpcError(status.UNAVAILABLE, problem ?? "no Workload API directory");
+/** The Workload API directory held open, or the status and message that say why not. */
+export type SourceState =
+  | { ok: true; handle: DirectoryHandle }
+  | { ok: false; code: status; problem: string };
+
+/**
+ * The Workload API directory as the driver sees it now, opened the way the kubelet's paths are
+ * (../linux/trusted-path.ts): a symbolic link on the way, or a directory on the way that anyone
+ * but root could change, is refused (FAILED_PRECONDITION). Missing, or removed while a mount still
+ * shows it, it is UNAVAILABLE, which the kubelet retries.
+ */
+export function inspectSource(options: SourceOptions): SourceState {
+  const socketDir = options.workloadApiSocketDir;
+  const unavailable = (problem: string): SourceState => ({
+    ok: false,
+    code: status.UNAVAILABLE,
+    problem,
+  });
+  let found: ReturnType<typeof openTrustedDirectory>;
+  try {
+    found = openTrustedDirectory(socketDir, {
+      followLinks: options.allowSymlinkedSocketDir === true,
+    });
+  } catch (error) {
+    if (error instanceof UnsafePathError) {
+      return {
+        ok: false,
+        code: status.FAILED_PRECONDITION,
+        problem: unsafeProblem(socketDir, error),
+      };
+    }
+    throw internal(
+      `inspecting the Workload API directory ${quote(socketDir)}: ${(error as Error).message}`,
+      error,
+    );
   }
-  return source;
+  const missingPart = (at: string) => (at === socketDir ? "" : ` (${quote(at)} is missing)`);
+  switch (found.kind) {
+    case "directory":
+      return { ok: true, handle: found.handle };
+    case "missing":
+      return unavailable(
+        `the Workload API socket directory ${quote(socketDir)} does not exist${missingPart(found.at)} (is the SPIFFE agent running?)`,
+      );
+    case "not-directory":
+      return unavailable(
+        `the Workload API socket directory ${quote(socketDir)} is not a directory (${quote(found.at)} is not one)`,
+      );
+    case "removed": {
+      // The driver's own view is a removed directory: in a container, the hostPath mount of a
+      // directory the node has since removed and re-created. Binding it would give pods an
+      // empty, dead directory, and nothing in this process can reach the node's new one.
+      const what =
+        found.at === socketDir
+          ? `the Workload API socket directory ${quote(socketDir)} was removed`
+          : `the Workload API socket directory ${quote(socketDir)} is out of reach: ${quote(found.at)}, on its path, was removed`;
+      const problem = `${what} on the node after the driver started, and the driver's mount still holds the removed one; the driver restarts so that it sees the node's current one`;
+      options.onSourceRemoved?.(problem);
+      return unavailable(problem);
+    }
+  }
 }
 
-/** Why the Workload API directory cannot be published now, or undefined when it can. */
-export function sourceProblem(socketDir: string, source: Inode | undefined): string | undefined {
-  if (!source) {
-    return `the Workload API socket directory ${quote(socketDir)} does not exist (is the SPIFFE agent running?)`;
-  }
-  // The driver's own view of the directory is a removed one: in a container, the host
-  // directory behind a hostPath mount was deleted and re-created after the driver started.
-  // Binding it would give pods an empty, dead directory.
-  if (source.nlink === 0) {
-    return `the Workload API socket directory ${quote(socketDir)} was removed after the driver started, and the driver still sees the removed one; restart the driver (and mount the directory's parent into its container, so that this cannot happen)`;
-  }
-  return undefined;
+/** The Workload API directory, held open, or the RpcError saying why it cannot be published. */
+export function openSource(options: SourceOptions): DirectoryHandle {
+  const source = inspectSource(options);
+  if (!source.ok) throw new RpcError(source.code, source.problem);
+  return source.handle;
+}
+
+/** The Workload API directory held open, or undefined whatever the reason. */
+export function openSourceIfThere(options: SourceOptions): DirectoryHandle | undefined {
+  const source = inspectSource(options);
+  return source.ok ? source.handle : undefined;
+}
+
+/** A refusal of the directory's path, with what to change. */
+export function unsafeProblem(socketDir: string, error: UnsafePathError): string {
+  return `the Workload API socket directory ${quote(socketDir)} is refused: ${error.message}; ${error.fix}`;
 }

@@ -10,7 +10,7 @@ import { type DirectoryState, inspectEntry, sameInode } from "../linux/inspect.t
 import { fs, notFound, quote } from "./errors.ts";
 import { TARGET_NAME, type VolumeDirectory } from "./kubelet.ts";
 import type { NodeServiceOptions } from "./node.ts";
-import { openSourceIfThere, sourceProblem } from "./source.ts";
+import { inspectSource } from "./source.ts";
 import { release, volumeRecord } from "./target.ts";
 
 type Condition = MessageInitShape<typeof VolumeConditionSchema>;
@@ -39,31 +39,36 @@ export async function volumeStats(
     }
     return {
       usage: usageOf(state.handle, volumePath),
-      volumeCondition: condition(options.workloadApiSocketDir, volumePath, state),
+      volumeCondition: condition(options, volumePath, state),
     };
   } finally {
     release(state);
   }
 }
 
-function condition(socketDir: string, volumePath: string, state: DirectoryState): Condition {
+function condition(
+  options: NodeServiceOptions,
+  volumePath: string,
+  state: DirectoryState,
+): Condition {
+  const socketDir = options.workloadApiSocketDir;
   const abnormal = (message: string): Condition => ({ abnormal: true, message });
   if (!state.mountPoint) {
     return abnormal(
       `${volumePath} is not a mount point: the Workload API directory is not mounted`,
     );
   }
-  const source = openSourceIfThere(socketDir);
+  const found = inspectSource(options);
+  if (!found.ok) return abnormal(found.problem);
+  const source = found.handle;
   try {
-    const problem = sourceProblem(socketDir, source);
-    if (problem || !source) return abnormal(problem ?? "no Workload API directory");
     if (!sameInode(state.handle, source)) {
       return abnormal(
         `${volumePath} no longer shows the Workload API directory ${socketDir} (it was removed or replaced after the volume was published); publishing the volume again repairs it`,
       );
     }
   } finally {
-    source?.close();
+    source.close();
   }
   try {
     readdirSync(state.handle.path);

@@ -43,7 +43,7 @@ export async function unpublish(
         `target_path ${quote(targetPath)} is not a directory; refusing to remove it`,
       );
   }
-  const source = openSourceIfThere(options.workloadApiSocketDir);
+  const source = openSourceIfThere(options);
   try {
     release(await unmountAll(options, volume, targetPath, state, source));
   } finally {

@@ -10,8 +10,9 @@ import { POD_INFO_KEYS } from "./policy.ts";
 
 // CSI size limit for identifiers such as volume_id.
 const MAX_VOLUME_ID_BYTES = 128;
-// Linux PATH_MAX.
+// Linux PATH_MAX, and NAME_MAX for one name in a path.
 const MAX_PATH_BYTES = 4096;
+const MAX_NAME_BYTES = 255;
 
 const EPHEMERAL_CONTEXT_KEY = "csi.storage.k8s.io/ephemeral";
 
@@ -31,6 +32,8 @@ export function targetPathProblem(field: string, path: string): string | undefin
       return `${field} must not contain a NUL byte`;
     case Buffer.byteLength(path) > MAX_PATH_BYTES:
       return `${field} is longer than ${MAX_PATH_BYTES} bytes`;
+    case path.split("/").some((name) => Buffer.byteLength(name) > MAX_NAME_BYTES):
+      return `${field} has a name longer than ${MAX_NAME_BYTES} bytes between its slashes`;
     case !path.startsWith("/"):
       return `${field} must be an absolute path, got ${quote(path)}`;
     case path.split("/").includes(".."):

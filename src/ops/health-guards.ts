@@ -11,9 +11,12 @@ const PACE_MS = 1_000;
 // Connections beyond this are refused until others close: it bounds memory and descriptors.
 const MAX_CONNECTIONS = 3_072;
 // Connections from one remote address beyond this are closed at their first request, so that no
-// single client takes the whole budget. The kubelet's probes come from the node's address and
-// use one connection each; a Prometheus scraper keeps one.
+// single client takes the whole budget; a probe's is answered first (see beyondCap). The kubelet's
+// probes come from the node's address and use one connection each; a Prometheus scraper keeps
+// one.
 const MAX_CONNECTIONS_PER_ADDRESS = 64;
+// What the kubelet's probes ask for.
+const PROBE_PATHS = new Set(["/healthz", "/readyz"]);
 // A connection that sends nothing for this long (silent, slow headers, idle keep-alive) is closed.
 const IDLE_TIMEOUT_MS = 5_000;
 // A connection is closed after this many answers, so that no client holds one for ever.
@@ -28,14 +31,14 @@ const TEXT = "text/plain; charset=utf-8";
 export function guardConnections(
   server: Server,
   malformed: (fields: Fields, from: { socket: Socket }) => void,
-): void {
+): BeyondCap {
   server.maxConnections = MAX_CONNECTIONS;
   server.maxRequestsPerSocket = MAX_REQUESTS_PER_CONNECTION;
   server.keepAliveTimeout = IDLE_TIMEOUT_MS;
   server.headersTimeout = IDLE_TIMEOUT_MS;
   server.requestTimeout = IDLE_TIMEOUT_MS;
   server.setTimeout(IDLE_TIMEOUT_MS, (socket) => socket.destroy());
-  limitPerAddress(server, MAX_CONNECTIONS_PER_ADDRESS);
+  const beyondCap = limitPerAddress(server, MAX_CONNECTIONS_PER_ADDRESS);
   // What the HTTP parser refuses never reaches a handler: answer it here, without a body.
   server.on("clientError", (error: NodeJS.ErrnoException, socket: Socket) => {
     const status = CLIENT_ERRORS[error.code ?? ""];
@@ -46,7 +49,11 @@ export function guardConnections(
     malformed({ [LogKey.reason]: error.code }, { socket });
     socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
   });
+  return beyondCap;
 }
+
+/** Whether a connection came while its address held its cap of connections. */
+export type BeyondCap = (socket: Socket) => boolean;
 
 /**
  * Turns `answer` into a request handler that answers one request at a time per connection,
@@ -55,6 +62,7 @@ export function guardConnections(
 export function pacedResponder(
   answer: (request: IncomingMessage) => Promise<Answer>,
   logger: Logger,
+  beyondCap: BeyondCap,
 ): (request: IncomingMessage, response: ServerResponse) => Promise<void> {
   const turns = new WeakMap<Socket, number>();
   const pace = async (socket: Socket) => {
@@ -77,6 +85,18 @@ export function pacedResponder(
       socket.destroy();
       return;
     }
+    if (beyondCap(socket)) {
+      // Whoever holds an address's connections (any local user, or a hostNetwork pod, shares the
+      // node's address with the kubelet's probes) cannot starve the probes: a probe beyond the
+      // cap is answered, at once (its connection's first request), and its connection closed, so
+      // it holds nothing. Anything else beyond the cap is closed unanswered.
+      if (!PROBE_PATHS.has(pathOf(request.url ?? ""))) {
+        socket.destroy();
+        return;
+      }
+      response.setHeader("connection", "close");
+      response.once("finish", () => socket.end());
+    }
     unanswered.add(socket);
     try {
       await pace(socket);
@@ -97,17 +117,19 @@ export function pacedResponder(
 }
 
 /**
- * Closes a connection when `max` others from its remote address are open. Bun's node:http shows
- * a connection to JavaScript at its first request, so that is when it is counted: a connection
- * that never sends a request counts against the server's cap only, until its idle close.
+ * Marks a connection that comes while `max` others from its remote address are open; it is not
+ * counted among them. Bun's node:http shows a connection to JavaScript at its first request, so
+ * that is when it is counted: a connection that never sends a request counts against the
+ * server's cap only, until its idle close.
  */
-function limitPerAddress(server: Server, max: number): void {
+function limitPerAddress(server: Server, max: number): BeyondCap {
   const open = new Map<string, number>();
+  const beyond = new WeakSet<Socket>();
   server.on("connection", (socket: Socket) => {
     const from = socket.remoteAddress ?? "";
     const count = open.get(from) ?? 0;
     if (count >= max) {
-      socket.destroy();
+      beyond.add(socket);
       return;
     }
     open.set(from, count + 1);
@@ -117,6 +139,7 @@ function limitPerAddress(server: Server, max: number): void {
       else open.delete(from);
     });
   });
+  return (socket) => beyond.has(socket);
 }
 
 function send(response: ServerResponse, { status, body, contentType = TEXT }: Answer): void {

@@ -60,9 +60,8 @@ export async function startHealthServer(options: HealthOptions): Promise<HealthS
     metricsContentType: options.metrics.registry.contentType,
     malformed,
   });
-  const respond = pacedResponder(answer, logger);
   const server = createServer((request, response) => void respond(request, response));
-  guardConnections(server, malformed);
+  const respond = pacedResponder(answer, logger, guardConnections(server, malformed));
 
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);

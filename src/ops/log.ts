@@ -65,10 +65,22 @@ function lineParts(entry: LogObject): { message: string; fields: Fields } {
  * then neither end its field early nor start a line, nor steer a terminal.
  */
 function escapeText(text: string): string {
+  return escapeChars(text, true);
+}
+
+/**
+ * The same for text meant for a terminal outside a quoted field (the doctor's lines): a double
+ * quote stays as it is.
+ */
+export function escapeControls(text: string): string {
+  return escapeChars(text, false);
+}
+
+function escapeChars(text: string, quotes: boolean): string {
   let escaped = "";
   for (const char of text) {
     const code = char.codePointAt(0) ?? 0;
-    if (char === "\\" || char === '"') escaped += `\\${char}`;
+    if (char === "\\" || (quotes && char === '"')) escaped += `\\${char}`;
     else if (code >= 0x20 && code < 0x7f) escaped += char;
     else if (code < 0x100) escaped += `\\x${code.toString(16).padStart(2, "0")}`;
     else escaped += `\\u{${code.toString(16)}}`;
@@ -82,15 +94,16 @@ function textValue(value: unknown): string {
 }
 
 /**
- * JSON.stringify escapes C0 controls but leaves DEL, the C1 controls (U+0085 is a line break to
- * some readers), U+2028/U+2029 (line breaks to JavaScript and many log viewers), and characters
- * that change how a line displays (bidirectional overrides, zero-width and tag characters) raw.
+ * JSON with every UTF-16 unit outside printable ASCII in its strings as \uXXXX (a character
+ * beyond the BMP as its surrogate pair): a JSON reader gets the same strings back. JSON.stringify
+ * escapes C0 controls but leaves DEL, the C1 controls (U+0085 is a line break to some readers),
+ * U+2028/U+2029 (line breaks to JavaScript and many log viewers), and characters that change how
+ * a line displays (bidirectional overrides, zero-width and tag characters) raw. With `indent`,
+ * the line breaks between values stay (JSON.stringify never leaves one raw inside a string).
  */
-function jsonLine(record: Record<string, unknown>): string {
-  // Every UTF-16 unit outside printable ASCII, as \uXXXX (a character beyond the BMP as its
-  // surrogate pair): a JSON reader gets the same string back.
-  return JSON.stringify(record).replace(
-    /[^\u0020-\u007e]/g,
+export function asciiJson(value: unknown, indent?: number): string {
+  return JSON.stringify(value, null, indent).replace(
+    /[^\u0020-\u007e\n]/g,
     (char) => `\\u${char.charCodeAt(0).toString(16).padStart(4, "0")}`,
   );
 }
@@ -113,7 +126,7 @@ function reporter(format: LogFormat, write: (line: string) => void): ConsolaRepo
       const level = LEVEL_NAMES[entry.level] ?? "info";
       const time = entry.date.toISOString();
       if (format === "json") {
-        write(`${jsonLine({ time, level, msg: message, ...fields })}\n`);
+        write(`${asciiJson({ time, level, msg: message, ...fields })}\n`);
         return;
       }
       const pairs = Object.entries(fields)

@@ -39,6 +39,11 @@ export function invalidPublishRequests(
     ["a target_path with ..", { ...valid, targetPath: `${target}/../../../x/mount` }, "'..'"],
     ["a target_path with NUL", { ...valid, targetPath: `${target}\0` }, "NUL byte"],
     ["a target_path outside a pod", { ...valid, targetPath: "/dev/shm" }, "kubelet CSI volume"],
+    [
+      "a target_path with a 256-byte name",
+      { ...valid, targetPath: target.replace(volume.volumeName, "v".repeat(256)) },
+      "target_path has a name longer than 255 bytes",
+    ],
     ["no volume_capability", withCapability(undefined), "volume_capability is required"],
     [
       "the block access type",

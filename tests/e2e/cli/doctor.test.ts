@@ -59,6 +59,7 @@ describe("doctor", () => {
       "Workload API socket directory holds a socket",
       "Workload API socket accepts a connection",
       "Workload API socket is usable by any non-root user",
+      "Workload API socket directory's path is safe",
       "Workload API directory is labelled for containers (SELinux)",
       "CSI socket directory is writable",
       "CSI socket directory is safe",
@@ -94,6 +95,33 @@ describe("doctor", () => {
     const stale = await doctor(["-workload-api-socket-dir", emptyDir]);
     expect(status(stale.checks, "Workload API socket accepts a connection")).toBe(false);
     expect(stale.checks.find((check) => !check.ok)?.fix).toContain("restart the SPIFFE agent");
+  });
+
+  test("names read from the node are printed escaped: a socket's escape codes cannot turn a FAIL into a PASS", async () => {
+    const hostile = join(root, "hostile-agent");
+    mkdirSync(hostile);
+    // Up a line, erase it, back to its start, a PASS, then a right-to-left override.
+    const name = "\x1b[1A\x1b[2K\rPASS  ok\u202e.sock";
+    Bun.spawnSync([
+      "python3",
+      "-c",
+      `import os, socket; os.chdir(${JSON.stringify(hostile)}); socket.socket(socket.AF_UNIX).bind(${JSON.stringify(name)})`,
+    ]);
+    const printable = /^[\x20-\x7e\n]*$/;
+    const text = await runBinary([...baseArgs, "-workload-api-socket-dir", hostile]);
+    expect(text.stdout).toMatch(printable);
+    const line = text.stdout
+      .split("\n")
+      .find((each) => each.startsWith("FAIL  Workload API socket accepts a connection: "));
+    expect(line).toContain(`${hostile}/\\x1b[1A\\x1b[2K\\x0dPASS  ok\\u{202e}.sock`);
+    // JSON: nothing outside printable ASCII either, and a JSON reader gets the name back.
+    const json = await runBinary([...baseArgs, "-workload-api-socket-dir", hostile, "--json"]);
+    expect(json.stdout).toMatch(printable);
+    const checks = JSON.parse(json.stdout) as Check[];
+    const accepts = checks.find(
+      (check) => check.name === "Workload API socket accepts a connection",
+    );
+    expect(accepts?.detail).toContain(join(hostile, name));
   });
 
   test("a read-only CSI socket directory fails", async () => {

@@ -6,7 +6,15 @@
 // (Bidirectional). A pod is a namespace that takes its copy of the target as a slave. A
 // read-only tmpfs in the agent's directory stands in for SPIFFEFS.
 import { describe, expect, setDefaultTimeout, test } from "bun:test";
-import { existsSync, mkdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  readlinkSync,
+  rmdirSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import type { Subprocess } from "bun";
@@ -311,6 +319,54 @@ describe("--recursive-bind, driver in the node's namespace (the directory is a s
     removeVolume(volume);
     expect(isMountPoint(spiffefs)).toBe(true);
     expect(readFileSync(join(spiffefs, "svid"), "utf8")).toBe("four");
+  }, 60_000);
+});
+
+describe("--recursive-bind, a read-write file system mounted between the check and the bind", async () => {
+  // A `mount` that, while the flag file exists, mounts a read-write tmpfs in the directory being
+  // bound just before it binds it: what an agent mounting at that moment does.
+  const slipping = join(root, "slip-before-rbind");
+  const slipped = join(socketDir, "slipped");
+  const PATH = bed.standIn(
+    "mount",
+    `case "$*" in *--rbind*) [ -e ${slipping} ] && { ${Bun.which("mount")} -t tmpfs -o size=64k slipped ${slipped} || exit 99; };; esac\nexec ${Bun.which("mount")} "$@"`,
+  );
+  const csiSocketPath = join(root, "plugin-slip", "csi.sock");
+  await bed.start(["--recursive-bind"], {
+    workloadApiSocketDir: socketDir,
+    csiSocketPath,
+    env: { PATH },
+  });
+  const { node } = clients(csiSocketPath);
+
+  test("the published tree is checked again and taken back: FAILED_PRECONDITION, nothing left, the agent's mounts untouched", async () => {
+    const svid = readFileSync(join(spiffefs, "svid"), "utf8");
+    mkdirSync(slipped);
+    writeFileSync(slipping, "");
+    try {
+      const volume = preparedVolume();
+      const error = await rpcFailure(node.nodePublishVolume(publishRequest(volume)));
+      // The stand-in did mount, after the driver's check.
+      expect(isMountPoint(slipped)).toBe(true);
+      expect(error.code).toBe(status.FAILED_PRECONDITION);
+      expect(error.details).toContain(`read-write mounts ("${slipped}")`);
+      expect(error.details).toContain("while it was being bound");
+      expect(mountsUnder(volume.volumeDir)).toBe(0);
+      expect(existsSync(volume.targetPath)).toBe(false);
+      removeVolume(volume);
+      // Taking the bind back unmounted nothing of the agent's.
+      expect(isMountPoint(spiffefs)).toBe(true);
+      expect(readFileSync(join(spiffefs, "svid"), "utf8")).toBe(svid);
+    } finally {
+      rmSync(slipping, { force: true });
+      if (isMountPoint(slipped)) run("umount", slipped);
+      rmdirSync(slipped);
+    }
+    // Without the race, the same driver publishes.
+    const volume = preparedVolume();
+    await node.nodePublishVolume(publishRequest(volume));
+    expect(await talkToAgent(volume.targetPath)).toBe("pong ping");
+    await unpublished(node, volume);
   }, 60_000);
 });
 

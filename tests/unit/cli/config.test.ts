@@ -47,6 +47,8 @@ describe("configFromArgs", () => {
     expect(policy.enforcing).toBe(false);
     expect(resolved).toEqual({
       workloadApiSocketDir: "/run/spire",
+      allowSymlinkedSocketDir: false,
+      selfRestartBackoffMs: 30_000,
       csiSocketPath: "/spiffe-csi/csi.sock",
       pluginName: "csi.spiffe.io",
       nodeId: "n",

@@ -55,6 +55,15 @@ describe("targetPathProblem", () => {
     ["/var/lib/kubelet/pods/u/volumes/kubernetes.io~empty-dir/v/mount", "kubelet CSI volume path"],
     ["/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/v/mount/etc", "kubelet CSI volume path"],
     [`/${"a/".repeat(2100)}pods/u/volumes/kubernetes.io~csi/v/mount`, "longer than 4096 bytes"],
+    [
+      `/var/lib/kubelet/pods/${"u".repeat(256)}/volumes/kubernetes.io~csi/v/mount`,
+      "target_path has a name longer than 255 bytes",
+    ],
+    // Bytes, not characters: 128 two-byte characters are 256 bytes.
+    [
+      `/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/${"é".repeat(128)}/mount`,
+      "target_path has a name longer than 255 bytes",
+    ],
   ])("rejects %p", (path, message) => {
     expect(targetPathProblem("target_path", path)).toContain(message);
   });
@@ -104,6 +113,10 @@ describe("NodeService validation", () => {
     [{ volumeId: "v", targetPath: `${KUBELET_TARGET}\0` }, "NUL byte"],
     [{ volumeId: "v", targetPath: "/dev/shm" }, "kubelet CSI volume path"],
     [{ volumeId: "v", targetPath: "/" }, "clean path"],
+    [
+      { volumeId: "v", targetPath: KUBELET_TARGET.replace("/mount", `/${"m".repeat(256)}/mount`) },
+      "target_path has a name longer than 255 bytes",
+    ],
   ])("NodeUnpublishVolume %p: INVALID_ARGUMENT", async (fields, message) => {
     const [code, details] = await codeOf(
       handlers.nodeUnpublishVolume(create(NodeUnpublishVolumeRequestSchema, fields)),
@@ -123,6 +136,11 @@ describe("NodeService validation", () => {
     [{ volumeId: "v", volumePath: "some/path" }, status.NOT_FOUND, "no volume is published"],
     [{ volumeId: "v", volumePath: "/etc" }, status.NOT_FOUND, "no volume is published"],
     [{ volumeId: "v", volumePath: KUBELET_TARGET }, status.NOT_FOUND, "it does not exist"],
+    [
+      { volumeId: "v", volumePath: KUBELET_TARGET.replace("/mount", `/${"m".repeat(256)}/mount`) },
+      status.NOT_FOUND,
+      "volume_path has a name longer than 255 bytes",
+    ],
   ])("NodeGetVolumeStats %p", async (fields, expected, message) => {
     const [code, details] = await codeOf(
       handlers.nodeGetVolumeStats(create(NodeGetVolumeStatsRequestSchema, fields)),

@@ -44,8 +44,8 @@ const get = (path: string, from?: string) =>
     from,
   );
 
-/** A keep-alive connection from `from`, open once its first request is answered. */
-async function keptOpen(from: string) {
+/** A keep-alive connection from `from`, open once its first request (for `path`) is answered. */
+async function keptOpen(from: string, path = "/metrics") {
   const socket = connect({ host: "127.0.0.1", port, localAddress: from });
   let received = "";
   let closed = false;
@@ -57,7 +57,7 @@ async function keptOpen(from: string) {
   socket.on("close", () => {
     closed = true;
   });
-  socket.write(`GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
+  socket.write(`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
   await waitFor("an answer or the close", () => closed || received.includes("\r\n\r\n"));
   return { socket, answered: received.startsWith("HTTP/1.1 "), closed: () => closed };
 }
@@ -146,7 +146,7 @@ test("a connection that sends a request before its previous one is answered is c
   expect((await get("/healthz")).status).toBe(503);
 });
 
-test("one remote address holds at most 64 connections; others are answered meanwhile", async () => {
+test("one remote address holds at most 64 connections; beyond them only its probes are answered, and others meanwhile", async () => {
   const from = "127.0.0.3";
   const held = await Promise.all(Array.from({ length: 64 }, () => keptOpen(from)));
   expect(held.filter((c) => c.answered)).toHaveLength(64);
@@ -154,6 +154,12 @@ test("one remote address holds at most 64 connections; others are answered meanw
   const refused = await keptOpen(from);
   expect(refused.answered).toBe(false);
   expect(refused.closed()).toBe(true);
+  // Unless it is a probe's: answered, and then closed, so that it cannot be held.
+  for (const path of ["/healthz", "/readyz"]) {
+    const probed = await keptOpen(from, path);
+    expect(probed.answered).toBe(true);
+    await waitFor(`the connection of the ${path} probe to be closed`, () => probed.closed());
+  }
   // Another address is answered.
   expect((await get("/healthz", "127.0.0.4")).status).toBe(503);
   // Once one closes, the address gets a connection again.
