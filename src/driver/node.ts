@@ -595,8 +595,14 @@ export class NodeService {
           continue;
         }
         release(top);
+        const { handle } = current;
         try {
-          await this.options.mounter.unmount({ fd: current.handle.fd, path: targetPath });
+          // The mounter may close the handle first: a descriptor on the mount keeps it busy.
+          await this.options.mounter.unmount({
+            fd: handle.fd,
+            path: targetPath,
+            close: () => handle.close(),
+          });
         } catch (error) {
           this.options.onMountFailure?.("umount");
           throw commandFailed(`unmounting ${quote(targetPath)}`, error);
