@@ -31,14 +31,8 @@ import {
   type TargetState,
 } from "../mount/inspect.ts";
 import { MountCommandError, type Mounter } from "../mount/mounter.ts";
-import {
-  findMount,
-  type MountInfo,
-  MountTableTooLarge,
-  parseMountInfo,
-  readMountTable,
-} from "../mount/mountinfo.ts";
-import { entangled, type MountTree, mountTree } from "../mount/submounts.ts";
+import { findMount, MountTableTooLarge, parseMountInfo } from "../mount/mountinfo.ts";
+import { entangled, type MountTree, readMountTrees, type TreeRoot } from "../mount/submounts.ts";
 import {
   KUBELET_CSI_VOLUME_PATH,
   openVolumeDir,
@@ -289,7 +283,7 @@ export class NodeService {
       let sourceTree: MountTree | undefined;
       if (this.options.recursiveBind) {
         try {
-          sourceTree = this.recursiveSource(await this.mountTable(), source);
+          sourceTree = await this.recursiveSource(source);
         } catch (error) {
           abandon();
           throw error;
@@ -623,10 +617,10 @@ export class NodeService {
     }
   }
 
-  /** The mount table, read once for a call that needs it (only with --recursive-bind). */
-  private async mountTable(): Promise<MountInfo[]> {
+  /** The mount trees at these roots, from the mount table (only with --recursive-bind). */
+  private async mountTrees(...roots: TreeRoot[]): Promise<MountTree[]> {
     try {
-      return await readMountTable();
+      return await readMountTrees(roots);
     } catch (error) {
       if (error instanceof MountTableTooLarge) throw failedPrecondition(error.message);
       throw internal(`reading /proc/self/mountinfo: ${(error as Error).message}`, error);
@@ -638,8 +632,8 @@ export class NodeService {
    * in it: a pod's readOnly covers only the top of its volume, so a read-write mount below would
    * reach the pod writable.
    */
-  private recursiveSource(table: MountInfo[], source: DirectoryHandle): MountTree {
-    const tree = mountTree(table, source.mountId, source.location());
+  private async recursiveSource(source: DirectoryHandle): Promise<MountTree> {
+    const [tree = { peerGroups: [], writable: [] }] = await this.mountTrees(treeRoot(source));
     if (tree.writable.length > 0 && !this.options.allowWritableSubmounts) {
       throw failedPrecondition(
         `the Workload API directory ${quote(this.socketDir)} holds read-write mounts (${tree.writable.map(quote).join(", ")}); with --recursive-bind pods would get them writable, since a pod's readOnly covers only the top of the volume: mount them read-only, or start the driver with --allow-writable-submounts`,
@@ -661,10 +655,12 @@ export class NodeService {
     source: DirectoryHandle,
   ): Promise<void> {
     if (!this.options.recursiveBind || !target.mountPoint) return;
-    const table = await this.mountTable();
-    const sourceTree = mountTree(table, source.mountId, source.location());
-    const targetTree = mountTree(table, target.handle.mountId, join(volume.location, TARGET_NAME));
-    if (entangled(sourceTree, targetTree)) await this.makeSlave(volume, targetPath, target);
+    const [sourceTree, targetTree] = await this.mountTrees(treeRoot(source), {
+      mountId: target.handle.mountId,
+      location: join(volume.location, TARGET_NAME),
+    });
+    if (sourceTree && targetTree && entangled(sourceTree, targetTree))
+      await this.makeSlave(volume, targetPath, target);
   }
 
   /**
@@ -734,6 +730,10 @@ function describeMount(mountId: number): string {
     // Only an error message is at stake.
   }
   return `mount id ${mountId}`;
+}
+
+function treeRoot(directory: DirectoryHandle): TreeRoot {
+  return { mountId: directory.mountId, location: directory.location() };
 }
 
 function isEmptyDirectory(directory: DirectoryHandle, path: string): boolean {
