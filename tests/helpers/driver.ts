@@ -45,10 +45,14 @@ export class DriverProcess {
   }
 }
 
-export function spawnDriver(argv: string[], env: Record<string, string> = {}): DriverProcess {
-  if (!existsSync(BINARY)) throw new Error(`${BINARY} is missing: run npm run build first`);
+export function spawnDriver(
+  argv: string[],
+  env: Record<string, string> = {},
+  binary = BINARY,
+): DriverProcess {
+  if (!existsSync(binary)) throw new Error(`${binary} is missing: run npm run build first`);
   return new DriverProcess(
-    Bun.spawn([BINARY, ...argv], {
+    Bun.spawn([binary, ...argv], {
       stdin: "ignore",
       stdout: "pipe",
       stderr: "pipe",
