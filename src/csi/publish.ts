@@ -9,12 +9,12 @@ import {
   sameInode,
   type TargetState,
 } from "../linux/inspect.ts";
-import { type MountTree, mountTree } from "../linux/submounts.ts";
+import type { MountTree } from "../linux/submounts.ts";
 import { RpcError } from "../rpc/status.ts";
 import { commandFailed, failedPrecondition, fs, internal, quote } from "./errors.ts";
 import { TARGET_NAME, type VolumeData, type VolumeDirectory } from "./kubelet.ts";
 import type { NodeServiceOptions } from "./node.ts";
-import { disentangle, makeSlave, mountTable, recursiveSource } from "./recursive.ts";
+import { disentangle, makeSlave, mountTrees, recursiveSource } from "./recursive.ts";
 import { openSource } from "./source.ts";
 import { checkInPlace, directoryAt, release, volumeRecord } from "./target.ts";
 import { unmountAll } from "./unpublish.ts";
@@ -127,7 +127,7 @@ class Publication {
     let sourceTree: MountTree | undefined;
     if (options.recursiveBind) {
       try {
-        sourceTree = recursiveSource(options, await mountTable(), source);
+        sourceTree = await recursiveSource(options, source);
       } catch (error) {
         this.abandon();
         throw error;
@@ -166,7 +166,8 @@ class Publication {
   private async checkBoundTree(bound: DirectoryState): Promise<void> {
     const { options, volume, targetPath, source } = this;
     const location = join(volume.location, TARGET_NAME);
-    const { writable } = mountTree(await mountTable(), bound.handle.mountId, location);
+    const [tree] = await mountTrees({ mountId: bound.handle.mountId, location });
+    const writable = tree?.writable ?? [];
     if (writable.length === 0) return;
     try {
       await options.mounter.unmount({ fd: bound.handle.fd, path: targetPath });

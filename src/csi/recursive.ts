@@ -1,8 +1,8 @@
 import { join } from "node:path";
 import type { DirectoryHandle } from "../linux/descriptors.ts";
 import type { DirectoryState } from "../linux/inspect.ts";
-import { type MountInfo, MountTableTooLarge, readMountTable } from "../linux/mountinfo.ts";
-import { entangled, type MountTree, mountTree } from "../linux/submounts.ts";
+import { MountTableTooLarge } from "../linux/mountinfo.ts";
+import { entangled, type MountTree, readMountTrees, type TreeRoot } from "../linux/submounts.ts";
 import { commandFailed, failedPrecondition, internal, quote } from "./errors.ts";
 import { TARGET_NAME, type VolumeDirectory } from "./kubelet.ts";
 import type { NodeServiceOptions } from "./node.ts";
@@ -14,10 +14,10 @@ import { checkInPlace } from "./target.ts";
  * groups. See ../../README.md, "File systems inside the directory".
  */
 
-/** The mount table, read once for a call that needs it (only with --recursive-bind). */
-export async function mountTable(): Promise<MountInfo[]> {
+/** The mount trees at these roots, from the mount table (only with --recursive-bind). */
+export async function mountTrees(...roots: TreeRoot[]): Promise<MountTree[]> {
   try {
-    return await readMountTable();
+    return await readMountTrees(roots);
   } catch (error) {
     if (error instanceof MountTableTooLarge) throw failedPrecondition(error.message);
     throw internal(`reading /proc/self/mountinfo: ${(error as Error).message}`, error);
@@ -29,12 +29,11 @@ export async function mountTable(): Promise<MountInfo[]> {
  * in it: a pod's readOnly covers only the top of its volume, so a read-write mount below would
  * reach the pod writable.
  */
-export function recursiveSource(
+export async function recursiveSource(
   options: NodeServiceOptions,
-  table: MountInfo[],
   source: DirectoryHandle,
-): MountTree {
-  const tree = mountTree(table, source.mountId, source.location());
+): Promise<MountTree> {
+  const [tree = { peerGroups: [], writable: [] }] = await mountTrees(treeRoot(source));
   if (tree.writable.length > 0 && !options.allowWritableSubmounts) {
     throw failedPrecondition(
       `the Workload API directory ${quote(options.workloadApiSocketDir)} holds read-write mounts (${tree.writable.map(quote).join(", ")}); with --recursive-bind pods would get them writable, since a pod's readOnly covers only the top of the volume: mount them read-only, or start the driver with --allow-writable-submounts`,
@@ -57,10 +56,13 @@ export async function disentangle(
   source: DirectoryHandle,
 ): Promise<void> {
   if (!options.recursiveBind || !target.mountPoint) return;
-  const table = await mountTable();
-  const sourceTree = mountTree(table, source.mountId, source.location());
-  const targetTree = mountTree(table, target.handle.mountId, join(volume.location, TARGET_NAME));
-  if (entangled(sourceTree, targetTree)) await makeSlave(options, volume, targetPath, target);
+  const [sourceTree, targetTree] = await mountTrees(treeRoot(source), {
+    mountId: target.handle.mountId,
+    location: join(volume.location, TARGET_NAME),
+  });
+  if (sourceTree && targetTree && entangled(sourceTree, targetTree)) {
+    await makeSlave(options, volume, targetPath, target);
+  }
 }
 
 /**
@@ -84,4 +86,8 @@ export async function makeSlave(
     options.onMountFailure?.("mount");
     throw commandFailed(`making the mounts at ${quote(targetPath)} slaves`, error);
   }
+}
+
+function treeRoot(directory: DirectoryHandle): TreeRoot {
+  return { mountId: directory.mountId, location: directory.location() };
 }

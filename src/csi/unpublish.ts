@@ -128,8 +128,10 @@ async function unmountTop(
   targetPath: string,
   current: DirectoryState,
 ): Promise<DirectoryState> {
+  const { handle } = current;
   try {
-    await options.mounter.unmount({ fd: current.handle.fd, path: targetPath });
+    // The mounter may close the handle first: a descriptor on the mount keeps it busy.
+    await options.mounter.unmount({ fd: handle.fd, path: targetPath, close: () => handle.close() });
   } catch (error) {
     options.onMountFailure?.("umount");
     throw commandFailed(`unmounting ${quote(targetPath)}`, error);

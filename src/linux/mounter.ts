@@ -1,7 +1,20 @@
+import { readlinkSync, statfsSync } from "node:fs";
+import { type DirectoryHandle, openDirectory } from "./descriptors.ts";
+
 /** A directory held open by descriptor, and the path it was opened at (for messages only). */
 export interface HeldDirectory {
   fd: number;
   path: string;
+}
+
+/** The root of a mount to remove, held open by the caller. */
+export interface MountRoot extends HeldDirectory {
+  /**
+   * Closes the caller's descriptor (the caller may close it again later). Given, the mounter
+   * calls it before `umount` runs when it can remove the mount through the directory below it:
+   * a descriptor on the mount would keep the mount busy.
+   */
+  close?(): void;
 }
 
 /** The two OS operations the driver performs. Tests of the CSI rules may pass a fake. */
@@ -18,10 +31,11 @@ export interface Mounter {
    */
   makeSlave(target: HeldDirectory): Promise<void>;
   /**
-   * Removes the topmost mount on the directory `target` holds, like `umount -l`: detached at
-   * once, even though the driver's own descriptor keeps it busy.
+   * Removes the topmost mount on the directory `target` holds. A mount in use (a descriptor on
+   * it, a process working in it) is detached at once, like `umount -l`, and goes once the last
+   * user lets go.
    */
-  unmount(target: HeldDirectory): Promise<void>;
+  unmount(target: MountRoot): Promise<void>;
 }
 
 /** `mount` or `umount` failed: exited non-zero, was killed, or ran past its time. */
@@ -50,6 +64,17 @@ const MAX_STDERR_CHARS = 2000;
 const STDERR_DRAIN_MS = 100;
 // The child's descriptors 3 and 4 are the directories it is given.
 const FIRST_PASSED_FD = 3;
+// File systems (statfs magic) that every util-linux `umount` names from statfs alone: ext2, 3
+// and 4, xfs, btrfs, tmpfs. On another type (overlay, zfs, ...) it would look the target up in
+// the mount table by its resolved path, so the driver does not take that way there.
+const STATFS_NAMED_FILE_SYSTEMS = new Set([0xef53, 0x58465342, 0x9123683e, 0x01021994]);
+// Directories below the driver's own binds kept open, one descriptor each: more than a node
+// has volumes. Past it, the oldest is dropped (its volume is then unmounted lazily).
+const MAX_COVERED_DIRECTORIES = 4096;
+// libmount's record of mount options (utab), pointed at an empty file for `umount` of a bind
+// of the driver's: it holds nothing for them, and an entry for the target's path would make
+// umount look the target up by path.
+const EMPTY_UTAB = "/dev/null";
 
 /**
  * Runs the util-linux `mount` and `umount` programs, each bounded in time.
@@ -57,21 +82,37 @@ const FIRST_PASSED_FD = 3;
  * They never see a path that could be resolved differently from what the driver checked: each
  * directory is passed as an open descriptor and named `/proc/self/fd/N`, and
  * `--no-canonicalize` keeps them from resolving it into a path and looking that up again.
+ *
+ * Unmounting through a descriptor on the mount itself needs `umount --lazy` (the descriptor
+ * keeps the mount busy), and libmount reads and parses the whole mount table for every lazy
+ * umount, so it would cost time in proportion to the node's mounts. For each plain bind it
+ * makes, the mounter therefore keeps the directory the bind covers open, and removes the mount
+ * through that: `umount /proc/self/fd/N` of a covered directory unmounts the topmost mount on
+ * it (the kernel looks down through the mounts on a umount target), nothing holds the mount,
+ * and libmount takes its fast way (statfs, no mount table, the descriptor's path passed to
+ * umount(2) as given). See docs/benchmarks.md.
  */
 export class CommandMounter implements Mounter {
+  /** The directory each bind of this process covers, held open, by its location. */
+  private readonly covered = new Map<string, DirectoryHandle>();
+
   constructor(
     private readonly mountPath: string,
     private readonly umountPath: string,
     private readonly timeoutMs: number,
+    private readonly maxCovered = MAX_COVERED_DIRECTORIES,
   ) {}
 
-  bindMount(source: HeldDirectory, target: HeldDirectory, recursive = false): Promise<void> {
+  async bindMount(source: HeldDirectory, target: HeldDirectory, recursive = false): Promise<void> {
     const bind = recursive ? "--rbind" : "--bind";
-    return this.run(
+    // A recursive bind has mounts below it, which keep it busy: it is always unmounted lazily.
+    const location = recursive ? undefined : coverableLocation(target.fd);
+    await this.run(
       [this.mountPath, "--no-canonicalize", bind],
       [source, target],
       [this.mountPath, bind, source.path, target.path],
     );
+    if (location !== undefined) this.cover(target.fd, location);
   }
 
   makeSlave(target: HeldDirectory): Promise<void> {
@@ -83,19 +124,107 @@ export class CommandMounter implements Mounter {
     );
   }
 
-  unmount(target: HeldDirectory): Promise<void> {
-    // Lazily (MNT_DETACH): the descriptor that names the mount also keeps it busy.
-    return this.run(
-      [this.umountPath, "--no-canonicalize", "--lazy"],
-      [target],
-      [this.umountPath, "--lazy", target.path],
-    );
+  async unmount(target: MountRoot): Promise<void> {
+    const below = this.takeCovered(target.fd);
+    if (!below || !target.close) {
+      below?.close();
+      // Lazily (MNT_DETACH): the descriptor that names the mount also keeps it busy.
+      await this.run(
+        [this.umountPath, "--no-canonicalize", "--lazy"],
+        [target],
+        [this.umountPath, "--lazy", target.path],
+      );
+      return;
+    }
+    const deadline = performance.now() + this.timeoutMs;
+    try {
+      target.close();
+      const held = { fd: below.fd, path: target.path };
+      try {
+        // --internal-only: no umount.<type> helper chosen by the covered file system's type;
+        // --no-mtab: no table to update, in builds that still keep /etc/mtab.
+        await this.run(
+          [this.umountPath, "--internal-only", "--no-mtab"],
+          [held],
+          [this.umountPath, target.path],
+          { LIBMOUNT_UTAB: EMPTY_UTAB },
+        );
+        return;
+      } catch (error) {
+        if (!(error instanceof MountCommandError) || error.timedOut) throw error;
+      }
+      // In use (a process has a file open in it): detached now, as through the mount's root.
+      await this.run(
+        [this.umountPath, "--no-canonicalize", "--lazy"],
+        [held],
+        [this.umountPath, "--lazy", target.path],
+        {},
+        Math.max(deadline - performance.now(), 0),
+      );
+    } finally {
+      below.close();
+    }
+  }
+
+  /** Keeps the directory the new bind at `location` covers, if it is still there. */
+  private cover(fd: number, location: string): void {
+    let below: DirectoryHandle;
+    try {
+      // Through the descriptor opened before the bind: it names the covered directory, and a
+      // magic link's target is not looked through for mounts.
+      below = openDirectory(descriptorPath(fd));
+    } catch {
+      return;
+    }
+    if (below.location() !== location) {
+      // Moved while `mount` ran: the caller takes the mount back.
+      below.close();
+      return;
+    }
+    this.covered.get(location)?.close();
+    this.covered.delete(location);
+    if (this.covered.size >= this.maxCovered) this.dropStale();
+    this.covered.set(location, below);
+  }
+
+  /** The covered directory below the mount whose root `fd` holds, taken out of the registry. */
+  private takeCovered(fd: number): DirectoryHandle | undefined {
+    let location: string;
+    try {
+      location = readlinkSync(descriptorPath(fd));
+    } catch {
+      return undefined;
+    }
+    const below = this.covered.get(location);
+    if (!below) return undefined;
+    this.covered.delete(location);
+    // The covered directory is still the one at the mount's place, so the topmost mount on it
+    // is the mount at that place: nothing was renamed or removed since the bind.
+    if (below.location() === location) return below;
+    below.close();
+    return undefined;
+  }
+
+  /** Drops covered directories removed or moved since, then the oldest if none was. */
+  private dropStale(): void {
+    for (const [location, below] of this.covered) {
+      if (below.location() === location) continue;
+      below.close();
+      this.covered.delete(location);
+    }
+    const oldest = this.covered.entries().next().value;
+    if (oldest && this.covered.size >= this.maxCovered) {
+      oldest[1].close();
+      this.covered.delete(oldest[0]);
+    }
   }
 
   private async run(
     command: string[],
     directories: HeldDirectory[],
     shown: string[],
+    env: Record<string, string> = {},
+    timeoutMs = this.timeoutMs,
   ): Promise<void> {
     const argv = [
       ...command,
@@ -104,7 +233,7 @@ export class CommandMounter implements Mounter {
     const child = Bun.spawn(argv, {
       stdio: ["ignore", "ignore", "pipe", ...directories.map((directory) => directory.fd)],
       // Messages in a stable language, whatever the node's locale.
-      env: { PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C" },
+      env: { PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C", ...env },
       // A process group of its own: a timeout kills whatever the command started too.
       detached: true,
     });
@@ -112,7 +241,7 @@ export class CommandMounter implements Mounter {
     const timer = setTimeout(() => {
       timedOut = true;
       killGroup(child.pid);
-    }, this.timeoutMs);
+    }, timeoutMs);
     const exitCode = await child.exited;
     clearTimeout(timer);
     // Whatever the command started and left behind goes with it. While a member lives, the
@@ -164,5 +293,22 @@ function killGroup(pid: number): void {
     process.kill(-pid, "SIGKILL");
   } catch {
     // The group is gone already.
+  }
+}
+
+function descriptorPath(fd: number): string {
+  return `/proc/self/fd/${fd}`;
+}
+
+/**
+ * Where the directory `fd` holds is, when a plain bind there can later be removed through it:
+ * on a file system `umount` names from statfs. Undefined otherwise.
+ */
+function coverableLocation(fd: number): string | undefined {
+  try {
+    if (!STATFS_NAMED_FILE_SYSTEMS.has(statfsSync(descriptorPath(fd)).type)) return undefined;
+    return readlinkSync(descriptorPath(fd));
+  } catch {
+    return undefined;
   }
 }

@@ -1,4 +1,4 @@
-import type { MountInfo } from "./mountinfo.ts";
+import { type MountInfo, readMountTable } from "./mountinfo.ts";
 
 /** A mount and the mounts below it, as the mount table shows them: what `--rbind` copies. */
 export interface MountTree {
@@ -10,6 +10,24 @@ export interface MountTree {
   peerGroups: string[];
   /** Mount points of the read-write mounts below the top one. */
   writable: string[];
+}
+
+/** The top of a mount tree: a mount, and the directory it is at (as the kernel names it). */
+export interface TreeRoot {
+  mountId: number;
+  location: string;
+}
+
+/**
+ * The mount trees at these roots, from a read of the mount table shared with the calls waiting
+ * at the same time, which keeps only the entries of these trees (see MountTableReader).
+ */
+export async function readMountTrees(roots: TreeRoot[]): Promise<MountTree[]> {
+  const table = await readMountTable({
+    mountIds: roots.map((root) => root.mountId),
+    directories: roots.map((root) => root.location),
+  });
+  return roots.map((root) => mountTree(table, root.mountId, root.location));
 }
 
 /**

@@ -73,10 +73,11 @@ export function spawnDriver(
   argv: string[],
   env: Record<string, string> = {},
   prefix: string[] = [],
+  binary = BINARY,
 ): DriverProcess {
-  if (!existsSync(BINARY)) throw new Error(`${BINARY} is missing: run npm run build first`);
+  if (!existsSync(binary)) throw new Error(`${binary} is missing: run npm run build first`);
   return new DriverProcess(
-    Bun.spawn([...prefix, BINARY, ...argv], {
+    Bun.spawn([...prefix, binary, ...argv], {
       stdin: "ignore",
       stdout: "pipe",
       stderr: "pipe",

@@ -320,6 +320,37 @@ describe("--recursive-bind, driver in the node's namespace (the directory is a s
     expect(isMountPoint(spiffefs)).toBe(true);
     expect(readFileSync(join(spiffefs, "svid"), "utf8")).toBe("four");
   }, 60_000);
+
+  test("32 publishes at once (sharing reads of the mount table): every target a slave; 32 unpublishes leave the agent's mounts", async () => {
+    const volumes = Array.from({ length: 32 }, preparedVolume);
+    const probe = join(socketDir, "probe");
+    mkdirSync(probe);
+    try {
+      await Promise.all(volumes.map((volume) => node.nodePublishVolume(publishRequest(volume))));
+      for (const volume of volumes) {
+        expect(readFileSync(join(volume.targetPath, "spiffefs", "svid"), "utf8")).toBe("four");
+        // Nothing mounted at a target reaches the agent's directory.
+        run("mount", "-t", "tmpfs", "tmpfs", join(volume.targetPath, "probe"));
+        expect(isMountPoint(probe)).toBe(false);
+        run("umount", join(volume.targetPath, "probe"));
+      }
+      // A kubelet restart re-publishes them all at once: nothing new is mounted.
+      const before = volumes.map((volume) => mountsUnder(volume.targetPath));
+      await Promise.all(volumes.map((volume) => node.nodePublishVolume(publishRequest(volume))));
+      expect(volumes.map((volume) => mountsUnder(volume.targetPath))).toEqual(before);
+      await Promise.all(
+        volumes.map((volume) => node.nodeUnpublishVolume(unpublishRequest(volume))),
+      );
+      for (const volume of volumes) {
+        expect(mountsUnder(volume.targetPath)).toBe(0);
+        removeVolume(volume);
+      }
+    } finally {
+      rmSync(probe, { recursive: true });
+    }
+    expect(isMountPoint(spiffefs)).toBe(true);
+    expect(readFileSync(join(spiffefs, "svid"), "utf8")).toBe("four");
+  }, 120_000);
 });
 
 describe("--recursive-bind, a read-write file system mounted between the check and the bind", async () => {

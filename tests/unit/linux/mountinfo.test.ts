@@ -1,7 +1,12 @@
-import { expect, test } from "bun:test";
-import { readFileSync } from "node:fs";
+import { afterAll, describe, expect, test } from "bun:test";
+import { constants, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { parseMountInfo } from "../../../src/linux/mountinfo.ts";
+import {
+  MountTableReader,
+  MountTableTooLarge,
+  parseMountInfo,
+} from "../../../src/linux/mountinfo.ts";
+import { tempDir } from "../../helpers/driver.ts";
 
 const sample = readFileSync(join(import.meta.dir, "../../fixtures/mountinfo"), "utf8");
 
@@ -46,4 +51,79 @@ test("reads read-only from the mount's flags or its file system's", () => {
     ].join("\n"),
   );
   expect([own?.readOnly, superblock?.readOnly, writable?.readOnly]).toEqual([true, true, false]);
+});
+
+describe("MountTableReader", () => {
+  const dir = tempDir("unit-mountinfo");
+  afterAll(() => rmSync(dir, { recursive: true, force: true }), 30_000);
+  const samplePath = join(dir, "sample");
+  writeFileSync(samplePath, sample);
+
+  test("keeps only the mounts asked for: by id, and inside a directory (escaped or not)", async () => {
+    const reader = new MountTableReader(undefined, samplePath);
+    const mounts = await reader.read({
+      mountIds: [24],
+      directories: ["/var/lib/kubelet/pods/0a0b/volumes/kubernetes.io~csi", "/mnt/with\\backslash"],
+    });
+    expect(mounts.map((mount) => mount.mountId)).toEqual([24, 311]);
+    expect(await reader.read()).toEqual(parseMountInfo(sample));
+  });
+
+  test("a table read in chunks, with lines and characters cut at their ends, reads as a whole", async () => {
+    // About 1.5 MB: several chunks, and multi-byte characters all along.
+    const lines = Array.from(
+      { length: 6000 },
+      (_, index) =>
+        `${100 + index} 22 0:${index} / /var/lib/kubelet/pods/ü${index}/volumes/kubernetes.io~csi/v\\040${"é".repeat(index % 97)}/mount rw shared:${index} - tmpfs tmpfs rw`,
+    );
+    const path = join(dir, "large");
+    writeFileSync(path, `${lines.join("\n")}\n`);
+    const reader = new MountTableReader(undefined, path);
+    expect(await reader.read()).toEqual(parseMountInfo(readFileSync(path, "utf8")));
+    const inside = await reader.read({
+      mountIds: [],
+      directories: ["/var/lib/kubelet/pods/ü4321"],
+    });
+    expect(inside.map((mount) => mount.mountId)).toEqual([4421]);
+  });
+
+  test("a table larger than allowed fails every call waiting for it", async () => {
+    const reader = new MountTableReader(64, samplePath);
+    const calls = [reader.read(), reader.read({ mountIds: [22], directories: [] })];
+    const outcomes = await Promise.allSettled(calls);
+    for (const outcome of outcomes) {
+      expect(outcome.status).toBe("rejected");
+      expect((outcome as PromiseRejectedResult).reason).toBeInstanceOf(MountTableTooLarge);
+    }
+  });
+
+  test("calls that ask during a read share the next one, which sees what changed meanwhile", async () => {
+    // A FIFO stands in for the table: each read opens it once and gets what one writer writes.
+    // A read that no writer comes for would wait for ever, failing the test by its timeout.
+    const fifo = join(dir, "fifo");
+    Bun.spawnSync(["mkfifo", fifo]);
+    const reader = new MountTableReader(undefined, fifo);
+    const writers: Promise<number>[] = [];
+    const feed = (text: string) =>
+      writers.push(Bun.spawn(["sh", "-c", 'printf "%s" "$1" > "$0"', fifo, text]).exited);
+    const entry = (id: number, name: string) =>
+      `${id} 22 0:${id} / /run/a/${name} rw - tmpfs tmpfs rw\n`;
+    const points = async (call: Promise<{ mountPoint: string }[]>) =>
+      (await call).map((mount) => mount.mountPoint);
+
+    const first = reader.read();
+    feed(entry(40, "first"));
+    // Asked while the first read runs: it gets the next one.
+    const second = reader.read();
+    expect(await points(first)).toEqual(["/run/a/first"]);
+    feed(entry(41, "second"));
+    // Three calls ask while the second read runs: one third read serves them all.
+    const third = Array.from({ length: 3 }, () => reader.read());
+    expect(await points(second)).toEqual(["/run/a/second"]);
+    feed(entry(42, "third"));
+    for (const call of third) expect(await points(call)).toEqual(["/run/a/third"]);
+    expect(await Promise.all(writers)).toEqual([0, 0, 0]);
+    // No read is left waiting on the FIFO: opening it to write finds no reader.
+    expect(() => openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK)).toThrow(/ENXIO/);
+  });
 });
