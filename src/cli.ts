@@ -264,6 +264,7 @@ async function serve(config: Config, mounter: CommandMounter, logger: Logger): P
     metrics?.observeCall(call);
     callMade();
   };
+  if (metrics) observe.started = (method) => metrics.callStarted(method);
   const inFlight = new InFlightCalls();
   const limits = {
     maxConnections: config.maxConnections,

@@ -35,7 +35,11 @@ export interface CallRecord extends CallStatus {
   durationMs: number;
 }
 
-export type CallObserver = (record: CallRecord) => void;
+/** Told of each call once it is answered, and through `started` (if set) before it runs. */
+export interface CallObserver {
+  (record: CallRecord): void;
+  started?: (method: DescMethod) => void;
+}
 
 export interface GrpcService {
   definition: ServiceDefinition;
@@ -123,6 +127,7 @@ function unaryCall(
     let response: Buffer | undefined;
     let outcome: CallStatus = { code: status.OK, details: "" };
     try {
+      observe.started?.(method);
       request = decode(method.input, call.request);
       const init = await handler(request);
       response = Buffer.from(
