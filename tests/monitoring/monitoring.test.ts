@@ -48,7 +48,7 @@ type Relabeling = {
 };
 type Endpoint = { port: string; path: string; relabelings: Relabeling[] };
 type Dashboard = {
-  panels: { title: string; type: string; targets?: { expr: string }[] }[];
+  panels: { id: number; title: string; type: string; targets?: { expr: string }[] }[];
   templating: { list: { name: string; type: string; query: unknown }[] };
 };
 
@@ -86,7 +86,7 @@ const labelValuesSelector = (query: string) =>
 const dashboardQueries: { where: string; expr: string }[] = [
   ...dashboard.panels.flatMap((panel) =>
     (panel.targets ?? []).map((target) => ({
-      where: `panel "${panel.title}"`,
+      where: `panel ${panel.id} "${panel.title}"`,
       expr: grafanaVariables(target.expr),
     })),
   ),
