@@ -1,0 +1,360 @@
+import {
+  accessSync,
+  closeSync,
+  constants,
+  existsSync,
+  lstatSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  realpathSync,
+  statSync,
+} from "node:fs";
+import { dirname, join } from "node:path";
+import { Identity } from "../gen/csi/v1/csi_pb.ts";
+import { readMountId } from "../linux/descriptors.ts";
+import { findMount, readMountTable } from "../linux/mountinfo.ts";
+import { mountTree } from "../linux/submounts.ts";
+import { checkAgent, connects } from "../ops/agent.ts";
+import { createClient } from "../rpc/client.ts";
+import { SOCKET_DIRECTORY_FIX, socketDirectoryProblem } from "../rpc/socket-file.ts";
+import { usableByContainers } from "../selinux/context.ts";
+import { detectSelinux } from "../selinux/detection.ts";
+import { getLabel } from "../selinux/xattr.ts";
+import { validatePluginName } from "./settings.ts";
+
+/** The doctor's checks of a node's set-up, each a function yielding its lines. */
+
+export interface Check {
+  name: string;
+  ok: boolean;
+  detail: string;
+  /** What to change, for a failed check. */
+  fix?: string;
+}
+
+export interface DoctorOptions {
+  workloadApiSocketDir: string;
+  csiSocketPath: string;
+  /** Query the driver on the CSI socket too. */
+  queryDriver: boolean;
+  pluginName: string;
+  kubeletDir: string;
+  registrationDir: string;
+  /** The label the driver gives the Workload API directory (--selinux-context). */
+  selinuxContext: string;
+  /** The driver runs with --recursive-bind: file systems below the directory must be read-only. */
+  recursiveBind?: boolean;
+}
+
+const pass = (name: string, detail: string): Check => ({ name, ok: true, detail });
+const fail = (name: string, detail: string, fix: string): Check => ({
+  name,
+  ok: false,
+  detail,
+  fix,
+});
+
+// Linux capability number of CAP_SYS_ADMIN.
+const CAP_SYS_ADMIN = 21n;
+
+export function registrationDirectoryCheck(registrationDir: string): Check {
+  const name = "registration directory exists";
+  return existsSync(registrationDir)
+    ? pass(name, registrationDir)
+    : fail(
+        name,
+        `${registrationDir} does not exist`,
+        "mount the kubelet's plugins_registry directory (hostPath) where node-driver-registrar or --kubelet-registration-dir expects it; on a node, check the kubelet's --root-dir",
+      );
+}
+
+export function programChecks(): Check[] {
+  return ["mount", "umount"].map((program) => {
+    const path = Bun.which(program);
+    return path
+      ? pass(`${program} is on PATH`, path)
+      : fail(
+          `${program} is on PATH`,
+          `not found on ${process.env.PATH ?? ""}`,
+          "install util-linux, or add its directory to PATH",
+        );
+  });
+}
+
+export function pluginNameCheck(pluginName: string): Check {
+  const problem = validatePluginName(pluginName);
+  return problem
+    ? fail(
+        "plugin name is valid",
+        problem,
+        "set --plugin-name to the CSIDriver object's name, e.g. csi.spiffe.io",
+      )
+    : pass("plugin name is valid", pluginName);
+}
+
+export async function agentChecks(socketDir: string): Promise<Check[]> {
+  const exists = "Workload API socket directory exists";
+  const holds = "Workload API socket directory holds a socket";
+  const accepts = "Workload API socket accepts a connection";
+  let stat: ReturnType<typeof statSync>;
+  try {
+    stat = statSync(socketDir);
+  } catch (error) {
+    return [
+      fail(
+        exists,
+        `${socketDir}: ${(error as Error).message}`,
+        "start the SPIFFE agent, and give --workload-api-socket-dir the directory its socket is in (as the driver sees it: in a container, where the hostPath volume is mounted)",
+      ),
+    ];
+  }
+  if (!stat.isDirectory()) {
+    return [
+      fail(
+        exists,
+        `${socketDir} is not a directory`,
+        "give --workload-api-socket-dir the directory holding the socket, not the socket itself",
+      ),
+    ];
+  }
+  const agent = await checkAgent(socketDir);
+  if (agent.ok) {
+    return [pass(exists, socketDir), pass(holds, agent.socket), pass(accepts, agent.socket)];
+  }
+  if (agent.reason === "unreadable") {
+    return [
+      fail(exists, agent.problem, "make the directory readable by the driver (it runs as root)"),
+    ];
+  }
+  if (agent.reason === "no-socket") {
+    return [
+      pass(exists, socketDir),
+      fail(
+        holds,
+        agent.problem,
+        "start the SPIFFE agent, or point its socket_path into this directory",
+      ),
+    ];
+  }
+  return [
+    pass(exists, socketDir),
+    pass(holds, socketDir),
+    fail(accepts, agent.problem, "the socket is stale: restart the SPIFFE agent"),
+  ];
+}
+
+/**
+ * The SELinux labels of the Workload API directory and of its sockets, and whether every container
+ * may use them. Nothing to check when the directory cannot be listed (the agent checks say why).
+ */
+export function labelChecks(socketDir: string, context: string): Check[] {
+  const name = "Workload API directory is labelled for containers (SELinux)";
+  let sockets: string[];
+  try {
+    sockets = readdirSync(socketDir)
+      .map((entry) => join(socketDir, entry))
+      .filter((path) => lstatSync(path, { throwIfNoEntry: false })?.isSocket());
+  } catch {
+    return [];
+  }
+  let usable = true;
+  const described = [socketDir, ...sockets].map((path) => {
+    let label: string | undefined;
+    try {
+      label = getLabel(path === socketDir ? `${path}/.` : path);
+    } catch (error) {
+      usable = false;
+      return `${path} unreadable (${(error as Error).message})`;
+    }
+    if (!usableByContainers(label, context)) usable = false;
+    return `${path} ${label ?? "unlabelled"}`;
+  });
+  const labels = described.join(", ");
+  const selinux = detectSelinux();
+  if (!selinux.enabled)
+    return [pass(name, `not needed, SELinux is off (${selinux.reason}): ${labels}`)];
+  return [
+    usable
+      ? pass(name, labels)
+      : fail(
+          name,
+          `${labels}: containers need type ${context.split(":")[2]} at level s0`,
+          `run the driver with --selinux-label auto or on and the agent's directory mounted read-write, so that it labels them; or label them on the node (chcon -h ${context} ${socketDir} ${socketDir}/*), check with ls -Z, and look for denials in the audit log (ausearch -m avc -ts recent)`,
+        ),
+  ];
+}
+
+/**
+ * With --recursive-bind: every file system below the Workload API directory is read-only, and
+ * the directory's mount receives the node's mounts (slave or shared), so that one mounted later
+ * reaches the pods.
+ */
+export async function submountChecks(socketDir: string): Promise<Check[]> {
+  const readOnly = "file systems below the Workload API directory are read-only";
+  const receives = "Workload API directory receives later mounts";
+  let table: Awaited<ReturnType<typeof readMountTable>>;
+  let mountId: number;
+  try {
+    const fd = openSync(socketDir, constants.O_RDONLY | constants.O_DIRECTORY);
+    try {
+      mountId = readMountId(fd);
+    } finally {
+      closeSync(fd);
+    }
+    table = await readMountTable();
+  } catch (error) {
+    return [
+      fail(readOnly, `${socketDir}: ${(error as Error).message}`, "check that /proc is mounted"),
+    ];
+  }
+  const { writable } = mountTree(table, mountId, realpathSync(socketDir));
+  const mount = table.find((each) => each.mountId === mountId);
+  const propagation = mount?.propagation ?? [];
+  return [
+    writable.length === 0
+      ? pass(readOnly, `${socketDir}: none below it is read-write`)
+      : fail(
+          readOnly,
+          `read-write: ${writable.join(", ")}; publishing answers FAILED_PRECONDITION with --recursive-bind`,
+          "mount them read-only (a pod's readOnly covers only the top of its volume), or start the driver with --allow-writable-submounts to give them to pods writable",
+        ),
+    propagation.length > 0
+      ? pass(receives, `${socketDir} is on ${mount?.mountPoint} (${propagation.join(" ")})`)
+      : fail(
+          receives,
+          `${socketDir} is on ${mount?.mountPoint ?? "an unknown mount"}, which is private: a file system mounted there after a volume was published never reaches its pod`,
+          "mount the agent's directory into the driver's container with mountPropagation: HostToContainer",
+        ),
+  ];
+}
+
+export function socketDirectoryCheck(csiSocketPath: string): Check {
+  const name = "CSI socket directory is writable";
+  let dir = dirname(csiSocketPath);
+  // A missing directory is created at start: what counts is its nearest existing ancestor.
+  while (!existsSync(dir) && dir !== "/") dir = dirname(dir);
+  try {
+    accessSync(dir, constants.W_OK);
+    return pass(
+      name,
+      dir === dirname(csiSocketPath) ? dir : `${dir} (${dirname(csiSocketPath)} will be created)`,
+    );
+  } catch (error) {
+    return fail(
+      name,
+      `${dir}: ${(error as Error).message}`,
+      "mount a writable volume (hostPath of the kubelet's plugins/<driver> directory) at the socket's directory",
+    );
+  }
+}
+
+export function socketDirectorySafetyCheck(csiSocketPath: string): Check {
+  const name = "CSI socket directory is safe";
+  const dir = dirname(csiSocketPath);
+  const problem = socketDirectoryProblem(dir);
+  return problem
+    ? fail(name, problem, SOCKET_DIRECTORY_FIX)
+    : pass(name, `${dir}: nobody but the driver's user can replace the socket`);
+}
+
+export function kubeletChecks(kubeletDir: string): Check[] {
+  const podsDir = join(kubeletDir, "pods");
+  if (!existsSync(podsDir)) {
+    return [
+      fail(
+        "kubelet pods directory exists",
+        `${podsDir} does not exist`,
+        "mount the kubelet's root directory (/var/lib/kubelet, or the distribution's, e.g. /var/snap/microk8s/common/var/lib/kubelet) into the driver, and pass it as --kubelet-dir",
+      ),
+    ];
+  }
+  const name = "kubelet pods directory is a shared mount";
+  let propagation: string[];
+  let where: string;
+  try {
+    const fd = openSync(podsDir, constants.O_RDONLY | constants.O_DIRECTORY);
+    let mountId: number;
+    try {
+      mountId = readMountId(fd);
+    } finally {
+      closeSync(fd);
+    }
+    const mount = findMount(mountId);
+    if (!mount) throw new Error(`mount ${mountId} is not in /proc/self/mountinfo`);
+    propagation = mount.propagation;
+    where = mount.mountPoint;
+  } catch (error) {
+    return [
+      pass("kubelet pods directory exists", podsDir),
+      fail(name, (error as Error).message, "check that /proc is mounted"),
+    ];
+  }
+  const shared = propagation.find((field) => field.startsWith("shared:"));
+  return [
+    pass("kubelet pods directory exists", podsDir),
+    shared
+      ? pass(name, `${podsDir} is on ${where} (${propagation.join(" ")})`)
+      : fail(
+          name,
+          `${podsDir} is on ${where}, which is ${propagation.length > 0 ? propagation.join(" ") : "private"}: mounts made here never reach the kubelet`,
+          "mount the kubelet directory into the driver's container with mountPropagation: Bidirectional; on the host it must itself be shared (mount --make-rshared /, systemd's default)",
+        ),
+  ];
+}
+
+export function capabilityCheck(): Check {
+  const name = "process has CAP_SYS_ADMIN";
+  const effective = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync("/proc/self/status", "utf8"))?.[1];
+  const has = effective !== undefined && ((BigInt(`0x${effective}`) >> CAP_SYS_ADMIN) & 1n) === 1n;
+  return has
+    ? pass(name, `CapEff ${effective}`)
+    : fail(
+        name,
+        `CapEff ${effective ?? "unknown"}`,
+        "run the driver as root in a privileged container (securityContext.privileged: true)",
+      );
+}
+
+export async function driverChecks(options: DoctorOptions): Promise<Check[]> {
+  const address = `unix://${options.csiSocketPath}`;
+  const refusal = await connects(options.csiSocketPath);
+  if (refusal !== undefined) {
+    return [
+      fail(
+        "driver answers on the CSI socket",
+        `${options.csiSocketPath}: ${refusal}`,
+        "start the driver with this --csi-socket-path, and check its log",
+      ),
+    ];
+  }
+  const client = createClient(Identity, address);
+  const deadline = () => ({ deadline: Date.now() + 5000 });
+  const checks: Check[] = [];
+  try {
+    const info = await client.getPluginInfo({}, deadline());
+    checks.push(
+      info.name === options.pluginName
+        ? pass("driver answers GetPluginInfo", `${info.name} ${info.vendorVersion}`)
+        : fail(
+            "driver answers GetPluginInfo",
+            `it is ${info.name}, not ${options.pluginName}`,
+            "make --plugin-name, the CSIDriver object and the registrar's socket path agree",
+          ),
+    );
+    const probed = await client.probe({}, deadline());
+    checks.push(
+      probed.ready === false
+        ? fail("driver answers Probe", "not ready", "check the driver's log")
+        : pass("driver answers Probe", "ready"),
+    );
+  } catch (error) {
+    const { details, message } = error as { details?: string; message: string };
+    checks.push(
+      fail("driver answers on the CSI socket", details ?? message, "check the driver's log"),
+    );
+  } finally {
+    client.close();
+  }
+  return checks;
+}

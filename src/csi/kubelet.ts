@@ -1,0 +1,157 @@
+import { closeSync, constants, fstatSync, openSync } from "node:fs";
+import { open } from "node:fs/promises";
+import { join } from "node:path";
+import { type DirectoryHandle, O_PATH, openDirectory, openEntry } from "../linux/descriptors.ts";
+import { isErrno } from "../linux/errno.ts";
+import { classifyOpenError } from "../linux/inspect.ts";
+
+/**
+ * Where the kubelet asks for an inline CSI volume:
+ * <kubelet-root>/pods/<pod-uid>/volumes/kubernetes.io~csi/<volume-name>/mount.
+ * The kubelet root differs between distributions (microk8s, k0s), so only the tail is fixed.
+ */
+export const KUBELET_CSI_VOLUME_PATH =
+  /^\/(?:[^/]+\/)*pods\/[^/]+\/volumes\/kubernetes\.io~csi\/[^/]+\/mount$/;
+
+// pods, <pod-uid>, volumes, kubernetes.io~csi, <volume-name>, mount
+const TAIL_SEGMENTS = 6;
+
+/** The name of the target inside the volume directory. */
+export const TARGET_NAME = "mount";
+
+// The kubelet writes a few hundred bytes; anything larger is not its record.
+const MAX_VOLUME_DATA_BYTES = 64 * 1024;
+
+/** What the kubelet records beside the target before publishing: <volume-dir>/vol_data.json. */
+export interface VolumeData {
+  driverName?: string;
+  volumeHandle?: string;
+}
+
+/** The volume directory of a target path could not be opened as the kubelet made it. */
+export class VolumePathError extends Error {
+  override name = "VolumePathError";
+
+  constructor(
+    /** What is at `path`: nothing, a symbolic link, or something that is not a directory. */
+    readonly kind: "missing" | "symlink" | "not-directory",
+    /** The first path on the way that is not a directory. */
+    readonly path: string,
+  ) {
+    super(`${path}: ${kind}`);
+  }
+}
+
+/** The target's parent (<kubelet-root>/pods/<uid>/volumes/kubernetes.io~csi/<volume>), held open. */
+export class VolumeDirectory implements Disposable {
+  constructor(
+    readonly handle: DirectoryHandle,
+    /** Where the walk found it, with every link above the kubelet root resolved. */
+    readonly location: string,
+  ) {}
+
+  /** The volume's identity: its volume directory's (device, inode), whatever path names it. */
+  get key(): string {
+    return `${this.handle.dev}:${this.handle.ino}`;
+  }
+
+  /**
+   * Whether `target` (opened inside this directory) is still the target where the walk found the
+   * volume: neither it nor any directory above it was renamed or removed since.
+   */
+  holdsTarget(target: DirectoryHandle): boolean {
+    return target.location() === join(this.location, TARGET_NAME);
+  }
+
+  [Symbol.dispose](): void {
+    this.handle.close();
+  }
+}
+
+/**
+ * Opens the volume directory of `targetPath` one name at a time, never following a symbolic
+ * link below the kubelet root: a link in the pod's own directories would let the bind mount, an
+ * unmount or a removal land elsewhere. Links above it (a kubelet root that is itself a link) are
+ * followed, as the kubelet follows them. Throws VolumePathError when the walk stops early.
+ */
+export function openVolumeDir(targetPath: string): VolumeDirectory {
+  const segments = targetPath.split("/");
+  const kubeletRoot = segments.slice(0, -TAIL_SEGMENTS).join("/") || "/";
+  const names = segments.slice(-TAIL_SEGMENTS, -1);
+  let current: DirectoryHandle;
+  try {
+    current = openDirectory(kubeletRoot);
+  } catch (error) {
+    if (isErrno(error, "ENOENT")) throw new VolumePathError("missing", kubeletRoot);
+    if (isErrno(error, "ENOTDIR")) throw new VolumePathError("not-directory", kubeletRoot);
+    throw error;
+  }
+  try {
+    const location = join(current.location(), ...names);
+    for (const [index, name] of names.entries()) {
+      let next: DirectoryHandle;
+      try {
+        next = openEntry(current, name);
+      } catch (error) {
+        const state = classifyOpenError(current.entry(name), error);
+        const at = join(kubeletRoot, ...names.slice(0, index + 1));
+        throw new VolumePathError(state.kind === "directory" ? "missing" : state.kind, at);
+      }
+      current.close();
+      current = next;
+    }
+    return new VolumeDirectory(current, location);
+  } catch (error) {
+    current.close();
+    throw error;
+  }
+}
+
+// Not followed if a link; the handle opens nothing (no FIFO waits, no device driver runs).
+const VOLUME_DATA_PEEK_FLAGS = O_PATH | constants.O_NOFOLLOW;
+// The reopening of a regular file already checked; never a controlling terminal.
+const VOLUME_DATA_READ_FLAGS = constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY;
+
+/**
+ * The kubelet's record in the volume directory; undefined when there is none to read. Only a
+ * regular file of at most 64 KiB is opened for reading, and read off the event loop: a link, a
+ * FIFO, a device, a socket or a larger file is no record of the kubelet's, found out without
+ * opening it.
+ */
+export async function readVolumeData(volumeDir: DirectoryHandle): Promise<VolumeData | undefined> {
+  let handle: number;
+  try {
+    handle = openSync(volumeDir.entry("vol_data.json"), VOLUME_DATA_PEEK_FLAGS);
+  } catch (error) {
+    if (isErrno(error, "ENOENT")) return undefined;
+    throw error;
+  }
+  let text: string;
+  try {
+    const stat = fstatSync(handle);
+    if (!stat.isFile() || stat.size > MAX_VOLUME_DATA_BYTES) return undefined;
+    // Through the handle: the very file that was checked.
+    const file = await open(`/proc/self/fd/${handle}`, VOLUME_DATA_READ_FLAGS);
+    try {
+      // One byte more than allowed: a file that grew since fstat is caught too.
+      const buffer = Buffer.alloc(MAX_VOLUME_DATA_BYTES + 1);
+      const { bytesRead } = await file.read(buffer, 0, buffer.length, 0);
+      if (bytesRead > MAX_VOLUME_DATA_BYTES) return undefined;
+      text = buffer.toString("utf8", 0, bytesRead);
+    } finally {
+      await file.close();
+    }
+  } finally {
+    closeSync(handle);
+  }
+  try {
+    const data = JSON.parse(text) as Record<string, unknown>;
+    return {
+      driverName: typeof data.driverName === "string" ? data.driverName : undefined,
+      volumeHandle: typeof data.volumeHandle === "string" ? data.volumeHandle : undefined,
+    };
+  } catch {
+    // A torn or foreign file says nothing about the volume.
+    return undefined;
+  }
+}

@@ -1,0 +1,93 @@
+import { lstatSync, statSync } from "node:fs";
+import { type DirectoryHandle, openDirectory, openEntry } from "./descriptors.ts";
+import { isErrno } from "./errno.ts";
+
+/**
+ * What is at a target, found without reading the mount table.
+ *
+ * The node's mount table can hold tens of thousands of entries; reading it on every call makes
+ * latency grow with the node's mount count. Instead, each question is answered from the
+ * directory itself in a fixed number of system calls:
+ *
+ * - "Is it a mount point?" The kernel's mount id of the directory (`mnt_id` in
+ *   /proc/self/fdinfo of an open descriptor) differs from its parent's exactly when the
+ *   directory is the root of a mount. Comparing device numbers instead would miss a bind mount
+ *   from the same file system, which is the common case here.
+ * - "Does it show the Workload API directory?" A bind mount's root is the source directory's
+ *   own inode, so the target reports the source's (device, inode) pair, even when both live on
+ *   one file system. If the source was removed and re-created after the mount, the mount still
+ *   holds the old, now unlinked, inode: the pair no longer matches, and the old inode has a
+ *   link count of zero.
+ */
+export type TargetState =
+  | { kind: "missing" }
+  | { kind: "symlink" }
+  | { kind: "not-directory" }
+  | DirectoryState;
+
+export interface DirectoryState {
+  kind: "directory";
+  /** The directory, held open: the caller closes it. */
+  handle: DirectoryHandle;
+  /** The root of a mount (its mount id differs from its parent's). */
+  mountPoint: boolean;
+}
+
+export interface Inode {
+  dev: number;
+  ino: number;
+  /** Zero when the directory has been removed (a mount can still hold it). */
+  nlink: number;
+}
+
+/** What is at the entry `name` of `parent`; a symbolic link there is reported, never followed. */
+export function inspectEntry(parent: DirectoryHandle, name: string): TargetState {
+  let handle: DirectoryHandle;
+  try {
+    handle = openEntry(parent, name);
+  } catch (error) {
+    return classifyOpenError(parent.entry(name), error);
+  }
+  return { kind: "directory", handle, mountPoint: handle.mountId !== parent.mountId };
+}
+
+/** The directory at a path the operator configured, held open; undefined when missing. */
+export function openConfiguredDirectory(path: string): DirectoryHandle | undefined {
+  try {
+    return openDirectory(path);
+  } catch (error) {
+    if (isErrno(error, "ENOENT") || isErrno(error, "ENOTDIR")) return undefined;
+    throw error;
+  }
+}
+
+/** Device, inode and link count of a directory, following symbolic links; undefined when missing. */
+export function directoryInode(path: string): Inode | undefined {
+  try {
+    const stat = statSync(path);
+    return stat.isDirectory() ? { dev: stat.dev, ino: stat.ino, nlink: stat.nlink } : undefined;
+  } catch (error) {
+    if (isErrno(error, "ENOENT") || isErrno(error, "ENOTDIR")) return undefined;
+    throw error;
+  }
+}
+
+export function sameInode(a: Omit<Inode, "nlink">, b: Omit<Inode, "nlink">): boolean {
+  return a.dev === b.dev && a.ino === b.ino;
+}
+
+/** `path` ends in the name that failed to open; only that name is looked at again. */
+export function classifyOpenError(path: string, error: unknown): TargetState {
+  if (isErrno(error, "ENOENT")) return { kind: "missing" };
+  // O_NOFOLLOW|O_DIRECTORY fails with ELOOP or ENOTDIR on a symbolic link, and with ENOTDIR
+  // on any other non-directory: lstat tells them apart.
+  if (isErrno(error, "ELOOP") || isErrno(error, "ENOTDIR")) {
+    try {
+      return lstatSync(path).isSymbolicLink() ? { kind: "symlink" } : { kind: "not-directory" };
+    } catch (lstatError) {
+      if (isErrno(lstatError, "ENOENT")) return { kind: "missing" };
+      throw lstatError;
+    }
+  }
+  throw error;
+}
