@@ -122,6 +122,15 @@ export async function agentChecks(socketDir: string): Promise<Check[]> {
   if (agent.ok) {
     return [pass(exists, socketDir), pass(holds, agent.socket), pass(accepts, agent.socket)];
   }
+  if (agent.reason === "stale") {
+    return [
+      fail(
+        exists,
+        agent.problem,
+        "restart the driver, with the directory's parent mounted into its container",
+      ),
+    ];
+  }
   if (agent.reason === "unreadable") {
     return [
       fail(exists, agent.problem, "make the directory readable by the driver (it runs as root)"),

@@ -110,7 +110,7 @@ async function setUp(config: Config, mounter: Mounter, logger: Logger): Promise<
   const labeler = startLabelling(config, logger);
   // Metrics are loaded only with --health-addr: a driver without them starts lighter.
   const metrics = config.healthAddr
-    ? new (await import("../ops/metrics.ts")).Metrics(VERSION, () => node.publishedVolumes)
+    ? new (await import("../ops/metrics.ts")).Metrics(VERSION, () => node.volumeCounts())
     : undefined;
   const node = new NodeService({
     nodeId: config.nodeId,

@@ -2,9 +2,11 @@ import {
   type Node,
   NodeServiceCapability_RPC_Type as NodeCapability,
 } from "../gen/csi/v1/csi_pb.ts";
+import { openDirectory } from "../linux/descriptors.ts";
 import type { Mounter } from "../linux/mounter.ts";
 import type { ServiceHandlers } from "../rpc/adapter.ts";
 import { adoptPublished } from "./adoption.ts";
+import { PublishedVolumes, type VolumeCounts } from "./census.ts";
 import {
   failedPrecondition,
   internal,
@@ -50,9 +52,11 @@ export interface NodeServiceOptions {
 export class NodeService {
   private readonly locks = new KeyedMutex();
   /** Volumes published now, by volume key, as far as this process knows (see adoptPublished). */
-  private readonly published = new Set<string>();
+  private readonly published: PublishedVolumes;
 
-  constructor(private readonly options: NodeServiceOptions) {}
+  constructor(private readonly options: NodeServiceOptions) {
+    this.published = new PublishedVolumes(options.workloadApiSocketDir);
+  }
 
   handlers(): ServiceHandlers<typeof Node> {
     const { options } = this;
@@ -63,7 +67,7 @@ export class NodeService {
         await this.locks.run(volume.key, () =>
           publish(options, req.volumeId, req.targetPath, volume),
         );
-        this.published.add(volume.key);
+        if (!this.published.has(volume.key)) this.hold(volume);
         return {};
       },
       nodeUnpublishVolume: async (req) => {
@@ -90,14 +94,29 @@ export class NodeService {
     };
   }
 
-  /** How many volumes are published now. */
-  get publishedVolumes(): number {
-    return this.published.size;
+  /**
+   * Keeps a handle of its own on a published volume's directory (`volume`'s is closed when the
+   * call returns), for the census. Should no descriptor be left, the volume goes uncounted
+   * rather than its publish failing after the mount.
+   */
+  private hold(volume: VolumeDirectory): void {
+    try {
+      this.published.add(volume.key, openDirectory(volume.handle.path));
+    } catch {
+      // Uncounted (see above).
+    }
+  }
+
+  /** What the published volumes' targets show now (see census.ts). */
+  volumeCounts(): Promise<VolumeCounts> {
+    return this.published.count();
   }
 
   /** Counts the volumes published before this process started (see adoption.ts). */
   adoptPublished(): void {
-    for (const key of adoptPublished(this.options.workloadApiSocketDir)) this.published.add(key);
+    for (const [key, handle] of adoptPublished(this.options.workloadApiSocketDir)) {
+      this.published.add(key, handle);
+    }
   }
 
   /**

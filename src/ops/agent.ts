@@ -1,5 +1,6 @@
-import { lstatSync, readdirSync } from "node:fs";
+import { lstatSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
+import { sourceProblem } from "../csi/source.ts";
 import { tryConnect } from "../linux/connect.ts";
 import { isErrno } from "../linux/errno.ts";
 
@@ -8,7 +9,11 @@ const CONNECT_TIMEOUT_MS = 1000;
 
 export type AgentCheck =
   | { ok: true; socket: string }
-  | { ok: false; reason: "missing" | "unreadable" | "no-socket" | "refused"; problem: string };
+  | {
+      ok: false;
+      reason: "missing" | "stale" | "unreadable" | "no-socket" | "refused";
+      problem: string;
+    };
 
 /**
  * Whether the SPIFFE agent is there: the Workload API directory exists and holds a socket that
@@ -17,6 +22,10 @@ export type AgentCheck =
 export async function checkAgent(socketDir: string): Promise<AgentCheck> {
   let entries: string[];
   try {
+    const stat = statSync(socketDir);
+    // The driver sees a removed directory: whatever the agent does now, it cannot reach it.
+    const stale = stat.nlink === 0 ? sourceProblem(socketDir, stat) : undefined;
+    if (stale) return { ok: false, reason: "stale", problem: stale };
     entries = readdirSync(socketDir);
   } catch (error) {
     return isErrno(error, "ENOENT")

@@ -5,6 +5,7 @@ import { afterAll, expect, setDefaultTimeout, test } from "bun:test";
 import { rmSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
+import { PublishedVolumes } from "../../src/csi/census.ts";
 import { cached } from "../../src/ops/cache.ts";
 import { startHealthServer } from "../../src/ops/health.ts";
 import { createLogger } from "../../src/ops/log.ts";
@@ -32,7 +33,7 @@ const server = await startHealthServer({
     problemChecks++;
     return problem;
   },
-  metrics: new Metrics("test", () => 0),
+  metrics: new Metrics("test", () => new PublishedVolumes(root).count()),
   logger: createLogger("info", "json", (line) => lines.push(line)),
 });
 afterAll(() => {
