@@ -1,5 +1,5 @@
 // One version everywhere: package.json's is the one the binary reports, the image is tagged with
-// and labelled with, and the kustomizations deploy.
+// and labelled with, the kustomizations deploy, and the Helm chart is versioned with and deploys.
 import { expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
@@ -36,4 +36,17 @@ test.each([
   };
   const image = kustomization.images.find((i) => i.name === "spiffe-csi-driver");
   expect(image?.newTag).toBe(version);
+});
+
+test("the Helm chart's version and appVersion are it (so is the image tag it deploys)", () => {
+  const chart = parse(
+    readFileSync(join(repo, "deploy", "helm", "spiffe-csi-driver", "Chart.yaml"), "utf8"),
+  ) as { version: string; appVersion: string };
+  expect(chart.version).toBe(version);
+  expect(chart.appVersion).toBe(version);
+  const values = parse(
+    readFileSync(join(repo, "deploy", "helm", "spiffe-csi-driver", "values.yaml"), "utf8"),
+  ) as { image: { tag: string } };
+  // An empty tag deploys the appVersion.
+  expect(values.image.tag).toBe("");
 });
