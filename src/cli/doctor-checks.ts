@@ -209,6 +209,15 @@ export async function agentChecks(socketDir: string, workloadUser: WorkloadUser)
       workloadAccessCheck(socketDir, agent.socket, workloadUser),
     ];
   }
+  if (agent.reason === "stale") {
+    return [
+      fail(
+        exists,
+        agent.problem,
+        "restart the driver, with the directory's parent mounted into its container",
+      ),
+    ];
+  }
   if (agent.reason === "unreadable") {
     return [
       fail(exists, agent.problem, "make the directory readable by the driver (it runs as root)"),

@@ -121,7 +121,7 @@ async function setUp(config: Config, mounter: Mounter, logger: Logger): Promise<
   const labeler = startLabelling(config, logger);
   // Metrics are loaded only with --health-addr: a driver without them starts lighter.
   const metrics = config.healthAddr
-    ? new (await import("../ops/metrics.ts")).Metrics(VERSION, () => node.publishedVolumes)
+    ? new (await import("../ops/metrics.ts")).Metrics(VERSION, () => node.volumeCounts())
     : undefined;
   const logAudit = auditLogger(logger);
   const restart = new SelfRestart(config.selfRestartBackoffMs);
@@ -165,6 +165,7 @@ async function setUp(config: Config, mounter: Mounter, logger: Logger): Promise<
     metrics?.observeCall(call);
     callMade();
   };
+  if (metrics) observe.started = (method) => metrics.callStarted(method);
   const limits = {
     maxConnections: config.maxConnections,
     idleTimeoutMs: config.connectionIdleTimeoutMs,

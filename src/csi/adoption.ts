@@ -1,3 +1,4 @@
+import { type DirectoryHandle, openDirectory } from "../linux/descriptors.ts";
 import { inspectEntry, sameInode } from "../linux/inspect.ts";
 import { type MountInfo, MountTableTooLarge, readMountTable } from "../linux/mountinfo.ts";
 import { KUBELET_CSI_VOLUME_PATH, openVolumeDir, TARGET_NAME } from "./kubelet.ts";
@@ -5,11 +6,11 @@ import { openSourceIfThere, type SourceOptions } from "./source.ts";
 import { release } from "./target.ts";
 
 /**
- * The volumes published before this process started, by volume key, from one read of the mount
- * table at start-up (never on a call's path, and bounded like every read of it): kubelet CSI
- * volume paths that show the Workload API directory.
+ * The volumes published before this process started, by volume key with their volume directory
+ * held open, from one read of the mount table at start-up (never on a call's path, and bounded
+ * like every read of it): kubelet CSI volume paths that show the Workload API directory.
  */
-export async function adoptPublished(options: SourceOptions): Promise<string[]> {
+export async function adoptPublished(options: SourceOptions): Promise<[string, DirectoryHandle][]> {
   using source = openSourceIfThere(options);
   if (!source) return [];
   let table: MountInfo[];
@@ -20,17 +21,19 @@ export async function adoptPublished(options: SourceOptions): Promise<string[]> 
     if (error instanceof MountTableTooLarge) return [];
     throw error;
   }
-  const keys: string[] = [];
+  const volumes: [string, DirectoryHandle][] = [];
   for (const mount of table) {
     if (!KUBELET_CSI_VOLUME_PATH.test(mount.mountPoint)) continue;
     try {
       using volume = openVolumeDir(mount.mountPoint);
       const state = inspectEntry(volume.handle, TARGET_NAME);
-      if (state.kind === "directory" && sameInode(state.handle, source)) keys.push(volume.key);
+      if (state.kind === "directory" && sameInode(state.handle, source)) {
+        volumes.push([volume.key, openDirectory(volume.handle.path)]);
+      }
       release(state);
     } catch {
       // Not readable now: not counted.
     }
   }
-  return keys;
+  return volumes;
 }

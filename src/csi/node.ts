@@ -3,10 +3,12 @@ import {
   type Node,
   NodeServiceCapability_RPC_Type as NodeCapability,
 } from "../gen/csi/v1/csi_pb.ts";
+import { openDirectory } from "../linux/descriptors.ts";
 import type { Mounter } from "../linux/mounter.ts";
 import type { ServiceHandlers } from "../rpc/adapter.ts";
 import { adoptPublished } from "./adoption.ts";
 import { type AuditSink, audited } from "./audit.ts";
+import { PublishedVolumes, type VolumeCounts } from "./census.ts";
 import {
   failedPrecondition,
   internal,
@@ -67,9 +69,11 @@ function admit(policy: PodPolicy | undefined, pod: PodIdentity): void {
 export class NodeService {
   private readonly locks = new KeyedMutex();
   /** Volumes published now, by volume key, as far as this process knows (see adoptPublished). */
-  private readonly published = new Set<string>();
+  private readonly published: PublishedVolumes;
 
-  constructor(private readonly options: NodeServiceOptions) {}
+  constructor(private readonly options: NodeServiceOptions) {
+    this.published = new PublishedVolumes(options.workloadApiSocketDir);
+  }
 
   handlers(): ServiceHandlers<typeof Node> {
     const { options } = this;
@@ -85,7 +89,7 @@ export class NodeService {
           await this.locks.run(volume.key, () =>
             publish(options, req.volumeId, req.targetPath, volume),
           );
-          this.published.add(volume.key);
+          if (!this.published.has(volume.key)) this.hold(volume);
           return {};
         });
       },
@@ -116,9 +120,22 @@ export class NodeService {
     };
   }
 
-  /** How many volumes are published now. */
-  get publishedVolumes(): number {
-    return this.published.size;
+  /**
+   * Keeps a handle of its own on a published volume's directory (`volume`'s is closed when the
+   * call returns), for the census. Should no descriptor be left, the volume goes uncounted
+   * rather than its publish failing after the mount.
+   */
+  private hold(volume: VolumeDirectory): void {
+    try {
+      this.published.add(volume.key, openDirectory(volume.handle.path));
+    } catch {
+      // Uncounted (see above).
+    }
+  }
+
+  /** What the published volumes' targets show now (see census.ts). */
+  volumeCounts(): Promise<VolumeCounts> {
+    return this.published.count();
   }
 
   /**
@@ -135,7 +152,9 @@ export class NodeService {
 
   /** Counts the volumes published before this process started (see adoption.ts). */
   async adoptPublished(): Promise<void> {
-    for (const key of await adoptPublished(this.options)) this.published.add(key);
+    for (const [key, handle] of await adoptPublished(this.options)) {
+      this.published.add(key, handle);
+    }
   }
 
   /**

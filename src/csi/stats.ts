@@ -6,7 +6,7 @@ import {
   type VolumeConditionSchema,
 } from "../gen/csi/v1/csi_pb.ts";
 import type { DirectoryHandle } from "../linux/descriptors.ts";
-import { type DirectoryState, inspectEntry, sameInode } from "../linux/inspect.ts";
+import { type DirectoryState, type Inode, inspectEntry, sameInode } from "../linux/inspect.ts";
 import { fs, notFound, quote } from "./errors.ts";
 import { TARGET_NAME, type VolumeDirectory } from "./kubelet.ts";
 import type { NodeServiceOptions } from "./node.ts";
@@ -44,6 +44,42 @@ export async function volumeStats(
   } finally {
     release(state);
   }
+}
+
+/**
+ * Why a published volume no longer serves the Workload API, as NodeGetVolumeStats and the
+ * metrics (census.ts) tell it: a label value each.
+ */
+export const ABNORMAL_REASONS = [
+  // The target is not a mount point: unmounted behind the driver's back.
+  "not_mounted",
+  // The Workload API directory does not exist.
+  "source_missing",
+  // The driver's own view of the Workload API directory is a removed one (source.ts).
+  "source_stale",
+  // The target shows another directory: the Workload API directory was removed or replaced
+  // after the volume was published.
+  "replaced",
+  // The target cannot be listed.
+  "unreadable",
+  // The target is gone, or is no longer a directory (the census only: stats answers NOT_FOUND).
+  "target_gone",
+  // Its check did not finish in time (the census only).
+  "unresponsive",
+] as const;
+export type AbnormalReason = (typeof ABNORMAL_REASONS)[number];
+
+/** What a mounted target shows against the Workload API directory; undefined when all is well. */
+export function mountProblem(
+  mountPoint: boolean,
+  target: Omit<Inode, "nlink">,
+  source: Inode | undefined,
+): AbnormalReason | undefined {
+  if (!mountPoint) return "not_mounted";
+  if (!source) return "source_missing";
+  if (source.nlink === 0) return "source_stale";
+  if (!sameInode(target, source)) return "replaced";
+  return undefined;
 }
 
 function condition(

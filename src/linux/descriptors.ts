@@ -1,4 +1,5 @@
 import { closeSync, constants, fstatSync, openSync, readFileSync, readlinkSync } from "node:fs";
+import { open, readFile } from "node:fs/promises";
 
 /**
  * Directories held open by descriptor, so that what was checked is what gets used.
@@ -90,7 +91,47 @@ function handle(fd: number): DirectoryHandle {
 /** The kernel's id of the mount an open file is on, from /proc/self/fdinfo. */
 export function readMountId(fd: number): number {
   // A few lines that procfs makes up on the spot: no blocking read, no size to bound.
-  const info = readFileSync(`/proc/self/fdinfo/${fd}`, "latin1");
+  return mountIdIn(readFileSync(`/proc/self/fdinfo/${fd}`, "latin1"), fd);
+}
+
+/** What a directory is, read through a descriptor open while it is looked at. */
+export interface DirectoryView {
+  dev: number;
+  ino: number;
+  /** Zero when the directory has been removed (a mount can still hold it). */
+  nlink: number;
+  mountId: number;
+  /** A path that resolves to this very directory while `use` runs. */
+  path: string;
+}
+
+/**
+ * Opens a directory off the event loop (Bun runs node:fs/promises on its thread pool), so that a
+ * slow or hung file system holds up nothing but this call, and lets `use` look at it. A symbolic
+ * link at the path's last name is followed only when `follow` is set.
+ */
+export async function viewDirectory<T>(
+  path: string,
+  follow: boolean,
+  use: (view: DirectoryView) => Promise<T>,
+): Promise<T> {
+  const file = await open(path, DIRECTORY_HANDLE | (follow ? 0 : constants.O_NOFOLLOW));
+  try {
+    const stat = await file.stat();
+    const info = await readFile(`/proc/self/fdinfo/${file.fd}`, "latin1");
+    return await use({
+      dev: stat.dev,
+      ino: stat.ino,
+      nlink: stat.nlink,
+      mountId: mountIdIn(info, file.fd),
+      path: `/proc/self/fd/${file.fd}`,
+    });
+  } finally {
+    await file.close();
+  }
+}
+
+function mountIdIn(info: string, fd: number): number {
   const match = /^mnt_id:\s*(\d+)$/m.exec(info);
   if (!match?.[1]) {
     throw new Error(`no mnt_id in /proc/self/fdinfo/${fd} (is /proc mounted?)`);

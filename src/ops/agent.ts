@@ -1,4 +1,4 @@
-import { lstatSync, readdirSync } from "node:fs";
+import { lstatSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { tryConnect } from "../linux/connect.ts";
 import { isErrno } from "../linux/errno.ts";
@@ -6,9 +6,13 @@ import { isErrno } from "../linux/errno.ts";
 // How long a connection to the agent's socket may take before it counts as not answering.
 const CONNECT_TIMEOUT_MS = 1000;
 
-type AgentCheck =
+export type AgentCheck =
   | { ok: true; socket: string }
-  | { ok: false; reason: "missing" | "unreadable" | "no-socket" | "refused"; problem: string };
+  | {
+      ok: false;
+      reason: "missing" | "stale" | "unreadable" | "no-socket" | "refused";
+      problem: string;
+    };
 
 /**
  * Whether the SPIFFE agent is there: the Workload API directory exists and holds a socket that
@@ -17,6 +21,15 @@ type AgentCheck =
 export async function checkAgent(socketDir: string): Promise<AgentCheck> {
   let entries: string[];
   try {
+    const stat = statSync(socketDir);
+    // The driver sees a removed directory: whatever the agent does now, it cannot reach it.
+    if (stat.nlink === 0) {
+      return {
+        ok: false,
+        reason: "stale",
+        problem: `the Workload API socket directory ${socketDir} was removed on the node, and the driver still sees the removed one; the driver restarts itself to see the node's current one`,
+      };
+    }
     entries = readdirSync(socketDir);
   } catch (error) {
     return isErrno(error, "ENOENT")

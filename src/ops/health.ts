@@ -7,6 +7,7 @@ import { healthRoutes } from "./health-routes.ts";
 import type { Fields, Logger } from "./log.ts";
 import { LogKey } from "./log-keys.ts";
 import type { Metrics } from "./metrics.ts";
+import { readinessKinds } from "./readiness.ts";
 
 // Each check runs at most once per interval, however many requests ask for it.
 const CHECK_INTERVAL_MS = 1_000;
@@ -22,8 +23,9 @@ interface HealthOptions {
   /** False once the driver is shutting down. */
   serving: () => boolean;
   /**
-   * A reason the driver is not ready besides the agent, or undefined. Called at most once per
-   * interval, its answer shared by the /readyz requests of that interval, like the other checks.
+   * A reason the driver is not ready besides the agent, or undefined: the SELinux labeller's
+   * (kind selinux_labels in the metrics). Called at most once per interval, its answer shared by
+   * the /readyz requests and the scrapes of that interval, like the other checks.
    */
   readinessProblem?: () => string | undefined;
   metrics: Metrics;
@@ -45,7 +47,9 @@ export async function startHealthServer(options: HealthOptions): Promise<HealthS
   if (!address) throw new Error(`--health-addr must be host:port or :port, got ${options.address}`);
   const { logger, readinessProblem } = options;
   const agent = cached(() => checkAgent(options.workloadApiSocketDir), CHECK_INTERVAL_MS);
+  const notReady = readinessProblem && cached(async () => readinessProblem(), CHECK_INTERVAL_MS);
   options.metrics.observeAgent(async () => (await agent()).ok);
+  options.metrics.observeReadiness(() => readinessKinds(agent, notReady));
   const malformed = throttled(
     (fields: Fields) => logger.warn("malformed HTTP request refused", fields),
     MALFORMED_LOG_INTERVAL_MS,
@@ -55,7 +59,7 @@ export async function startHealthServer(options: HealthOptions): Promise<HealthS
     serving: options.serving,
     csiAnswers: cached(() => connects(options.csiSocketPath), CHECK_INTERVAL_MS),
     agent,
-    notReady: readinessProblem && cached(async () => readinessProblem(), CHECK_INTERVAL_MS),
+    notReady,
     metricsText: cached(() => options.metrics.registry.metrics(), CHECK_INTERVAL_MS),
     metricsContentType: options.metrics.registry.contentType,
     malformed,

@@ -1,7 +1,13 @@
 import { readdirSync, readFileSync } from "node:fs";
+import type { DescMethod } from "@bufbuild/protobuf";
+import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import type { VolumeCounts } from "../csi/census.ts";
+import { ABNORMAL_REASONS } from "../csi/stats.ts";
+import { Controller, Identity, Node } from "../gen/csi/v1/csi_pb.ts";
 import type { CallRecord } from "../rpc/adapter.ts";
-import { codeName } from "../rpc/status.ts";
+import { cached } from "./cache.ts";
+import { READINESS_KINDS, type ReadinessKind } from "./readiness.ts";
 
 type MountOperation = "mount" | "umount";
 
@@ -15,30 +21,81 @@ const MAX_REFUSAL_NAMESPACES = 1000;
 const OTHER_NAMESPACES = "(other)";
 const NO_NAMESPACE = "(none)";
 
+type MethodLabel = "grpc_type" | "grpc_service" | "grpc_method";
+
+// The volume census looks at every published target: at most once per interval, whatever the
+// scrape rate, and its answer is shared by the gauges of a scrape.
+const CENSUS_INTERVAL_MS = 1_000;
+
+// gRPC codes as the gRPC ecosystem's server metrics spell them (Go's codes.Code.String()), which
+// dashboards and alerts written for go-grpc-prometheus match on. Indexed by the numeric code.
+const GRPC_CODES = [
+  "OK",
+  "Canceled",
+  "Unknown",
+  "InvalidArgument",
+  "DeadlineExceeded",
+  "NotFound",
+  "AlreadyExists",
+  "PermissionDenied",
+  "ResourceExhausted",
+  "FailedPrecondition",
+  "Aborted",
+  "OutOfRange",
+  "Unimplemented",
+  "Internal",
+  "Unavailable",
+  "DataLoss",
+  "Unauthenticated",
+] as const;
+
+// The CSI services whose calls are counted. The kubelet's registration calls are logged only.
+const CSI_SERVICES: readonly GenService<GenServiceMethods>[] = [Identity, Controller, Node];
+
 /** The driver's Prometheus metrics. */
 export class Metrics {
   readonly registry = new Registry();
-  private readonly requests: Counter<"method" | "code">;
-  private readonly durations: Histogram<"method" | "code">;
+  private readonly started: Counter<MethodLabel>;
+  private readonly handled: Counter<MethodLabel | "grpc_code">;
+  private readonly handling: Histogram<MethodLabel>;
   private readonly mountFailures: Counter<"operation">;
   private readonly refusals: Counter<"namespace">;
   private readonly refusedNamespaces = new Set<string>();
 
-  constructor(version: string, publishedVolumes: () => number) {
+  /** `volumes` tells what the published volumes' targets show now (a census, see ../csi). */
+  constructor(version: string, volumes: () => Promise<VolumeCounts>) {
     const registers = [this.registry];
-    this.requests = new Counter({
-      name: "spiffe_csi_rpc_requests_total",
-      help: "CSI calls answered, by method and gRPC code.",
-      labelNames: ["method", "code"],
+    // First: a scrape collects in this order, so the process is read before the scrape's own
+    // checks (the census, the agent's socket) open descriptors.
+    registerProcessMetrics(this.registry);
+    this.started = new Counter({
+      name: "grpc_server_started_total",
+      help: "CSI calls started on the server.",
+      labelNames: ["grpc_type", "grpc_service", "grpc_method"],
       registers,
     });
-    this.durations = new Histogram({
-      name: "spiffe_csi_rpc_duration_seconds",
-      help: "Time to answer a CSI call, by method and gRPC code.",
-      labelNames: ["method", "code"],
+    this.handled = new Counter({
+      name: "grpc_server_handled_total",
+      help: "CSI calls completed on the server, whatever their gRPC code.",
+      labelNames: ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+      registers,
+    });
+    this.handling = new Histogram({
+      name: "grpc_server_handling_seconds",
+      help: "Time the server took to answer a CSI call, in seconds.",
+      labelNames: ["grpc_type", "grpc_service", "grpc_method"],
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
       registers,
     });
+    // Every method and code shows from the start, at zero, so that the first failure of a kind
+    // is an increase a rate() sees rather than a new series starting at 1.
+    for (const service of CSI_SERVICES) {
+      for (const method of service.methods) {
+        const labels = methodLabels(method);
+        this.started.inc(labels, 0);
+        for (const grpc_code of GRPC_CODES) this.handled.inc({ ...labels, grpc_code }, 0);
+      }
+    }
     this.mountFailures = new Counter({
       name: "spiffe_csi_mount_failures_total",
       help: "mount or umount runs that failed or were killed after the mount timeout.",
@@ -54,12 +111,23 @@ export class Metrics {
     // Both operations show from the start, at zero.
     this.mountFailures.inc({ operation: "mount" }, 0);
     this.mountFailures.inc({ operation: "umount" }, 0);
+    const census = cached(volumes, CENSUS_INTERVAL_MS);
     new Gauge({
       name: "spiffe_csi_published_volumes",
-      help: "Volumes published on this node now (targets showing the Workload API directory).",
+      help: "Published volumes whose target shows the Workload API directory now.",
       registers,
-      collect() {
-        this.set(publishedVolumes());
+      async collect() {
+        this.set((await census()).published);
+      },
+    });
+    new Gauge({
+      name: "spiffe_csi_abnormal_volumes",
+      help: "Published volumes whose target does not show the Workload API directory now, by reason.",
+      labelNames: ["reason"],
+      registers,
+      async collect() {
+        const { abnormal } = await census();
+        for (const reason of ABNORMAL_REASONS) this.set({ reason }, abnormal[reason]);
       },
     });
     new Gauge({
@@ -68,13 +136,17 @@ export class Metrics {
       labelNames: ["version"],
       registers,
     }).set({ version }, 1);
-    registerProcessMetrics(this.registry);
+  }
+
+  /** Counts a call as started, before its handler runs. */
+  callStarted(method: DescMethod): void {
+    this.started.inc(methodLabels(method));
   }
 
   observeCall(call: CallRecord): void {
-    const labels = { method: call.method.name, code: codeName(call.code) };
-    this.requests.inc(labels);
-    this.durations.observe(labels, call.durationMs / 1000);
+    const labels = methodLabels(call.method);
+    this.handled.inc({ ...labels, grpc_code: GRPC_CODES[call.code] ?? String(call.code) });
+    this.handling.observe(labels, call.durationMs / 1000);
   }
 
   /** Adds spiffe_csi_agent_up, read from `up` (a shared, cached check) when scraped. */
@@ -102,12 +174,36 @@ export class Metrics {
     this.refusals.inc({ namespace: label });
   }
 
+  /** Adds spiffe_csi_readiness_problems, from the kinds of problem /readyz sees (shared checks). */
+  observeReadiness(kinds: () => Promise<ReadinessKind[]>): void {
+    new Gauge({
+      name: "spiffe_csi_readiness_problems",
+      help: "1 for each kind of problem /readyz reports now, else 0.",
+      labelNames: ["kind"],
+      registers: [this.registry],
+      async collect() {
+        const now = new Set(await kinds());
+        for (const kind of READINESS_KINDS) this.set({ kind }, now.has(kind) ? 1 : 0);
+      },
+    });
+  }
+
   mountFailed(operation: MountOperation): void {
     this.mountFailures.inc({ operation });
   }
 }
 
-/** The usual process_* metrics, read from the process and /proc when scraped. */
+function methodLabels(method: DescMethod): Record<MethodLabel, string> {
+  return { grpc_type: "unary", grpc_service: method.parent.typeName, grpc_method: method.name };
+}
+
+/**
+ * The usual process_* metrics, read from the process and /proc when scraped. Not prom-client's
+ * collectDefaultMetrics(): under Bun its CPU counter misses the time spent before it was
+ * loaded, and it brings nodejs_* metrics that Bun answers with made-up values (V8 heap spaces,
+ * a Node.js version), one of which walks the heap on each scrape; its event-loop monitor alone
+ * took the idle driver from 1 to 6 ms of CPU a second (README: Watching the driver).
+ */
 function registerProcessMetrics(registry: Registry): void {
   const registers = [registry];
   const startTime = Date.now() / 1000 - process.uptime();
@@ -133,12 +229,12 @@ function registerProcessMetrics(registry: Registry): void {
   gauge("process_resident_memory_bytes", "Resident memory size, in bytes.", () =>
     process.memoryUsage.rss(),
   );
+  // Less one: the listing's own descriptor, open while it is read.
   gauge(
-    "process_heap_bytes",
-    "JavaScript heap in use, in bytes.",
-    () => process.memoryUsage().heapUsed,
+    "process_open_fds",
+    "Open file descriptors.",
+    () => readdirSync("/proc/self/fd").length - 1,
   );
-  gauge("process_open_fds", "Open file descriptors.", () => readdirSync("/proc/self/fd").length);
   gauge("process_max_fds", "Limit on open file descriptors.", () => {
     const limit = /^Max open files\s+(\d+)/m.exec(readFileSync("/proc/self/limits", "utf8"));
     return Number(limit?.[1] ?? Number.NaN);

@@ -38,7 +38,11 @@ export interface CallRecord extends CallStatus {
   durationMs: number;
 }
 
-export type CallObserver = (record: CallRecord) => void;
+/** Told of each call once it is answered, and through `started` (if set) before it runs. */
+export interface CallObserver {
+  (record: CallRecord): void;
+  started?: (method: DescMethod) => void;
+}
 
 /** What every call of a service is told to, and counted in. */
 export interface CallOptions {
@@ -109,6 +113,7 @@ function unaryCall(
     let response: Buffer | undefined;
     let outcome: CallStatus = { code: status.OK, details: "" };
     try {
+      observe.started?.(method);
       request = decode(method.input, call.request);
       const init = await handler(request);
       response = Buffer.from(

@@ -6,6 +6,11 @@ import { expect } from "bun:test";
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, posix, resolve } from "node:path";
+import {
+  PodMonitor,
+  PrometheusRule,
+  ServiceMonitor,
+} from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1";
 import { parseArgs } from "citty";
 import {
   ValidatingAdmissionPolicy,
@@ -19,7 +24,14 @@ import {
   RoleBinding,
 } from "kubernetes-models/rbac.authorization.k8s.io/v1";
 import { CSIDriver } from "kubernetes-models/storage.k8s.io/v1";
-import { ConfigMap, Namespace, Pod, ResourceQuota, ServiceAccount } from "kubernetes-models/v1";
+import {
+  ConfigMap,
+  Namespace,
+  Pod,
+  ResourceQuota,
+  Service,
+  ServiceAccount,
+} from "kubernetes-models/v1";
 import { parseAllDocuments } from "yaml";
 import { toolPath } from "../../scripts/kube-tools.ts";
 import { normalizeArgv } from "../../src/cli/argv.ts";
@@ -212,11 +224,17 @@ const models: Record<string, new (data: never) => { validate(): void }> = {
   "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy": ValidatingAdmissionPolicy,
   "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicyBinding":
     ValidatingAdmissionPolicyBinding,
+  // The monitoring component's and the chart's telemetry objects.
+  "v1/Service": Service,
+  "monitoring.coreos.com/v1/PrometheusRule": PrometheusRule,
+  "monitoring.coreos.com/v1/PodMonitor": PodMonitor,
+  "monitoring.coreos.com/v1/ServiceMonitor": ServiceMonitor,
 };
 
 /**
- * Validates every object against its Kubernetes API schema (OpenShift's SCCs have no schema
- * package: openshiftAdmits checks the fields that matter).
+ * Validates every object against its Kubernetes API schema, or the Prometheus Operator's for its
+ * objects (OpenShift's SCCs have no schema package: openshiftAdmits checks the fields that
+ * matter).
  */
 export function expectValid(docs: Doc[]): void {
   for (const doc of docs) {

@@ -1,6 +1,6 @@
 // The health and metrics endpoint of the real binary: its routes, its refusals, what it counts.
 import { describe, expect, setDefaultTimeout, test } from "bun:test";
-import { renameSync } from "node:fs";
+import { readdirSync, readFileSync, renameSync } from "node:fs";
 import { join } from "node:path";
 import { startAgent } from "../../helpers/agent.ts";
 import { assertPrivateMountNamespace, clients, freePort } from "../../helpers/driver.ts";
@@ -20,7 +20,7 @@ describe("the health endpoint", async () => {
   const socketDir = bed.dir("health-agent");
   const healthPort = freePort();
   const csiSocketPath = join(root, "health", "csi.sock");
-  await bed.start(["--health-addr", `127.0.0.1:${healthPort}`], {
+  const driver = await bed.start(["--health-addr", `127.0.0.1:${healthPort}`], {
     workloadApiSocketDir: socketDir,
     csiSocketPath,
   });
@@ -76,12 +76,10 @@ describe("the health endpoint", async () => {
     await node.nodePublishVolume(publishRequest(volume));
     const published = await get("/metrics");
     expect(published.status).toBe(200);
-    expect(published.body).toContain(
-      'spiffe_csi_rpc_requests_total{method="NodePublishVolume",code="OK"} 1',
-    );
-    expect(published.body).toContain(
-      'spiffe_csi_rpc_duration_seconds_count{method="NodePublishVolume",code="OK"} 1',
-    );
+    const publish = 'grpc_type="unary",grpc_service="csi.v1.Node",grpc_method="NodePublishVolume"';
+    expect(published.body).toContain(`grpc_server_started_total{${publish}} 1`);
+    expect(published.body).toContain(`grpc_server_handled_total{${publish},grpc_code="OK"} 1`);
+    expect(published.body).toContain(`grpc_server_handling_seconds_count{${publish}} 1`);
     expect(published.body).toContain("spiffe_csi_published_volumes 1");
     expect(published.body).toContain('spiffe_csi_mount_failures_total{operation="mount"} 0');
     expect(published.body).toMatch(/^process_resident_memory_bytes \d+/m);
@@ -98,11 +96,71 @@ describe("the health endpoint", async () => {
     const body = (await get("/metrics")).body;
     for (const name of [
       "process_cpu_seconds_total",
-      "spiffe_csi_rpc_requests_total",
+      "grpc_server_started_total",
+      "grpc_server_handled_total",
       "spiffe_csi_mount_failures_total",
     ]) {
       expect(body).toContain(`# TYPE ${name} counter`);
     }
+    expect(body).toContain("# TYPE grpc_server_handling_seconds histogram");
+  });
+
+  test("RPC metrics name codes as the gRPC ecosystem does, every method and code from zero", async () => {
+    const { node } = clients(csiSocketPath);
+    const unpublish = 'grpc_service="csi.v1.Node",grpc_method="NodeUnpublishVolume"';
+    const before = await get("/metrics");
+    // Shown before any such call, at zero, like the codes no call has answered yet.
+    expect(before.body).toContain(
+      `grpc_server_handled_total{grpc_type="unary",${unpublish},grpc_code="DeadlineExceeded"} 0`,
+    );
+    expect(before.body).toContain(
+      'grpc_server_started_total{grpc_type="unary",grpc_service="csi.v1.Controller",grpc_method="ControllerGetCapabilities"}',
+    );
+    const invalid =
+      /^grpc_server_handled_total\{[^}]*NodeUnpublishVolume",grpc_code="InvalidArgument"\} (\d+)$/m;
+    const count = Number(invalid.exec(before.body)?.[1]);
+    await expect(node.nodeUnpublishVolume({ volumeId: "", targetPath: "" })).rejects.toThrow();
+    const after = await until("/metrics", (answer) => {
+      return Number(invalid.exec(answer.body)?.[1]) === count + 1;
+    });
+    expect(Number(invalid.exec(after.body)?.[1])).toBe(count + 1);
+    // The old names and spellings are gone.
+    expect(after.body).not.toContain("INVALID_ARGUMENT");
+    expect(after.body).not.toContain("spiffe_csi_rpc_");
+  });
+
+  test("process metrics agree with /proc; no process_heap_bytes", async () => {
+    const pid = driver.proc.pid;
+    const metric = (body: string, name: string) =>
+      Number(new RegExp(`^${name} (\\S+)$`, "m").exec(body)?.[1]);
+    // The answer is up to a second old: wait until the descriptor count matches one listed now
+    // (it never would if the listing's own descriptor were counted).
+    const fds = () => readdirSync(`/proc/${pid}/fd`).length;
+    const settled = await until(
+      "/metrics",
+      (answer) => metric(answer.body, "process_open_fds") === fds(),
+    );
+    expect(metric(settled.body, "process_open_fds")).toBe(fds());
+    const limits = readFileSync(`/proc/${pid}/limits`, "utf8");
+    expect(metric(settled.body, "process_max_fds")).toBe(
+      Number(/^Max open files\s+(\d+)/m.exec(limits)?.[1]),
+    );
+    // /proc/<pid>/stat: fields 14 and 15 are CPU ticks (100 a second), 22 the start in ticks since
+    // boot; /proc/stat's btime is the boot time.
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.split(" ") ?? [];
+    const bootTime = Number(/^btime (\d+)$/m.exec(readFileSync("/proc/stat", "utf8"))?.[1]);
+    const started = bootTime + Number(stat[19]) / 100;
+    expect(Math.abs(metric(settled.body, "process_start_time_seconds") - started)).toBeLessThan(2);
+    const cpuTicks = (Number(stat[11]) + Number(stat[12])) / 100;
+    // Read after the answer was made: at least the metric, less one tick of rounding.
+    expect(metric(settled.body, "process_cpu_seconds_total")).toBeLessThanOrEqual(cpuTicks + 0.01);
+    expect(metric(settled.body, "process_cpu_seconds_total")).toBeGreaterThan(0);
+    const rss =
+      Number(/^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]) * 1024;
+    expect(metric(settled.body, "process_resident_memory_bytes") / rss).toBeGreaterThan(0.5);
+    expect(metric(settled.body, "process_resident_memory_bytes") / rss).toBeLessThan(2);
+    expect(settled.body).not.toContain("process_heap_bytes");
+    expect(settled.body).not.toContain("nodejs_");
   });
 
   test("unknown paths answer 404", async () => {

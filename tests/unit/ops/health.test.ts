@@ -4,6 +4,7 @@
 import { expect, setDefaultTimeout, test } from "bun:test";
 import { connect } from "node:net";
 import { join } from "node:path";
+import { PublishedVolumes } from "../../../src/csi/census.ts";
 import { startHealthServer } from "../../../src/ops/health.ts";
 import { createLogger } from "../../../src/ops/log.ts";
 import { Metrics } from "../../../src/ops/metrics.ts";
@@ -31,7 +32,7 @@ const server = await startHealthServer({
     problemChecks++;
     return problem;
   },
-  metrics: new Metrics("test", () => 0),
+  metrics: new Metrics("test", () => new PublishedVolumes(root).count()),
   logger: createLogger("info", "json", (line) => lines.push(line)),
 });
 bed.beforeCleanup(() => server.close());

@@ -1,5 +1,14 @@
 import { expect, test } from "bun:test";
+import type { VolumeCounts } from "../../../src/csi/census.ts";
+import { ABNORMAL_REASONS } from "../../../src/csi/stats.ts";
 import { Metrics } from "../../../src/ops/metrics.ts";
+
+const noVolumes = async (): Promise<VolumeCounts> => ({
+  published: 0,
+  abnormal: Object.fromEntries(
+    ABNORMAL_REASONS.map((reason) => [reason, 0]),
+  ) as VolumeCounts["abnormal"],
+});
 
 /** The refusal counter's samples, by namespace label. */
 async function refusals(metrics: Metrics): Promise<Record<string, number>> {
@@ -10,7 +19,7 @@ async function refusals(metrics: Metrics): Promise<Record<string, number>> {
 }
 
 test("refusals are counted by the pod's namespace", async () => {
-  const metrics = new Metrics("test", () => 0);
+  const metrics = new Metrics("test", noVolumes);
   metrics.publishRefused("team-b");
   metrics.publishRefused("team-b");
   metrics.publishRefused("default");
@@ -18,7 +27,7 @@ test("refusals are counted by the pod's namespace", async () => {
 });
 
 test("the namespace label stays bounded: made-up names and names beyond 1,000 count as (other)", async () => {
-  const metrics = new Metrics("test", () => 0);
+  const metrics = new Metrics("test", noVolumes);
   for (let i = 0; i < 1_200; i++) metrics.publishRefused(`ns-${i}`);
   metrics.publishRefused('x" ERROR\n');
   metrics.publishRefused("Upper");

@@ -177,3 +177,21 @@ DaemonSet's template.
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+How the PodMonitor and the ServiceMonitor scrape, as deploy/kubernetes/monitoring's do: the
+health port's /metrics, with the job and node labels the alerts and the dashboard select on.
+*/}}
+{{- define "spiffe-csi.metricsEndpoint" -}}
+port: health
+path: /metrics
+interval: 30s
+scrapeTimeout: 10s
+relabelings:
+  - action: replace
+    targetLabel: job
+    replacement: spiffe-csi-driver
+  - action: replace
+    sourceLabels: [__meta_kubernetes_pod_node_name]
+    targetLabel: node
+{{- end }}
