@@ -1,5 +1,5 @@
 // The pod policy (--allow) as the deployments set it: kustomize's allow setting, and the Helm
-// chart's extraArgs for nested SPIRE's upstream driver and for a multi-tenant cluster, read back
+// chart's allow value (and extraArgs) for nested SPIRE's upstream driver and for a multi-tenant cluster, read back
 // from the rendered arguments as the driver reads them.
 import { describe, expect, test } from "bun:test";
 import { container, driverConfig, driverSets, renderChart, type Workload } from "./rules.ts";
@@ -19,7 +19,7 @@ describe("the Helm chart", () => {
       pluginName: "upstream.csi.spiffe.io",
       agentSocketPath: "/run/spire/agent-sockets-upstream/spire-agent.sock",
       healthChecks: { port: 9810 },
-      extraArgs: ["--allow=spire-server/spire-server"],
+      allow: ["spire-server/spire-server"],
     });
     expect(policy.describe()).toBe("spire-server/spire-server");
     const server = { name: "spire-server-0", uid: "u", serviceAccount: "spire-server" };
@@ -28,6 +28,22 @@ describe("the Helm chart", () => {
     expect(
       policy.decide({ ...server, namespace: "spire-server", serviceAccount: "default" }).allowed,
     ).toBe(false);
+  });
+
+  test("multi-tenant: each item of allow is a rule, with wildcards", () => {
+    const policy = policyOf({ allow: ["team-a", "team-b/payments", "*/monitoring"] });
+    expect(policy.describe()).toBe("team-a/*, team-b/payments, */monitoring");
+    expect(
+      policy.decide({ name: "p", uid: "u", namespace: "team-c", serviceAccount: "monitoring" }),
+    ).toEqual({
+      allowed: true,
+    });
+  });
+
+  test("allow refuses what is no rule (the schema)", () => {
+    for (const rule of ["Team-A", "a/b/c", "", "a b"]) {
+      expect(() => renderChart({ allow: [rule] })).toThrow();
+    }
   });
 
   test("multi-tenant: repeated --allow in extraArgs, each a rule", () => {
