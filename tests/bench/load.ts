@@ -2,7 +2,7 @@
 // Usage: bun tests/bench/load.ts '<job json>'; prints one JSON result on stdout.
 import { mkdirSync } from "node:fs";
 import { Node } from "../../src/gen/csi/v1/csi_pb.ts";
-import { createClient } from "../../src/grpc/client.ts";
+import { createClient } from "../../src/rpc/client.ts";
 import {
   type PodVolume,
   podVolume,

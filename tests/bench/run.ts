@@ -5,7 +5,7 @@
 import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { join, resolve } from "node:path";
-import { parseMountInfo } from "../../src/mount/mountinfo.ts";
+import { parseMountInfo } from "../../src/linux/mountinfo.ts";
 import { AGENT_SOCKET, startAgent } from "../helpers/agent.ts";
 import {
   assertPrivateMountNamespace,

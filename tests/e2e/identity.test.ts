@@ -108,7 +108,7 @@ describe("command line", () => {
       "no socket dir",
       ["-csi-socket-path", "/tmp/x.sock"],
       { MY_NODE_NAME: "n" },
-      "-workload-api-socket-dir is required",
+      "--workload-api-socket-dir is required",
     ],
     ["no node id", ["-workload-api-socket-dir", "/run/spire"], {}, "a node id is required"],
     [

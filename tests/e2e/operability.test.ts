@@ -3,9 +3,9 @@ import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { chmodSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
-import type { Check } from "../../src/doctor.ts";
+import type { Check } from "../../src/cli/doctor-checks.ts";
 import { Identity } from "../../src/gen/csi/v1/csi_pb.ts";
-import { grpcService } from "../../src/grpc/service.ts";
+import { grpcService } from "../../src/rpc/adapter.ts";
 import { startAgent } from "../helpers/agent.ts";
 import {
   assertPrivateMountNamespace,

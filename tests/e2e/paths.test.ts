@@ -15,7 +15,7 @@ import {
 } from "node:fs";
 import { join, resolve } from "node:path";
 import { status } from "@grpc/grpc-js";
-import { parseMountInfo } from "../../src/mount/mountinfo.ts";
+import { parseMountInfo } from "../../src/linux/mountinfo.ts";
 import { talkToAgent } from "../helpers/agent.ts";
 import {
   assertPrivateMountNamespace,

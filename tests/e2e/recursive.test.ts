@@ -10,7 +10,7 @@ import { existsSync, mkdirSync, readFileSync, readlinkSync, rmSync, writeFileSyn
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import type { Subprocess } from "bun";
-import type { Check } from "../../src/doctor.ts";
+import type { Check } from "../../src/cli/doctor-checks.ts";
 import { startAgent, talkToAgent } from "../helpers/agent.ts";
 import {
   assertPrivateMountNamespace,

@@ -4,7 +4,7 @@ import { afterAll, expect, setDefaultTimeout, test } from "bun:test";
 import { existsSync, lstatSync, mkdirSync, rmSync, watch } from "node:fs";
 import { join } from "node:path";
 import { Registration } from "../../src/gen/pluginregistration/v1/api_pb.ts";
-import { createClient } from "../../src/grpc/client.ts";
+import { createClient } from "../../src/rpc/client.ts";
 import { type DriverProcess, spawnDriver, startDriver, tempDir } from "../helpers/driver.ts";
 import { waitFor } from "../helpers/wait.ts";
 

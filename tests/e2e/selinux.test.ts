@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { mkdirSync, readdirSync, rmdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
-import { getLabel, setLabel } from "../../src/mount/xattr.ts";
+import { getLabel, setLabel } from "../../src/selinux/xattr.ts";
 import { AGENT_SOCKET, startAgent, talkToAgent } from "../helpers/agent.ts";
 import {
   assertPrivateMountNamespace,

@@ -5,7 +5,7 @@ import { join, resolve } from "node:path";
 import type { ClientOptions } from "@grpc/grpc-js";
 import type { Subprocess } from "bun";
 import { Controller, Identity, Node } from "../../src/gen/csi/v1/csi_pb.ts";
-import { createClient } from "../../src/grpc/client.ts";
+import { createClient } from "../../src/rpc/client.ts";
 import { PATIENCE_MS, waitFor } from "./wait.ts";
 
 export const BINARY = resolve(import.meta.dir, "../../dist/spiffe-csi-driver");

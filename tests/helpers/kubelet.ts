@@ -13,7 +13,7 @@ import {
   NodeUnpublishVolumeRequestSchema,
   VolumeCapability_AccessMode_Mode,
 } from "../../src/gen/csi/v1/csi_pb.ts";
-import { parseMountInfo } from "../../src/mount/mountinfo.ts";
+import { parseMountInfo } from "../../src/linux/mountinfo.ts";
 
 export const DRIVER_NAME = "csi.spiffe.io";
 

@@ -17,7 +17,7 @@ import {
 } from "node:fs";
 import { rm } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { parseMountInfo } from "../../src/mount/mountinfo.ts";
+import { parseMountInfo } from "../../src/linux/mountinfo.ts";
 import { startAgent, talkToAgent } from "../helpers/agent.ts";
 import { assertPrivateMountNamespace, clients, tempDir } from "../helpers/driver.ts";
 import {

@@ -26,7 +26,7 @@ const CONCURRENCY = 32;
 const { root, socketDir, kubeletRoot, csiSocketPath } = testbed("churn");
 mkdirSync(join(kubeletRoot, "pods"), { recursive: true });
 
-// The driver collects garbage after this long without a call (src/cli.ts).
+// The driver collects garbage after this long without a call (src/cli/serve.ts).
 const IDLE_COLLECT_MS = 1_000;
 
 /**

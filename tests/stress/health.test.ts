@@ -36,7 +36,7 @@ const LOAD_SECONDS = 8;
 const FLOOD_SECONDS = 6;
 // Where the kubelet's probes come from; the load comes from other addresses.
 const PROBE_FROM = "127.0.0.2";
-// The driver's cap of connections per remote address (src/health.ts).
+// The driver's cap of connections per remote address (src/ops/health.ts).
 const PER_ADDRESS = 64;
 const PROBE_TIMEOUT_MS = 1_000;
 // The DaemonSet's memory limit (deploy/kubernetes): 256Mi.

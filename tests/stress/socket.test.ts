@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import type { Socket } from "bun";
 import { Identity } from "../../src/gen/csi/v1/csi_pb.ts";
-import { createClient } from "../../src/grpc/client.ts";
+import { createClient } from "../../src/rpc/client.ts";
 import { assertPrivateMountNamespace, clients, startDriver } from "../helpers/driver.ts";
 import {
   mountsAt,

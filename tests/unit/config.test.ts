@@ -1,26 +1,14 @@
 import { describe, expect, test } from "bun:test";
 import { parseArgs } from "citty";
-import { args, configFromArgs } from "../../src/cli.ts";
-import { ConfigError, validatePluginName } from "../../src/config.ts";
-import { normalizeArgv } from "../../src/flags.ts";
-import { contextProblem, usableByContainers } from "../../src/selinux.ts";
+import { normalizeArgv } from "../../src/cli/argv.ts";
+import { args, configFromArgs } from "../../src/cli/config.ts";
+import { ConfigError, validatePluginName } from "../../src/cli/settings.ts";
+import { contextProblem, usableByContainers } from "../../src/selinux/context.ts";
 
-const defaults = {
-  _: [],
-  "csi-socket-path": "/spiffe-csi/csi.sock",
-  "plugin-name": "csi.spiffe.io",
-  "node-id-env": "MY_NODE_NAME",
-  "log-level": "info",
-  "log-format": "text",
-  "mount-timeout": "30",
-  "max-connections": "256",
-  "connection-idle-timeout": "60",
-  "selinux-label": "auto",
-  "selinux-context": "system_u:object_r:container_file_t:s0",
-};
-
+// No defaults are given here: configFromArgs takes the settings table's own, so that a changed
+// default fails the tests that name it.
 function config(flags: Record<string, unknown>, env: Record<string, string> = {}) {
-  return configFromArgs({ ...defaults, "workload-api-socket-dir": "/run/spire", ...flags }, env);
+  return configFromArgs({ _: [], "workload-api-socket-dir": "/run/spire", ...flags }, env);
 }
 
 describe("normalizeArgv", () => {
@@ -83,7 +71,7 @@ describe("configFromArgs", () => {
       "no socket dir",
       { "workload-api-socket-dir": undefined },
       { MY_NODE_NAME: "n" },
-      /-workload-api-socket-dir is required/,
+      /--workload-api-socket-dir is required/,
     ],
     [
       "relative socket dir",
@@ -121,12 +109,7 @@ describe("configFromArgs", () => {
     ],
     ["unknown flag", { bogus: "1" }, { MY_NODE_NAME: "n" }, /unknown flag --bogus/],
     ["positional", { _: ["serve"] }, { MY_NODE_NAME: "n" }, /unexpected argument "serve"/],
-    [
-      "-node-id with no value",
-      { "node-id": "" },
-      { MY_NODE_NAME: "n" },
-      /flag -node-id needs a value/,
-    ],
+    ["-node-id with no value", { "node-id": "" }, { MY_NODE_NAME: "n" }, /--node-id needs a value/],
     [
       "bad --selinux-label",
       { "selinux-label": "yes" },
@@ -143,13 +126,13 @@ describe("configFromArgs", () => {
       "--selinux-context with no value",
       { "selinux-context": "" },
       { MY_NODE_NAME: "n" },
-      /flag -selinux-context needs a value/,
+      /--selinux-context needs a value/,
     ],
     [
       "--no-node-id-env",
       { "node-id-env": false },
       { MY_NODE_NAME: "n" },
-      /flag -node-id-env needs a value/,
+      /--node-id-env needs a value/,
     ],
   ];
   for (const [name, flags, env, message] of problems) {
@@ -207,7 +190,7 @@ describe("--recursive-bind and --allow-writable-submounts", () => {
 
   test("a value given where citty expects none is refused", () => {
     expect(() => config({ "recursive-bind": "yes" }, { MY_NODE_NAME: "n" })).toThrow(
-      "flag -recursive-bind takes no value",
+      "--recursive-bind takes no value",
     );
   });
 });

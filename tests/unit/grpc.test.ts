@@ -3,9 +3,9 @@ import { rmSync } from "node:fs";
 import { join } from "node:path";
 import { Server, ServerCredentials, status } from "@grpc/grpc-js";
 import { Identity } from "../../src/gen/csi/v1/csi_pb.ts";
-import { createClient } from "../../src/grpc/client.ts";
-import { type CallRecord, grpcService } from "../../src/grpc/service.ts";
-import { RpcError } from "../../src/grpc/status.ts";
+import { type CallRecord, grpcService } from "../../src/rpc/adapter.ts";
+import { createClient } from "../../src/rpc/client.ts";
+import { RpcError } from "../../src/rpc/status.ts";
 import { tempDir } from "../helpers/driver.ts";
 import { rpcFailure, sendRawRequest } from "../helpers/rpc.ts";
 

@@ -1,5 +1,5 @@
 import { expect, test } from "bun:test";
-import { KeyedMutex } from "../../src/driver/locks.ts";
+import { KeyedMutex } from "../../src/csi/locks.ts";
 
 test("runs calls for one key one at a time, in arrival order", async () => {
   const mutex = new KeyedMutex();
@@ -52,7 +52,7 @@ test("a failing call releases the key for the next one", async () => {
 });
 
 test("InFlightCalls: idle resolves once every started call has finished", async () => {
-  const { InFlightCalls } = await import("../../src/grpc/service.ts");
+  const { InFlightCalls } = await import("../../src/rpc/in-flight.ts");
   const calls = new InFlightCalls();
   await calls.idle();
   calls.start();

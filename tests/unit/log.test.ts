@@ -1,5 +1,5 @@
 import { expect, test } from "bun:test";
-import { createLogger } from "../../src/log.ts";
+import { createLogger } from "../../src/ops/log.ts";
 import { rawControl } from "../helpers/logs.ts";
 
 function capture(level: "info" | "debug", format: "text" | "json") {

@@ -16,8 +16,8 @@ import {
 import { CSIDriver } from "kubernetes-models/storage.k8s.io/v1";
 import { ConfigMap, Namespace, Pod, ResourceQuota, ServiceAccount } from "kubernetes-models/v1";
 import { parseAllDocuments } from "yaml";
-import { configFromArgs, args as driverArgs } from "../../src/cli.ts";
-import { normalizeArgv } from "../../src/flags.ts";
+import { normalizeArgv } from "../../src/cli/argv.ts";
+import { configFromArgs, args as driverArgs } from "../../src/cli/config.ts";
 
 const repo = resolve(import.meta.dir, "../..");
 const kubernetes = join(repo, "deploy", "kubernetes");

@@ -1,8 +1,8 @@
 import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { parseMountInfo } from "../../src/mount/mountinfo.ts";
-import { entangled, mountTree } from "../../src/mount/submounts.ts";
+import { parseMountInfo } from "../../src/linux/mountinfo.ts";
+import { entangled, mountTree } from "../../src/linux/submounts.ts";
 
 const sample = readFileSync(join(import.meta.dir, "../fixtures/mountinfo"), "utf8");
 

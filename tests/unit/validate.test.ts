@@ -3,15 +3,15 @@ import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { status } from "@grpc/grpc-js";
-import { NodeService } from "../../src/driver/node.ts";
-import { targetPathProblem } from "../../src/driver/validate.ts";
+import { NodeService } from "../../src/csi/node.ts";
+import { targetPathProblem } from "../../src/csi/validate.ts";
 import {
   NodeGetVolumeStatsRequestSchema,
   NodePublishVolumeRequestSchema,
   NodeUnpublishVolumeRequestSchema,
 } from "../../src/gen/csi/v1/csi_pb.ts";
-import { RpcError } from "../../src/grpc/status.ts";
-import type { HeldDirectory, Mounter } from "../../src/mount/mounter.ts";
+import type { HeldDirectory, Mounter } from "../../src/linux/mounter.ts";
+import { RpcError } from "../../src/rpc/status.ts";
 import { tempDir } from "../helpers/driver.ts";
 import { invalidPublishRequests } from "../helpers/invalid.ts";
 import { podVolume, prepareVolume, publishRequest } from "../helpers/kubelet.ts";

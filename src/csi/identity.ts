@@ -1,5 +1,5 @@
-import type { Controller, Identity } from "../gen/csi/v1/csi_pb.ts";
-import type { ServiceHandlers } from "../grpc/service.ts";
+import type { Identity } from "../gen/csi/v1/csi_pb.ts";
+import type { ServiceHandlers } from "../rpc/adapter.ts";
 import { VERSION } from "../version.ts";
 
 export function identityHandlers(pluginName: string): ServiceHandlers<typeof Identity> {
@@ -11,12 +11,5 @@ export function identityHandlers(pluginName: string): ServiceHandlers<typeof Ide
     // SPIFFE agent is up is not the driver's health (restarting the driver never brings an agent
     // back); volume health reports that through NodeGetVolumeStats.
     probe: async () => ({ ready: true }),
-  };
-}
-
-/** Not advertised as a plugin capability; answers so that generic CSI tools get a correct reply. */
-export function controllerHandlers(): ServiceHandlers<typeof Controller> {
-  return {
-    controllerGetCapabilities: async () => ({}),
   };
 }

@@ -1,5 +1,6 @@
 import { lstatSync, statSync } from "node:fs";
 import { type DirectoryHandle, openDirectory, openEntry } from "./descriptors.ts";
+import { isErrno } from "./errno.ts";
 
 /**
  * What is at a target, found without reading the mount table.
@@ -73,10 +74,6 @@ export function directoryInode(path: string): Inode | undefined {
 
 export function sameInode(a: Omit<Inode, "nlink">, b: Omit<Inode, "nlink">): boolean {
   return a.dev === b.dev && a.ino === b.ino;
-}
-
-export function isErrno(error: unknown, code: string): boolean {
-  return (error as NodeJS.ErrnoException | undefined)?.code === code;
 }
 
 /** `path` ends in the name that failed to open; only that name is looked at again. */

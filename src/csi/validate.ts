@@ -1,11 +1,10 @@
-import { status } from "@grpc/grpc-js";
 import {
   VolumeCapability_AccessMode_Mode as AccessMode,
   type NodeGetVolumeStatsRequest,
   type NodePublishVolumeRequest,
   type NodeUnpublishVolumeRequest,
 } from "../gen/csi/v1/csi_pb.ts";
-import { RpcError } from "../grpc/status.ts";
+import { invalid, notFound, quote } from "./errors.ts";
 import { KUBELET_CSI_VOLUME_PATH } from "./kubelet.ts";
 
 // CSI size limit for identifiers such as volume_id.
@@ -14,15 +13,6 @@ const MAX_VOLUME_ID_BYTES = 128;
 const MAX_PATH_BYTES = 4096;
 
 export const EPHEMERAL_CONTEXT_KEY = "csi.storage.k8s.io/ephemeral";
-
-/** Quotes a value for an error message, cut short so a hostile megabyte string stays out. */
-export function quote(value: string): string {
-  return JSON.stringify(value.length > 256 ? `${value.slice(0, 256)}...` : value);
-}
-
-function invalid(message: string): RpcError {
-  return new RpcError(status.INVALID_ARGUMENT, message);
-}
 
 function checkVolumeId(volumeId: string): void {
   if (!volumeId) throw invalid("volume_id is required");
@@ -104,10 +94,5 @@ export function validateVolumeStats(req: NodeGetVolumeStatsRequest): void {
   if (req.volumePath.includes("\0")) throw invalid("volume_path must not contain a NUL byte");
   // Any other reason the path cannot be a kubelet volume path means no volume is there.
   const pathProblem = targetPathProblem("volume_path", req.volumePath);
-  if (pathProblem) {
-    throw new RpcError(
-      status.NOT_FOUND,
-      `no volume is published at volume_path ${quote(req.volumePath)}: ${pathProblem}`,
-    );
-  }
+  if (pathProblem) throw notFound(req.volumePath, pathProblem);
 }

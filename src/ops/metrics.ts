@@ -1,7 +1,7 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
-import type { CallRecord } from "./grpc/service.ts";
-import { codeName } from "./grpc/status.ts";
+import type { CallRecord } from "../rpc/adapter.ts";
+import { codeName } from "../rpc/status.ts";
 
 export type MountOperation = "mount" | "umount";
 

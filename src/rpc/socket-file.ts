@@ -13,8 +13,8 @@ import {
   unlinkSync,
 } from "node:fs";
 import { basename, dirname } from "node:path";
-import { O_PATH } from "./mount/descriptors.ts";
-import { isErrno } from "./mount/inspect.ts";
+import { O_PATH } from "../linux/descriptors.ts";
+import { isErrno } from "../linux/errno.ts";
 
 const GROUP_OR_OTHER_WRITE = 0o022;
 const STICKY = 0o1000;

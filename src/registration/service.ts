@@ -1,6 +1,7 @@
 import type { Registration } from "../gen/pluginregistration/v1/api_pb.ts";
-import type { ServiceHandlers } from "../grpc/service.ts";
-import type { Logger } from "../log.ts";
+import type { Logger } from "../ops/log.ts";
+import { LogKey } from "../ops/log-keys.ts";
+import type { ServiceHandlers } from "../rpc/adapter.ts";
 
 /** The CSI versions the kubelet may speak to this driver. */
 const SUPPORTED_VERSIONS = ["1.0.0"];
@@ -24,12 +25,15 @@ export function registrationHandlers(
     }),
     notifyRegistrationStatus: async (status) => {
       if (status.pluginRegistered) {
-        logger.info("registered with the kubelet", { plugin_name: pluginName, endpoint });
+        logger.info("registered with the kubelet", {
+          [LogKey.pluginName]: pluginName,
+          [LogKey.endpoint]: endpoint,
+        });
       } else {
         logger.error("the kubelet refused to register the driver", {
-          plugin_name: pluginName,
-          endpoint,
-          error: status.error,
+          [LogKey.pluginName]: pluginName,
+          [LogKey.endpoint]: endpoint,
+          [LogKey.error]: status.error,
         });
       }
       return {};

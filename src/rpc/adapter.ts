@@ -15,6 +15,7 @@ import {
   status,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
+import { InFlightCalls } from "./in-flight.ts";
 import { type CallStatus, RpcError, toStatus } from "./status.ts";
 
 /** Typed async handlers for every method of a protobuf-es service descriptor. */
@@ -43,30 +44,6 @@ export interface GrpcService {
 }
 
 const passThrough = (bytes: Buffer): Buffer => bytes;
-
-/** Counts calls being handled, so that a shutdown waits for them and for nothing else. */
-export class InFlightCalls {
-  private count = 0;
-  private waiters: (() => void)[] = [];
-
-  start(): void {
-    this.count++;
-  }
-
-  finish(): void {
-    this.count--;
-    if (this.count === 0) {
-      for (const wake of this.waiters.splice(0)) wake();
-    }
-  }
-
-  /** Resolves once no call is being handled. */
-  idle(): Promise<void> {
-    return this.count === 0
-      ? Promise.resolve()
-      : new Promise((resolve) => this.waiters.push(resolve));
-  }
-}
 
 /**
  * Turns a protobuf-es service descriptor and its handlers into a grpc-js service.

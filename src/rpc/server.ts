@@ -1,12 +1,13 @@
 import { lstatSync, unlinkSync } from "node:fs";
 import { createServer, type Server as NetServer, type Socket } from "node:net";
-import { Server, ServerCredentials, status } from "@grpc/grpc-js";
-import { tryConnect } from "./connect.ts";
-import type { CallObserver, GrpcService, InFlightCalls } from "./grpc/service.ts";
-import { codeName } from "./grpc/status.ts";
-import type { Logger } from "./log.ts";
-import { isErrno } from "./mount/inspect.ts";
-import { SocketFile } from "./socket.ts";
+import { Server, ServerCredentials } from "@grpc/grpc-js";
+import { tryConnect } from "../linux/connect.ts";
+import { isErrno } from "../linux/errno.ts";
+import type { Logger } from "../ops/log.ts";
+import { LogKey } from "../ops/log-keys.ts";
+import type { GrpcService } from "./adapter.ts";
+import type { InFlightCalls } from "./in-flight.ts";
+import { SocketFile } from "./socket-file.ts";
 
 /** A problem that stops the server from starting, said in one line. */
 export class StartError extends Error {
@@ -28,8 +29,6 @@ export interface ConnectionLimits {
 
 // How long to wait for an existing socket to answer before calling it stale.
 const LIVE_SOCKET_PROBE_MS = 1000;
-// Strings from a request are cut to this length in logs.
-const MAX_LOGGED_CHARS = 256;
 
 export async function startServer(
   socketPath: string,
@@ -69,7 +68,9 @@ export async function startServer(
         timer = setTimeout(() => resolve("expired"), graceMs);
       });
       if ((await Promise.race([inFlight.idle(), expired])) === "expired") {
-        logger.warn("calls still running after the grace period; cancelling them", { graceMs });
+        logger.warn("calls still running after the grace period; cancelling them", {
+          [LogKey.graceMs]: graceMs,
+        });
       }
       clearTimeout(timer);
       // The last answers are written; let them reach their sockets before the sessions go.
@@ -105,8 +106,8 @@ async function listen(
       if (!warned) {
         warned = true;
         logger.warn("too many connections; closing new ones until some close", {
-          path: socket.path,
-          max_connections: limits.maxConnections,
+          [LogKey.socketPath]: socket.path,
+          [LogKey.maxConnections]: limits.maxConnections,
         });
       }
       return;
@@ -131,7 +132,7 @@ async function listen(
     process.umask(umask);
   }
   listener.on("error", (error) => {
-    logger.error("accepting a connection failed", { path: socket.path }, error);
+    logger.error("accepting a connection failed", { [LogKey.socketPath]: socket.path }, error);
   });
   socket.adopt();
   return listener;
@@ -159,7 +160,9 @@ async function clearStaleSocket(socket: SocketFile, logger: Logger): Promise<voi
     );
   }
   unlinkSync(socket.pathInDirectory);
-  logger.info("removed a stale socket left by an earlier run", { path: socket.path });
+  logger.info("removed a stale socket left by an earlier run", {
+    [LogKey.socketPath]: socket.path,
+  });
 }
 
 async function socketAnswers(socketPath: string): Promise<boolean> {
@@ -167,34 +170,4 @@ async function socketAnswers(socketPath: string): Promise<boolean> {
   // A server too busy to accept within the probe time is still a live server; only a refused
   // connection means nobody is there.
   return outcome.kind !== "error" || !isErrno(outcome.error, "ECONNREFUSED");
-}
-
-function logged(value: unknown): string | undefined {
-  if (typeof value !== "string" || value === "") return undefined;
-  return value.length > MAX_LOGGED_CHARS ? `${value.slice(0, MAX_LOGGED_CHARS)}...` : value;
-}
-
-/** One log line per call: debug when it succeeded, error when it failed. Never logs secrets. */
-export function rpcLogger(logger: Logger): CallObserver {
-  return (call) => {
-    const request = (call.request ?? {}) as Record<string, unknown>;
-    const fields: Record<string, unknown> = {
-      method: call.method.name,
-      volume_id: logged(request.volumeId),
-      target_path: logged(request.targetPath),
-      volume_path: logged(request.volumePath),
-      code: codeName(call.code),
-      duration_ms: Math.round(call.durationMs * 100) / 100,
-    };
-    for (const key of Object.keys(fields)) {
-      if (fields[key] === undefined) delete fields[key];
-    }
-    if (call.code === status.OK) {
-      logger.debug("rpc", fields);
-    } else if (call.unexpected !== undefined) {
-      logger.error("rpc", fields, call.unexpected);
-    } else {
-      logger.error("rpc", { ...fields, details: call.details });
-    }
-  };
 }

@@ -11,23 +11,19 @@ import {
   statSync,
 } from "node:fs";
 import { dirname, join } from "node:path";
-import { type ArgsDef, defineCommand } from "citty";
-import { checkAgent, connects } from "./agent.ts";
-import { validatePluginName } from "./config.ts";
-import { unknownFlags } from "./flags.ts";
-import { Identity } from "./gen/csi/v1/csi_pb.ts";
-import { createClient } from "./grpc/client.ts";
-import { readMountId } from "./mount/descriptors.ts";
-import { findMount, readMountTable } from "./mount/mountinfo.ts";
-import { mountTree } from "./mount/submounts.ts";
-import { getLabel } from "./mount/xattr.ts";
-import {
-  contextProblem,
-  DEFAULT_SELINUX_CONTEXT,
-  detectSelinux,
-  usableByContainers,
-} from "./selinux.ts";
-import { SOCKET_DIRECTORY_FIX, socketDirectoryProblem } from "./socket.ts";
+import { Identity } from "../gen/csi/v1/csi_pb.ts";
+import { readMountId } from "../linux/descriptors.ts";
+import { findMount, readMountTable } from "../linux/mountinfo.ts";
+import { mountTree } from "../linux/submounts.ts";
+import { checkAgent, connects } from "../ops/agent.ts";
+import { createClient } from "../rpc/client.ts";
+import { SOCKET_DIRECTORY_FIX, socketDirectoryProblem } from "../rpc/socket-file.ts";
+import { usableByContainers } from "../selinux/context.ts";
+import { detectSelinux } from "../selinux/detection.ts";
+import { getLabel } from "../selinux/xattr.ts";
+import { validatePluginName } from "./settings.ts";
+
+/** The doctor's checks of a node's set-up, each a function yielding its lines. */
 
 export interface Check {
   name: string;
@@ -62,51 +58,42 @@ const fail = (name: string, detail: string, fix: string): Check => ({
 // Linux capability number of CAP_SYS_ADMIN.
 const CAP_SYS_ADMIN = 21n;
 
-/** Runs every check of a node's set-up; each yields one line. */
-export async function runChecks(options: DoctorOptions): Promise<Check[]> {
-  const checks: Check[] = [...(await agentChecks(options.workloadApiSocketDir))];
-  checks.push(...labelChecks(options.workloadApiSocketDir, options.selinuxContext));
-  if (options.recursiveBind) checks.push(...(await submountChecks(options.workloadApiSocketDir)));
-  checks.push(socketDirectoryCheck(options.csiSocketPath));
-  checks.push(socketDirectorySafetyCheck(options.csiSocketPath));
-  checks.push(...kubeletChecks(options.kubeletDir));
-  checks.push(
-    existsSync(options.registrationDir)
-      ? pass("registration directory exists", options.registrationDir)
-      : fail(
-          "registration directory exists",
-          `${options.registrationDir} does not exist`,
-          "mount the kubelet's plugins_registry directory (hostPath) where node-driver-registrar or --kubelet-registration-dir expects it; on a node, check the kubelet's --root-dir",
-        ),
-  );
-  for (const program of ["mount", "umount"]) {
-    const path = Bun.which(program);
-    checks.push(
-      path
-        ? pass(`${program} is on PATH`, path)
-        : fail(
-            `${program} is on PATH`,
-            `not found on ${process.env.PATH ?? ""}`,
-            "install util-linux, or add its directory to PATH",
-          ),
-    );
-  }
-  checks.push(capabilityCheck());
-  const nameProblem = validatePluginName(options.pluginName);
-  checks.push(
-    nameProblem
-      ? fail(
-          "plugin name is valid",
-          nameProblem,
-          "set -plugin-name to the CSIDriver object's name, e.g. csi.spiffe.io",
-        )
-      : pass("plugin name is valid", options.pluginName),
-  );
-  if (options.queryDriver) checks.push(...(await driverChecks(options)));
-  return checks;
+export function registrationDirectoryCheck(registrationDir: string): Check {
+  const name = "registration directory exists";
+  return existsSync(registrationDir)
+    ? pass(name, registrationDir)
+    : fail(
+        name,
+        `${registrationDir} does not exist`,
+        "mount the kubelet's plugins_registry directory (hostPath) where node-driver-registrar or --kubelet-registration-dir expects it; on a node, check the kubelet's --root-dir",
+      );
 }
 
-async function agentChecks(socketDir: string): Promise<Check[]> {
+export function programChecks(): Check[] {
+  return ["mount", "umount"].map((program) => {
+    const path = Bun.which(program);
+    return path
+      ? pass(`${program} is on PATH`, path)
+      : fail(
+          `${program} is on PATH`,
+          `not found on ${process.env.PATH ?? ""}`,
+          "install util-linux, or add its directory to PATH",
+        );
+  });
+}
+
+export function pluginNameCheck(pluginName: string): Check {
+  const problem = validatePluginName(pluginName);
+  return problem
+    ? fail(
+        "plugin name is valid",
+        problem,
+        "set --plugin-name to the CSIDriver object's name, e.g. csi.spiffe.io",
+      )
+    : pass("plugin name is valid", pluginName);
+}
+
+export async function agentChecks(socketDir: string): Promise<Check[]> {
   const exists = "Workload API socket directory exists";
   const holds = "Workload API socket directory holds a socket";
   const accepts = "Workload API socket accepts a connection";
@@ -118,7 +105,7 @@ async function agentChecks(socketDir: string): Promise<Check[]> {
       fail(
         exists,
         `${socketDir}: ${(error as Error).message}`,
-        "start the SPIFFE agent, and give -workload-api-socket-dir the directory its socket is in (as the driver sees it: in a container, where the hostPath volume is mounted)",
+        "start the SPIFFE agent, and give --workload-api-socket-dir the directory its socket is in (as the driver sees it: in a container, where the hostPath volume is mounted)",
       ),
     ];
   }
@@ -127,7 +114,7 @@ async function agentChecks(socketDir: string): Promise<Check[]> {
       fail(
         exists,
         `${socketDir} is not a directory`,
-        "give -workload-api-socket-dir the directory holding the socket, not the socket itself",
+        "give --workload-api-socket-dir the directory holding the socket, not the socket itself",
       ),
     ];
   }
@@ -161,7 +148,7 @@ async function agentChecks(socketDir: string): Promise<Check[]> {
  * The SELinux labels of the Workload API directory and of its sockets, and whether every container
  * may use them. Nothing to check when the directory cannot be listed (the agent checks say why).
  */
-function labelChecks(socketDir: string, context: string): Check[] {
+export function labelChecks(socketDir: string, context: string): Check[] {
   const name = "Workload API directory is labelled for containers (SELinux)";
   let sockets: string[];
   try {
@@ -203,7 +190,7 @@ function labelChecks(socketDir: string, context: string): Check[] {
  * the directory's mount receives the node's mounts (slave or shared), so that one mounted later
  * reaches the pods.
  */
-async function submountChecks(socketDir: string): Promise<Check[]> {
+export async function submountChecks(socketDir: string): Promise<Check[]> {
   const readOnly = "file systems below the Workload API directory are read-only";
   const receives = "Workload API directory receives later mounts";
   let table: Awaited<ReturnType<typeof readMountTable>>;
@@ -242,7 +229,7 @@ async function submountChecks(socketDir: string): Promise<Check[]> {
   ];
 }
 
-function socketDirectoryCheck(csiSocketPath: string): Check {
+export function socketDirectoryCheck(csiSocketPath: string): Check {
   const name = "CSI socket directory is writable";
   let dir = dirname(csiSocketPath);
   // A missing directory is created at start: what counts is its nearest existing ancestor.
@@ -262,7 +249,7 @@ function socketDirectoryCheck(csiSocketPath: string): Check {
   }
 }
 
-function socketDirectorySafetyCheck(csiSocketPath: string): Check {
+export function socketDirectorySafetyCheck(csiSocketPath: string): Check {
   const name = "CSI socket directory is safe";
   const dir = dirname(csiSocketPath);
   const problem = socketDirectoryProblem(dir);
@@ -271,7 +258,7 @@ function socketDirectorySafetyCheck(csiSocketPath: string): Check {
     : pass(name, `${dir}: nobody but the driver's user can replace the socket`);
 }
 
-function kubeletChecks(kubeletDir: string): Check[] {
+export function kubeletChecks(kubeletDir: string): Check[] {
   const podsDir = join(kubeletDir, "pods");
   if (!existsSync(podsDir)) {
     return [
@@ -316,7 +303,7 @@ function kubeletChecks(kubeletDir: string): Check[] {
   ];
 }
 
-function capabilityCheck(): Check {
+export function capabilityCheck(): Check {
   const name = "process has CAP_SYS_ADMIN";
   const effective = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync("/proc/self/status", "utf8"))?.[1];
   const has = effective !== undefined && ((BigInt(`0x${effective}`) >> CAP_SYS_ADMIN) & 1n) === 1n;
@@ -329,7 +316,7 @@ function capabilityCheck(): Check {
       );
 }
 
-async function driverChecks(options: DoctorOptions): Promise<Check[]> {
+export async function driverChecks(options: DoctorOptions): Promise<Check[]> {
   const address = `unix://${options.csiSocketPath}`;
   const refusal = await connects(options.csiSocketPath);
   if (refusal !== undefined) {
@@ -337,7 +324,7 @@ async function driverChecks(options: DoctorOptions): Promise<Check[]> {
       fail(
         "driver answers on the CSI socket",
         `${options.csiSocketPath}: ${refusal}`,
-        "start the driver with this -csi-socket-path, and check its log",
+        "start the driver with this --csi-socket-path, and check its log",
       ),
     ];
   }
@@ -352,7 +339,7 @@ async function driverChecks(options: DoctorOptions): Promise<Check[]> {
         : fail(
             "driver answers GetPluginInfo",
             `it is ${info.name}, not ${options.pluginName}`,
-            "make -plugin-name, the CSIDriver object and the registrar's socket path agree",
+            "make --plugin-name, the CSIDriver object and the registrar's socket path agree",
           ),
     );
     const probed = await client.probe({}, deadline());
@@ -371,88 +358,3 @@ async function driverChecks(options: DoctorOptions): Promise<Check[]> {
   }
   return checks;
 }
-
-export function formatChecks(checks: Check[]): string {
-  return checks
-    .map((check) => {
-      const line = `${check.ok ? "PASS" : "FAIL"}  ${check.name}: ${check.detail}`;
-      return check.fix ? `${line}\n      fix: ${check.fix}` : line;
-    })
-    .join("\n");
-}
-
-const args = {
-  "workload-api-socket-dir": {
-    type: "string",
-    description: "Directory holding the Workload API socket (required)",
-    valueHint: "dir",
-  },
-  "csi-socket-path": {
-    type: "string",
-    description: "CSI socket; when given, the driver on it is queried too",
-    valueHint: "path",
-  },
-  "plugin-name": { type: "string", description: "CSI plugin name", default: "csi.spiffe.io" },
-  "kubelet-dir": {
-    type: "string",
-    description: "The kubelet's root directory",
-    default: "/var/lib/kubelet",
-    valueHint: "dir",
-  },
-  "registration-dir": {
-    type: "string",
-    description:
-      "The kubelet's plugin registration directory (default <kubelet-dir>/plugins_registry)",
-    valueHint: "dir",
-  },
-  "selinux-context": {
-    type: "string",
-    description: "The SELinux label the driver gives the Workload API directory",
-    default: DEFAULT_SELINUX_CONTEXT,
-  },
-  "recursive-bind": {
-    type: "boolean",
-    description:
-      "The driver runs with --recursive-bind: check that file systems below the Workload API directory are read-only",
-  },
-  json: { type: "boolean", description: "Print the checks as JSON" },
-} satisfies ArgsDef;
-
-export const doctor = defineCommand({
-  meta: {
-    name: "doctor",
-    description: "Check this node's set-up for the driver: one line per check",
-  },
-  args,
-  async run({ args: parsed }) {
-    const unknown = unknownFlags(parsed as Record<string, unknown>, args);
-    if (unknown.length > 0) {
-      process.stderr.write(`spiffe-csi-driver doctor: unknown flag --${unknown[0]}\n`);
-      process.exit(2);
-    }
-    if (!parsed["workload-api-socket-dir"]) {
-      process.stderr.write("spiffe-csi-driver doctor: -workload-api-socket-dir is required\n");
-      process.exit(2);
-    }
-    const contextError = contextProblem(parsed["selinux-context"]);
-    if (contextError) {
-      process.stderr.write(`spiffe-csi-driver doctor: ${contextError}\n`);
-      process.exit(2);
-    }
-    const checks = await runChecks({
-      workloadApiSocketDir: parsed["workload-api-socket-dir"],
-      csiSocketPath: parsed["csi-socket-path"] ?? "/spiffe-csi/csi.sock",
-      queryDriver: parsed["csi-socket-path"] !== undefined,
-      pluginName: parsed["plugin-name"],
-      kubeletDir: parsed["kubelet-dir"],
-      registrationDir:
-        parsed["registration-dir"] ?? join(parsed["kubelet-dir"], "plugins_registry"),
-      selinuxContext: parsed["selinux-context"],
-      recursiveBind: parsed["recursive-bind"] === true,
-    });
-    process.stdout.write(
-      parsed.json ? `${JSON.stringify(checks, null, 2)}\n` : `${formatChecks(checks)}\n`,
-    );
-    process.exit(checks.every((check) => check.ok) ? 0 : 1);
-  },
-});

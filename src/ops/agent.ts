@@ -1,7 +1,7 @@
 import { lstatSync, readdirSync } from "node:fs";
 import { join } from "node:path";
-import { tryConnect } from "./connect.ts";
-import { isErrno } from "./mount/inspect.ts";
+import { tryConnect } from "../linux/connect.ts";
+import { isErrno } from "../linux/errno.ts";
 
 // How long a connection to the agent's socket may take before it counts as not answering.
 const CONNECT_TIMEOUT_MS = 1000;

@@ -1,8 +1,9 @@
 import { closeSync, constants, fstatSync, openSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { join } from "node:path";
-import { type DirectoryHandle, O_PATH, openDirectory, openEntry } from "../mount/descriptors.ts";
-import { classifyOpenError, isErrno } from "../mount/inspect.ts";
+import { type DirectoryHandle, O_PATH, openDirectory, openEntry } from "../linux/descriptors.ts";
+import { isErrno } from "../linux/errno.ts";
+import { classifyOpenError } from "../linux/inspect.ts";
 
 /**
  * Where the kubelet asks for an inline CSI volume:
@@ -48,6 +49,11 @@ export class VolumeDirectory implements Disposable {
     /** Where the walk found it, with every link above the kubelet root resolved. */
     readonly location: string,
   ) {}
+
+  /** The volume's identity: its volume directory's (device, inode), whatever path names it. */
+  get key(): string {
+    return `${this.handle.dev}:${this.handle.ino}`;
+  }
 
   /**
    * Whether `target` (opened inside this directory) is still the target where the walk found the

@@ -1,0 +1,263 @@
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { controllerHandlers } from "../csi/controller.ts";
+import { identityHandlers } from "../csi/identity.ts";
+import { NodeService } from "../csi/node.ts";
+import { Controller, Identity, Node } from "../gen/csi/v1/csi_pb.ts";
+import { Registration } from "../gen/pluginregistration/v1/api_pb.ts";
+import type { Mounter } from "../linux/mounter.ts";
+import type { Logger } from "../ops/log.ts";
+import { LogKey } from "../ops/log-keys.ts";
+import { idleCollector } from "../ops/memory.ts";
+import type { Metrics } from "../ops/metrics.ts";
+import { registrationHandlers } from "../registration/service.ts";
+import { type CallObserver, grpcService } from "../rpc/adapter.ts";
+import { rpcLogger } from "../rpc/call-log.ts";
+import { InFlightCalls } from "../rpc/in-flight.ts";
+import { type ConnectionLimits, StartError, startServer } from "../rpc/server.ts";
+import { labellingWanted } from "../selinux/detection.ts";
+import { Labeler } from "../selinux/labeller.ts";
+import { VERSION } from "../version.ts";
+import { Closers } from "./closers.ts";
+import type { Config } from "./config.ts";
+import { exit } from "./exit.ts";
+
+// Garbage is collected after this long without a call.
+const IDLE_COLLECT_MS = 1_000;
+
+// SIGTERM waits for calls in flight for the mount timeout and this much more: a hung `mount` is
+// killed by its timeout before the driver exits, so none is left running behind it.
+const SHUTDOWN_MARGIN_MS = 1_000;
+
+/** What the servers share once the driver is set up. */
+interface Driver {
+  config: Config;
+  logger: Logger;
+  node: NodeService;
+  labeler: Labeler | undefined;
+  metrics: Metrics | undefined;
+  /** Logs a call (the registration socket's calls are only logged). */
+  logCall: CallObserver;
+  /** Logs, counts and notes a CSI call. */
+  observe: CallObserver;
+  /** Notes activity, so that garbage is collected once the driver is idle. */
+  callMade: () => void;
+  limits: ConnectionLimits;
+  /** False once the driver is shutting down. */
+  serving: boolean;
+}
+
+/**
+ * Runs the driver until SIGTERM or SIGINT: sets it up, starts each server in turn, each pushing
+ * its closer, and on a signal (or a server that cannot start) closes them in reverse order.
+ */
+export async function serve(config: Config, mounter: Mounter, logger: Logger): Promise<void> {
+  logStart(config, logger);
+  const driver = await setUp(config, mounter, logger);
+  const closers = new Closers();
+  try {
+    // Health first, so that it is closed last: /healthz says "shutting down" during the drain.
+    if (config.healthAddr && driver.metrics) {
+      closers.push(await startHealth(driver, config.healthAddr, driver.metrics));
+    }
+    closers.push(await startCsi(driver));
+    if (config.kubeletRegistration) {
+      closers.push(await startRegistration(driver, config.kubeletRegistration));
+    }
+  } catch (error) {
+    await closers.closeAll(0);
+    if (error instanceof StartError) exit(1, error.message);
+    throw error;
+  }
+  logger.info("serving CSI", { [LogKey.csiSocketPath]: config.csiSocketPath });
+  // Start-up leaves garbage too.
+  driver.callMade();
+
+  const signal = await nextSignal(logger);
+  logger.info("shutting down", { [LogKey.signal]: signal });
+  driver.serving = false;
+  await closers.closeAll(config.mountTimeoutMs + SHUTDOWN_MARGIN_MS);
+  logger.info("stopped");
+  exit(0);
+}
+
+function logStart(config: Config, logger: Logger): void {
+  logger.info("starting", {
+    [LogKey.version]: VERSION,
+    [LogKey.nodeId]: config.nodeId,
+    [LogKey.pluginName]: config.pluginName,
+    [LogKey.workloadApiSocketDir]: config.workloadApiSocketDir,
+    [LogKey.csiSocketPath]: config.csiSocketPath,
+  });
+  if (!existsSync(config.workloadApiSocketDir)) {
+    // Not fatal: the agent may create it later. Publishing answers UNAVAILABLE until then.
+    logger.warn("the Workload API socket directory does not exist yet", {
+      [LogKey.path]: config.workloadApiSocketDir,
+    });
+  }
+  if (config.recursiveBind) {
+    logger.info("recursive bind on: file systems below the Workload API directory reach pods");
+    if (config.allowWritableSubmounts) {
+      logger.warn(
+        "--allow-writable-submounts: read-write file systems below the Workload API directory reach pods writable, whatever the pod's readOnly says",
+      );
+    }
+  }
+}
+
+/** The node service, its labeller and metrics, and what observes each call. */
+async function setUp(config: Config, mounter: Mounter, logger: Logger): Promise<Driver> {
+  const labeler = startLabelling(config, logger);
+  // Metrics are loaded only with --health-addr: a driver without them starts lighter.
+  const metrics = config.healthAddr
+    ? new (await import("../ops/metrics.ts")).Metrics(VERSION, () => node.publishedVolumes)
+    : undefined;
+  const node = new NodeService({
+    nodeId: config.nodeId,
+    pluginName: config.pluginName,
+    workloadApiSocketDir: config.workloadApiSocketDir,
+    mounter,
+    onMountFailure: (operation) => metrics?.mountFailed(operation),
+    labeler,
+    recursiveBind: config.recursiveBind,
+    allowWritableSubmounts: config.allowWritableSubmounts,
+  });
+  if (metrics) node.adoptPublished();
+  const logCall = rpcLogger(logger);
+  const callMade = idleCollector(IDLE_COLLECT_MS);
+  const observe: CallObserver = (call) => {
+    logCall(call);
+    metrics?.observeCall(call);
+    callMade();
+  };
+  const limits = {
+    maxConnections: config.maxConnections,
+    idleTimeoutMs: config.connectionIdleTimeoutMs,
+  };
+  return {
+    config,
+    logger,
+    node,
+    labeler,
+    metrics,
+    logCall,
+    observe,
+    callMade,
+    limits,
+    serving: true,
+  };
+}
+
+/**
+ * Decides once whether the Workload API directory gets SELinux labels, and labels it now. Not
+ * fatal: the agent may create the directory later, and a publish reports what is wrong.
+ */
+function startLabelling(config: Config, logger: Logger): Labeler | undefined {
+  const wanted = labellingWanted(config.selinuxLabel);
+  logger.info(wanted.enabled ? "SELinux labelling on" : "SELinux labelling off", {
+    [LogKey.reason]: wanted.reason,
+    ...(wanted.enabled && { [LogKey.context]: config.selinuxContext }),
+  });
+  if (!wanted.enabled) return undefined;
+  const labeler = new Labeler(config.workloadApiSocketDir, config.selinuxContext, logger);
+  const problem = labeler.ensure();
+  if (problem) logger.warn(problem);
+  return labeler;
+}
+
+/** The HTTP health and metrics endpoint (--health-addr). */
+async function startHealth(driver: Driver, address: string, metrics: Metrics): Promise<() => void> {
+  const { config, logger, labeler } = driver;
+  const { startHealthServer } = await import("../ops/health.ts");
+  let health: Awaited<ReturnType<typeof startHealthServer>>;
+  try {
+    health = await startHealthServer({
+      address,
+      workloadApiSocketDir: config.workloadApiSocketDir,
+      csiSocketPath: config.csiSocketPath,
+      serving: () => driver.serving,
+      metrics,
+      logger,
+      // Checking repairs too: a socket the agent re-creates while pods run is labelled again
+      // within one readiness period, not only at the next publish.
+      readinessProblem: labeler && (() => labeler.ensure()),
+    });
+  } catch (error) {
+    throw new StartError(`cannot serve --health-addr ${address}: ${(error as Error).message}`);
+  }
+  logger.info("serving health and metrics", { [LogKey.healthAddr]: address });
+  return () => health.close();
+}
+
+/** The CSI services on the CSI socket; closing drains the calls in flight. */
+async function startCsi(driver: Driver): Promise<(graceMs: number) => Promise<void>> {
+  const { config, observe } = driver;
+  const inFlight = new InFlightCalls();
+  const server = await startServer(
+    config.csiSocketPath,
+    [
+      grpcService(Identity, identityHandlers(config.pluginName), observe, inFlight),
+      grpcService(Controller, controllerHandlers(), observe, inFlight),
+      grpcService(Node, driver.node.handlers(), observe, inFlight),
+    ],
+    driver.logger,
+    inFlight,
+    driver.limits,
+  );
+  return (graceMs) => server.close(graceMs);
+}
+
+/**
+ * The kubelet's plugin registration service (--kubelet-registration-dir). Closed first on the
+ * way out, at once: the kubelet stops sending calls to a driver that is leaving.
+ */
+async function startRegistration(
+  driver: Driver,
+  { dir, endpoint }: { dir: string; endpoint: string },
+): Promise<() => Promise<void>> {
+  const { config, logger } = driver;
+  const socketPath = join(dir, `${config.pluginName}-reg.sock`);
+  const server = await startServer(
+    socketPath,
+    [
+      grpcService(
+        Registration,
+        registrationHandlers(config.pluginName, endpoint, logger),
+        // Logged, but not counted among the CSI calls.
+        driver.logCall,
+      ),
+    ],
+    logger,
+    // Its own count: closing it must not wait for CSI calls.
+    new InFlightCalls(),
+    driver.limits,
+  );
+  logger.info("serving kubelet plugin registration", {
+    [LogKey.registrationSocket]: socketPath,
+    [LogKey.endpoint]: endpoint,
+  });
+  return () => server.close(0);
+}
+
+/**
+ * The first SIGTERM or SIGINT. A second signal must not cut the drain short: a `mount` killed
+ * with the driver could still finish after it, and a target created for it would stay behind.
+ * SIGKILL is the hard stop.
+ */
+function nextSignal(logger: Logger): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    let stopping = false;
+    const onSignal = (received: NodeJS.Signals) => {
+      if (stopping) {
+        logger.warn("already shutting down; ignoring the signal (SIGKILL stops at once)", {
+          [LogKey.signal]: received,
+        });
+        return;
+      }
+      stopping = true;
+      resolve(received);
+    };
+    process.on("SIGTERM", onSignal);
+    process.on("SIGINT", onSignal);
+  });
+}

@@ -1,0 +1,68 @@
+import { status } from "@grpc/grpc-js";
+import { MountCommandError } from "../linux/mounter.ts";
+import { RpcError } from "../rpc/status.ts";
+import type { VolumePathError } from "./kubelet.ts";
+
+/**
+ * The errors the CSI services answer with, built in one place. Each message names the field or
+ * the path it is about; an OS failure keeps its cause for the log.
+ */
+
+/** Quotes a value for an error message, cut short so a hostile megabyte string stays out. */
+export function quote(value: string): string {
+  return JSON.stringify(value.length > 256 ? `${value.slice(0, 256)}...` : value);
+}
+
+export function invalid(message: string): RpcError {
+  return new RpcError(status.INVALID_ARGUMENT, message);
+}
+
+export function failedPrecondition(message: string): RpcError {
+  return new RpcError(status.FAILED_PRECONDITION, message);
+}
+
+export function internal(message: string, cause?: unknown): RpcError {
+  return new RpcError(status.INTERNAL, message, { cause });
+}
+
+/** NOT_FOUND for NodeGetVolumeStats: nothing of this driver's is published at the path. */
+export function notFound(volumePath: string, why: string): RpcError {
+  return new RpcError(
+    status.NOT_FOUND,
+    `no volume is published at volume_path ${quote(volumePath)}: ${why}`,
+  );
+}
+
+/** Runs a file-system call; a failure becomes INTERNAL saying what was done and to which path. */
+export function fs<T>(what: string, call: () => T): T {
+  try {
+    return call();
+  } catch (error) {
+    if (error instanceof RpcError) throw error;
+    throw internal(`${what}: ${(error as Error).message}`, error);
+  }
+}
+
+/** A failed `mount`/`umount`: DEADLINE_EXCEEDED (which the kubelet retries) when it hung. */
+export function commandFailed(what: string, error: unknown): RpcError {
+  if (error instanceof MountCommandError) {
+    return new RpcError(
+      error.timedOut ? status.DEADLINE_EXCEEDED : status.INTERNAL,
+      `${what}: ${error.message}`,
+      { cause: error },
+    );
+  }
+  return internal(`${what}: ${(error as Error).message}`, error);
+}
+
+/** What stopped the walk to a volume directory, for a message about the target. */
+export function volumePathProblem(error: VolumePathError): string {
+  switch (error.kind) {
+    case "missing":
+      return `it does not exist (${quote(error.path)} is missing)`;
+    case "symlink":
+      return `passes through a symbolic link below the kubelet root (${quote(error.path)})`;
+    case "not-directory":
+      return `passes through ${quote(error.path)}, which is not a directory`;
+  }
+}
