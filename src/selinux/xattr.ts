@@ -3,9 +3,13 @@ import { getSystemErrorMessage, getSystemErrorName } from "node:util";
 
 /**
  * The SELinux label of a file: its `security.selinux` extended attribute, read and written with
- * glibc's lgetxattr/lsetxattr. The `l` variants act on a symbolic link itself, never on what it
- * points to. Each is one system call (about 2 µs from here), where spawning `chcon` costs a
- * process and would need the program and its libraries in the image.
+ * glibc's xattr calls. Each is one system call (about 2 µs from here), where spawning `chcon`
+ * costs a process and would need the program and its libraries in the image.
+ *
+ * By path, the `l` variants (lgetxattr, lsetxattr) act on a symbolic link itself, never on what
+ * it points to. By descriptor, getxattr/setxattr on `/proc/self/fd/N` act on exactly the file the
+ * descriptor holds, even an O_PATH one of a socket or a link (which fgetxattr refuses): the
+ * kernel ends that path at the file itself and follows nothing further.
  */
 
 const ATTRIBUTE = Buffer.from("security.selinux\0");
@@ -37,6 +41,14 @@ function openLibc() {
       args: [FFIType.ptr, FFIType.ptr, FFIType.ptr, FFIType.u64, FFIType.i32],
       returns: FFIType.i32,
     },
+    getxattr: {
+      args: [FFIType.ptr, FFIType.ptr, FFIType.ptr, FFIType.u64],
+      returns: FFIType.i64,
+    },
+    setxattr: {
+      args: [FFIType.ptr, FFIType.ptr, FFIType.ptr, FFIType.u64, FFIType.i32],
+      returns: FFIType.i32,
+    },
     __errno_location: { args: [], returns: FFIType.ptr },
   }).symbols;
 }
@@ -61,13 +73,31 @@ function failure(call: string, path: string): XattrError {
 // Reused for every read: calls are synchronous, so one buffer never serves two at once.
 const labelBuffer = Buffer.alloc(MAX_LABEL);
 
-/** The file's SELinux label, or undefined when it has none (ENODATA). */
+/** The file's SELinux label (the link's own, for a link), or undefined when it has none. */
 export function getLabel(path: string): string | undefined {
-  const length = Number(
-    symbols().lgetxattr(cString(path), ATTRIBUTE, labelBuffer, BigInt(MAX_LABEL)),
-  );
+  return readLabel("lgetxattr", path);
+}
+
+/** Sets the file's SELinux label (the link's own, for a link). */
+export function setLabel(path: string, label: string): void {
+  writeLabel("lsetxattr", path, label);
+}
+
+/** The SELinux label of the file open as `fd` (any descriptor, O_PATH too). */
+export function fileLabel(fd: number): string | undefined {
+  return readLabel("getxattr", `/proc/self/fd/${fd}`);
+}
+
+/** Sets the SELinux label of the file open as `fd` (any descriptor, O_PATH too). */
+export function setFileLabel(fd: number, label: string): void {
+  writeLabel("setxattr", `/proc/self/fd/${fd}`, label);
+}
+
+/** The label at `path`, or undefined when there is none (ENODATA). */
+function readLabel(call: "lgetxattr" | "getxattr", path: string): string | undefined {
+  const length = Number(symbols()[call](cString(path), ATTRIBUTE, labelBuffer, BigInt(MAX_LABEL)));
   if (length < 0) {
-    const error = failure("lgetxattr security.selinux", path);
+    const error = failure(`${call} security.selinux`, path);
     if (error.code === ENODATA) return undefined;
     throw error;
   }
@@ -77,10 +107,9 @@ export function getLabel(path: string): string | undefined {
   return labelBuffer.toString("utf8", 0, end);
 }
 
-/** Sets the file's SELinux label. */
-export function setLabel(path: string, label: string): void {
+function writeLabel(call: "lsetxattr" | "setxattr", path: string, label: string): void {
   const value = cString(label);
-  if (symbols().lsetxattr(cString(path), ATTRIBUTE, value, BigInt(value.length), 0) !== 0) {
-    throw failure("lsetxattr security.selinux", path);
+  if (symbols()[call](cString(path), ATTRIBUTE, value, BigInt(value.length), 0) !== 0) {
+    throw failure(`${call} security.selinux`, path);
   }
 }
