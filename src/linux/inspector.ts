@@ -21,8 +21,10 @@ import type { Subprocess } from "bun";
  * - A process-level bound, not a thread: a thread stuck in the kernel would keep the driver from
  *   exiting, a child does not.
  *
- * The operations are a table of functions (see ../inspections.ts), each taking one JSON argument
- * and returning a JSON value; a thrown error reaches the caller as an InspectionError.
+ * The operations are a table of functions (see ../cli/inspector.ts), each taking one JSON
+ * argument and returning a JSON value (or a promise of one); a thrown error reaches the caller
+ * as an InspectionError with the errno's code. Code that needs only some of them takes an
+ * `Inspect<{ name: typeof operation }>`.
  */
 
 /** How often a child working on a request says so. */
@@ -39,6 +41,16 @@ export type Operations = Record<string, (args: any) => unknown>;
 
 type Args<Ops extends Operations, K extends keyof Ops> = Parameters<Ops[K]>[0];
 type Result<Ops extends Operations, K extends keyof Ops> = Awaited<ReturnType<Ops[K]>>;
+
+/** What a caller needs of the inspector: running one of the operations `Ops`. */
+export interface Inspect<Ops extends Operations> {
+  /** Runs `op` in the child; `what` says what is done, for messages ("labelling /run/x"). */
+  run<K extends keyof Ops & string>(
+    op: K,
+    args: Args<Ops, K>,
+    what?: string,
+  ): Promise<Result<Ops, K>>;
+}
 
 /** The operation threw in the child (or the child died): its message, and its errno code if any. */
 export class InspectionError extends Error {
@@ -114,7 +126,7 @@ export function inspectorCommand(): string[] {
 }
 
 /** Runs operations of the table `Ops` in a child process, bounded in time (see above). */
-export class Inspector<Ops extends Operations> {
+export class Inspector<Ops extends Operations> implements Inspect<Ops> {
   private child: Child | undefined;
   private readonly stuck = new Set<Subprocess>();
   private stuckAt: string[] = [];

@@ -7,13 +7,13 @@ import {
   InspectionTimeout,
   InspectionUnavailable,
   Inspector,
-} from "../../src/linux/inspector.ts";
-import { assertPrivateMountNamespace, tempDir } from "../helpers/driver.ts";
-import { FuseMount } from "../helpers/fuse.ts";
-import type { testOperations } from "../helpers/inspector-child.ts";
-import { waitFor } from "../helpers/wait.ts";
+} from "../../../src/linux/inspector.ts";
+import { assertPrivateMountNamespace, tempDir } from "../../helpers/driver.ts";
+import { FuseMount } from "../../helpers/fuse.ts";
+import type { testOperations } from "../../helpers/inspector-child.ts";
+import { waitFor } from "../../helpers/wait.ts";
 
-const CHILD = [process.execPath, resolve(import.meta.dir, "../helpers/inspector-child.ts")];
+const CHILD = [process.execPath, resolve(import.meta.dir, "../../helpers/inspector-child.ts")];
 const opened: Inspector<typeof testOperations>[] = [];
 
 function inspector(timeoutMs: number, maxStuck?: number) {
