@@ -5,7 +5,9 @@ import { identityHandlers } from "../csi/identity.ts";
 import { NodeService } from "../csi/node.ts";
 import { Controller, Identity, Node } from "../gen/csi/v1/csi_pb.ts";
 import { Registration } from "../gen/pluginregistration/v1/api_pb.ts";
+import type { Inspector } from "../linux/inspector.ts";
 import type { Mounter } from "../linux/mounter.ts";
+import type { Readiness } from "../ops/health-routes.ts";
 import type { Logger } from "../ops/log.ts";
 import { LogKey } from "../ops/log-keys.ts";
 import { idleCollector } from "../ops/memory.ts";
@@ -16,11 +18,12 @@ import { rpcLogger } from "../rpc/call-log.ts";
 import { InFlightCalls } from "../rpc/in-flight.ts";
 import { type ConnectionLimits, StartError, startServer } from "../rpc/server.ts";
 import { labellingWanted } from "../selinux/detection.ts";
-import { Labeler } from "../selinux/labeller.ts";
+import { Labeller } from "../selinux/labeller.ts";
 import { VERSION } from "../version.ts";
 import { Closers } from "./closers.ts";
 import type { Config } from "./config.ts";
 import { exit } from "./exit.ts";
+import { type InspectorOperations, startInspector } from "./inspector.ts";
 
 // Garbage is collected after this long without a call.
 const IDLE_COLLECT_MS = 1_000;
@@ -34,7 +37,9 @@ interface Driver {
   config: Config;
   logger: Logger;
   node: NodeService;
-  labeler: Labeler | undefined;
+  /** Every look into the Workload API directory, off the event loop. */
+  inspector: Inspector<InspectorOperations>;
+  labeller: Labeller | undefined;
   metrics: Metrics | undefined;
   /** Logs a call (the registration socket's calls are only logged). */
   logCall: CallObserver;
@@ -55,6 +60,8 @@ export async function serve(config: Config, mounter: Mounter, logger: Logger): P
   logStart(config, logger);
   const driver = await setUp(config, mounter, logger);
   const closers = new Closers();
+  // Closed last: the calls drained before it may still look into the directory.
+  closers.push(() => driver.inspector.close());
   try {
     // Health first, so that it is closed last: /healthz says "shutting down" during the drain.
     if (config.healthAddr && driver.metrics) {
@@ -107,18 +114,26 @@ function logStart(config: Config, logger: Logger): void {
 
 /** The node service, its labeller and metrics, and what observes each call. */
 async function setUp(config: Config, mounter: Mounter, logger: Logger): Promise<Driver> {
-  const labeler = startLabelling(config, logger);
   // Metrics are loaded only with --health-addr: a driver without them starts lighter.
   const metrics = config.healthAddr
     ? new (await import("../ops/metrics.ts")).Metrics(VERSION, () => node.publishedVolumes)
     : undefined;
+  const inspector = startInspector(config.inspectTimeoutMs, (timeout) => {
+    metrics?.inspectionTimedOut();
+    logger.warn("a check of the Workload API directory did not answer; it was given up", {
+      [LogKey.error]: timeout.message,
+    });
+  });
+  const labeller = startLabelling(config, inspector, logger);
   const node = new NodeService({
     nodeId: config.nodeId,
     pluginName: config.pluginName,
     workloadApiSocketDir: config.workloadApiSocketDir,
     mounter,
     onMountFailure: (operation) => metrics?.mountFailed(operation),
-    labeler,
+    inspector,
+    labeller,
+    onLabelFailure: (mode) => metrics?.labellingFailed(mode),
     recursiveBind: config.recursiveBind,
     allowWritableSubmounts: config.allowWritableSubmounts,
   });
@@ -138,7 +153,8 @@ async function setUp(config: Config, mounter: Mounter, logger: Logger): Promise<
     config,
     logger,
     node,
-    labeler,
+    inspector,
+    labeller,
     metrics,
     logCall,
     observe,
@@ -149,25 +165,54 @@ async function setUp(config: Config, mounter: Mounter, logger: Logger): Promise<
 }
 
 /**
- * Decides once whether the Workload API directory gets SELinux labels, and labels it now. Not
- * fatal: the agent may create the directory later, and a publish reports what is wrong.
+ * Decides once whether the Workload API directory gets SELinux labels, and starts labelling it
+ * now, without waiting: a file system in it that hangs must not hold the start. Not fatal: the
+ * agent may create the directory later, and a publish reports what is wrong.
  */
-function startLabelling(config: Config, logger: Logger): Labeler | undefined {
+function startLabelling(
+  config: Config,
+  inspector: Inspector<InspectorOperations>,
+  logger: Logger,
+): Labeller | undefined {
   const wanted = labellingWanted(config.selinuxLabel);
   logger.info(wanted.enabled ? "SELinux labelling on" : "SELinux labelling off", {
     [LogKey.reason]: wanted.reason,
     ...(wanted.enabled && { [LogKey.context]: config.selinuxContext }),
   });
   if (!wanted.enabled) return undefined;
-  const labeler = new Labeler(config.workloadApiSocketDir, config.selinuxContext, logger);
-  const problem = labeler.ensure();
-  if (problem) logger.warn(problem);
-  return labeler;
+  const labeller = new Labeller({
+    inspector,
+    socketDir: config.workloadApiSocketDir,
+    context: config.selinuxContext,
+    recursiveBind: config.recursiveBind,
+    logger,
+  });
+  void labeller.ensure().then((outcome) => {
+    // A permissive node's failure the labeller logs itself.
+    if (outcome.kind === "refused" || outcome.kind === "unknown") logger.warn(outcome.problem);
+  });
+  return labeller;
+}
+
+/** /readyz's view of the labels: refused or unknown is not ready; best effort is a note. */
+function labelReadiness(labeller: Labeller): () => Promise<Readiness> {
+  return async () => {
+    const outcome = await labeller.ensure();
+    switch (outcome.kind) {
+      case "usable":
+        return outcome.note === undefined ? {} : { note: outcome.note };
+      case "best-effort":
+        return { note: outcome.problem };
+      case "refused":
+      case "unknown":
+        return { problem: outcome.problem };
+    }
+  };
 }
 
 /** The HTTP health and metrics endpoint (--health-addr). */
 async function startHealth(driver: Driver, address: string, metrics: Metrics): Promise<() => void> {
-  const { config, logger, labeler } = driver;
+  const { config, logger, labeller } = driver;
   const { startHealthServer } = await import("../ops/health.ts");
   let health: Awaited<ReturnType<typeof startHealthServer>>;
   try {
@@ -178,9 +223,10 @@ async function startHealth(driver: Driver, address: string, metrics: Metrics): P
       serving: () => driver.serving,
       metrics,
       logger,
+      inspector: driver.inspector,
       // Checking repairs too: a socket the agent re-creates while pods run is labelled again
       // within one readiness period, not only at the next publish.
-      readinessProblem: labeler && (() => labeler.ensure()),
+      readiness: labeller && labelReadiness(labeller),
     });
   } catch (error) {
     throw new StartError(`cannot serve --health-addr ${address}: ${(error as Error).message}`);

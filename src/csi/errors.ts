@@ -21,6 +21,11 @@ export function failedPrecondition(message: string): RpcError {
   return new RpcError(status.FAILED_PRECONDITION, message);
 }
 
+/** The call may succeed later, unchanged: the kubelet retries it. */
+export function unavailable(message: string): RpcError {
+  return new RpcError(status.UNAVAILABLE, message);
+}
+
 export function internal(message: string, cause?: unknown): RpcError {
   return new RpcError(status.INTERNAL, message, { cause });
 }

@@ -2,8 +2,11 @@ import {
   type Node,
   NodeServiceCapability_RPC_Type as NodeCapability,
 } from "../gen/csi/v1/csi_pb.ts";
+import type { FileOperations } from "../linux/file-operations.ts";
+import type { Inspect } from "../linux/inspector.ts";
 import type { Mounter } from "../linux/mounter.ts";
 import type { ServiceHandlers } from "../rpc/adapter.ts";
+import type { LabelOutcome } from "../selinux/labeller.ts";
 import { adoptPublished } from "./adoption.ts";
 import {
   failedPrecondition,
@@ -27,8 +30,18 @@ export interface NodeServiceOptions {
   mounter: Mounter;
   /** Told of every `mount` or `umount` that failed (for metrics). */
   onMountFailure?: (operation: "mount" | "umount") => void;
-  /** Makes the Workload API directory usable by pods (SELinux labels); says why it cannot. */
-  labeler?: { ensure(): string | undefined };
+  /**
+   * Runs the calls into the Workload API directory (through a target that shows it) off the
+   * event loop, bounded in time (../linux/inspector.ts).
+   */
+  inspector: Inspect<Pick<FileOperations, "statfs" | "listable">>;
+  /**
+   * Makes the Workload API directory usable by pods (SELinux labels), opening it at `dir`; says
+   * what came of it (../selinux/labeller.ts).
+   */
+  labeller?: { ensure(dir: string): Promise<LabelOutcome> };
+  /** Told of every publish whose labelling failed, by the node's mode (for metrics). */
+  onLabelFailure?: (mode: "permissive" | "enforcing") => void;
   /**
    * Binds the directory with every mount below it, and keeps later mounts there propagating to
    * the targets (--recursive-bind). See ../../README.md, "File systems inside the directory".

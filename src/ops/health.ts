@@ -1,9 +1,10 @@
 import { createServer } from "node:http";
+import type { Inspect } from "../linux/inspector.ts";
 import { parseAddress } from "./address.ts";
-import { checkAgent, connects } from "./agent.ts";
+import { type AgentOperations, checkAgent, connects } from "./agent.ts";
 import { cached } from "./cache.ts";
 import { guardConnections, pacedResponder, throttled } from "./health-guards.ts";
-import { healthRoutes } from "./health-routes.ts";
+import { healthRoutes, type Readiness } from "./health-routes.ts";
 import type { Fields, Logger } from "./log.ts";
 import { LogKey } from "./log-keys.ts";
 import type { Metrics } from "./metrics.ts";
@@ -21,11 +22,14 @@ export interface HealthOptions {
   csiSocketPath: string;
   /** False once the driver is shutting down. */
   serving: () => boolean;
+  /** Runs the agent check off the event loop, bounded in time. */
+  inspector: Inspect<AgentOperations>;
   /**
-   * A reason the driver is not ready besides the agent, or undefined. Called at most once per
-   * interval, its answer shared by the /readyz requests of that interval, like the other checks.
+   * Whether the driver is ready besides the agent, and a note for /readyz. Called at most once
+   * per interval, its answer shared by the /readyz requests of that interval, like the other
+   * checks.
    */
-  readinessProblem?: () => string | undefined;
+  readiness?: () => Promise<Readiness>;
   metrics: Metrics;
   logger: Logger;
 }
@@ -43,8 +47,11 @@ export interface HealthServer {
 export async function startHealthServer(options: HealthOptions): Promise<HealthServer> {
   const address = parseAddress(options.address);
   if (!address) throw new Error(`--health-addr must be host:port or :port, got ${options.address}`);
-  const { logger, readinessProblem } = options;
-  const agent = cached(() => checkAgent(options.workloadApiSocketDir), CHECK_INTERVAL_MS);
+  const { logger, readiness } = options;
+  const agent = cached(
+    () => checkAgent(options.inspector, options.workloadApiSocketDir),
+    CHECK_INTERVAL_MS,
+  );
   options.metrics.observeAgent(async () => (await agent()).ok);
   const malformed = throttled(
     (fields: Fields) => logger.warn("malformed HTTP request refused", fields),
@@ -55,7 +62,7 @@ export async function startHealthServer(options: HealthOptions): Promise<HealthS
     serving: options.serving,
     csiAnswers: cached(() => connects(options.csiSocketPath), CHECK_INTERVAL_MS),
     agent,
-    notReady: readinessProblem && cached(async () => readinessProblem(), CHECK_INTERVAL_MS),
+    readiness: readiness && cached(readiness, CHECK_INTERVAL_MS),
     metricsText: cached(() => options.metrics.registry.metrics(), CHECK_INTERVAL_MS),
     metricsContentType: options.metrics.registry.contentType,
     malformed,

@@ -4,6 +4,7 @@
  */
 export const LogKey = {
   code: "code",
+  count: "count",
   context: "context",
   csiSocketPath: "csi_socket_path",
   details: "details",

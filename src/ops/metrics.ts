@@ -11,6 +11,8 @@ export class Metrics {
   private readonly requests: Counter<"method" | "code">;
   private readonly durations: Histogram<"method" | "code">;
   private readonly mountFailures: Counter<"operation">;
+  private readonly labelFailures: Counter<"mode">;
+  private readonly inspectionTimeouts: Counter;
 
   constructor(version: string, publishedVolumes: () => number) {
     const registers = [this.registry];
@@ -36,6 +38,19 @@ export class Metrics {
     // Both operations show from the start, at zero.
     this.mountFailures.inc({ operation: "mount" }, 0);
     this.mountFailures.inc({ operation: "umount" }, 0);
+    this.labelFailures = new Counter({
+      name: "spiffe_csi_selinux_label_failures_total",
+      help: "Publishes that found what pods need in the Workload API directory unusable under SELinux, by the node's mode: permissive ones went on, enforcing ones failed.",
+      labelNames: ["mode"],
+      registers,
+    });
+    this.labelFailures.inc({ mode: "permissive" }, 0);
+    this.labelFailures.inc({ mode: "enforcing" }, 0);
+    this.inspectionTimeouts = new Counter({
+      name: "spiffe_csi_inspection_timeouts_total",
+      help: "Checks of the Workload API directory given up after --inspect-timeout without a sign of progress (a file system that does not answer).",
+      registers,
+    });
     new Gauge({
       name: "spiffe_csi_published_volumes",
       help: "Volumes published on this node now (targets showing the Workload API directory).",
@@ -73,6 +88,14 @@ export class Metrics {
 
   mountFailed(operation: MountOperation): void {
     this.mountFailures.inc({ operation });
+  }
+
+  labellingFailed(mode: "permissive" | "enforcing"): void {
+    this.labelFailures.inc({ mode });
+  }
+
+  inspectionTimedOut(): void {
+    this.inspectionTimeouts.inc();
   }
 }
 

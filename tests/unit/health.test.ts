@@ -5,6 +5,7 @@ import { afterAll, expect, setDefaultTimeout, test } from "bun:test";
 import { rmSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
+import { startInspector } from "../../src/cli/inspector.ts";
 import { cached } from "../../src/ops/cache.ts";
 import { startHealthServer } from "../../src/ops/health.ts";
 import { createLogger } from "../../src/ops/log.ts";
@@ -21,22 +22,26 @@ const root = tempDir("health-unit");
 const agent = startAgent(root);
 const lines: string[] = [];
 let problem: string | undefined = "SELinux labels cannot be applied";
+let note: string | undefined;
 let problemChecks = 0;
+const inspector = startInspector(10_000);
 const port = 19_700 + Math.floor(Math.random() * 90);
 const server = await startHealthServer({
   address: `127.0.0.1:${port}`,
   workloadApiSocketDir: root,
   csiSocketPath: join(root, "csi.sock"),
   serving: () => true,
-  readinessProblem: () => {
+  inspector,
+  readiness: async () => {
     problemChecks++;
-    return problem;
+    return { problem, note };
   },
   metrics: new Metrics("test", () => 0),
   logger: createLogger("info", "json", (line) => lines.push(line)),
 });
 afterAll(() => {
   server.close();
+  inspector.close();
   agent.stop(true);
   rmSync(root, { recursive: true, force: true });
 });
@@ -67,7 +72,7 @@ async function keptOpen(from: string) {
   return { socket, answered: received.startsWith("HTTP/1.1 "), closed: () => closed };
 }
 
-test("readinessProblem: /readyz answers 503 with its text, before the agent check", async () => {
+test("readiness: /readyz answers 503 with its problem, before the agent check; a note shows either way", async () => {
   const refused = await get("/readyz");
   expect(refused.status).toBe(503);
   expect(refused.body).toBe("SELinux labels cannot be applied\n");
@@ -78,9 +83,16 @@ test("readinessProblem: /readyz answers 503 with its text, before the agent chec
     return answer.status === 200 && answer;
   });
   expect(ready.body).toContain("agent.sock accepts connections");
+  note = "labelling is best effort here";
+  const noted = await waitFor("/readyz to show the note", async () => {
+    const answer = await get("/readyz");
+    return answer.body.includes("note: labelling is best effort here") && answer;
+  });
+  expect(noted.status).toBe(200);
+  note = undefined;
 });
 
-test("readinessProblem: concurrent /readyz requests run it once per interval", async () => {
+test("readiness: concurrent /readyz requests run it once per interval", async () => {
   // A fresh interval: the check runs once the previous answer has expired.
   const before = problemChecks;
   await waitFor("a new interval", async () => {

@@ -3,6 +3,7 @@ import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { status } from "@grpc/grpc-js";
+import { startInspector } from "../../src/cli/inspector.ts";
 import { NodeService } from "../../src/csi/node.ts";
 import { targetPathProblem } from "../../src/csi/validate.ts";
 import {
@@ -16,6 +17,10 @@ import { tempDir } from "../helpers/driver.ts";
 import { invalidPublishRequests } from "../helpers/invalid.ts";
 import { podVolume, prepareVolume, publishRequest } from "../helpers/kubelet.ts";
 import { waitFor } from "../helpers/wait.ts";
+
+// The node service looks into the agent's directory through one; these tests never need it to.
+const inspector = startInspector(10_000);
+afterAll(() => inspector.close());
 
 /** Records calls; validation must reject bad requests before any reaches it. */
 class RecordingMounter implements Mounter {
@@ -74,6 +79,7 @@ describe("NodeService validation", () => {
     pluginName: "csi.spiffe.io",
     workloadApiSocketDir: socketDir,
     mounter,
+    inspector,
   }).handlers();
 
   async function codeOf(call: Promise<unknown>): Promise<[number, string]> {
@@ -153,6 +159,7 @@ describe("NodeService validation", () => {
       pluginName: "csi.spiffe.io",
       workloadApiSocketDir: join(root, "no-agent"),
       mounter,
+      inspector,
     }).handlers();
     const [code, details] = await codeOf(
       missing.nodePublishVolume(create(NodePublishVolumeRequestSchema, publishRequest(volume))),
@@ -194,6 +201,7 @@ describe("NodeService concurrency", () => {
       pluginName: "csi.spiffe.io",
       workloadApiSocketDir: socketDir,
       mounter,
+      inspector,
     }).handlers();
   }
 
