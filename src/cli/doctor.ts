@@ -17,14 +17,28 @@ import {
   submountChecks,
 } from "./doctor-checks.ts";
 import { exit } from "./exit.ts";
+import { startInspector } from "./inspector.ts";
 import { argsOf, ConfigError, readSetting, SETTINGS } from "./settings.ts";
 
 /** Runs every check of a node's set-up; each yields one line. */
 async function runChecks(options: DoctorOptions): Promise<Check[]> {
   const socketDir = options.workloadApiSocketDir;
+  const inspector = startInspector(options.inspectTimeoutMs);
+  try {
+    return await allChecks(options, socketDir, inspector);
+  } finally {
+    inspector.close();
+  }
+}
+
+async function allChecks(
+  options: DoctorOptions,
+  socketDir: string,
+  inspector: ReturnType<typeof startInspector>,
+): Promise<Check[]> {
   return [
-    ...(await agentChecks(socketDir)),
-    ...labelChecks(socketDir, options.selinuxContext),
+    ...(await agentChecks(inspector, socketDir)),
+    ...(await labelChecks(inspector, socketDir, options.selinuxContext, !!options.recursiveBind)),
     ...(options.recursiveBind ? await submountChecks(socketDir) : []),
     socketDirectoryCheck(options.csiSocketPath),
     socketDirectorySafetyCheck(options.csiSocketPath),
@@ -47,7 +61,14 @@ function formatChecks(checks: Check[]): string {
 }
 
 // The driver's settings the doctor checks the node against, as the driver reads them.
-const { workloadApiSocketDir, csiSocketPath, pluginName, selinuxContext, recursiveBind } = SETTINGS;
+const {
+  workloadApiSocketDir,
+  csiSocketPath,
+  pluginName,
+  selinuxContext,
+  recursiveBind,
+  inspectTimeout,
+} = SETTINGS;
 
 const args = {
   ...argsOf(
@@ -75,11 +96,14 @@ const args = {
     valueHint: "dir",
   },
   ...argsOf(
-    { selinuxContext, recursiveBind },
+    { selinuxContext, recursiveBind, inspectTimeout },
     {
       selinuxContext: { help: "The SELinux label the driver gives the Workload API directory" },
       recursiveBind: {
         help: "The driver runs with --recursive-bind: check that file systems below the Workload API directory are read-only",
+      },
+      inspectTimeout: {
+        help: "Seconds a check of the Workload API directory may go without progress before it fails as hung",
       },
     },
   ),
@@ -107,6 +131,7 @@ function doctorOptions(parsed: Record<string, unknown>): DoctorOptions {
       (parsed["registration-dir"] as string | undefined) ?? join(kubeletDir, "plugins_registry"),
     selinuxContext: readSetting("selinuxContext", selinuxContext, parsed),
     recursiveBind: readSetting("recursiveBind", recursiveBind, parsed),
+    inspectTimeoutMs: readSetting("inspectTimeout", inspectTimeout, parsed),
   };
 }
 
