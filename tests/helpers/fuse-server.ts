@@ -2,7 +2,7 @@
 // that answers at first and, told to on stdin, stops answering. What a hung FUSE server (a
 // deadlocked SPIFFEFS, say) looks like to whoever calls into it.
 //
-//   bun tests/helpers/fuse-server.ts <mount point> [ro]
+//   bun tests/helpers/fuse-server.ts <mount point> [ro|rw] [no-labels|no-xattrs]
 //
 // Mounts with `mount -i -t fuse -o fd=3,...` (the descriptor of /dev/fuse passed as fd 3 to
 // mount; -i: no /sbin/mount.fuse helper), prints "mounted" once the kernel's INIT is answered,
@@ -11,13 +11,20 @@
 //           request read from /dev/fuse and never answered cannot even be killed) until this
 //           process ends, which aborts the connection and fails them all with ENOTCONN
 //   answer  answer again, the requests held meanwhile first
-// Extended attributes are not supported (ENOSYS, which the kernel turns into ENOTSUP).
+//   counts  print "counts <JSON>": how many requests of each opcode came, by number
+// Extended attributes: with no-labels (the default), every file has none (ENODATA, asked again
+// each time); with no-xattrs, they are not supported at all (ENOSYS, which the kernel turns into
+// ENOTSUP and remembers: it asks no more).
 import { closeSync, openSync, read, writeSync } from "node:fs";
 import { constants } from "node:os";
 
-const [mountPoint, access = "rw"] = process.argv.slice(2);
-if (!mountPoint || (access !== "rw" && access !== "ro")) {
-  process.stderr.write("usage: fuse-server.ts <mount point> [ro|rw]\n");
+const [mountPoint, access = "rw", xattrs = "no-labels"] = process.argv.slice(2);
+if (
+  !mountPoint ||
+  (access !== "rw" && access !== "ro") ||
+  (xattrs !== "no-labels" && xattrs !== "no-xattrs")
+) {
+  process.stderr.write("usage: fuse-server.ts <mount point> [ro|rw] [no-labels|no-xattrs]\n");
   process.exit(2);
 }
 
@@ -26,6 +33,8 @@ const Op = {
   LOOKUP: 1,
   FORGET: 2,
   GETATTR: 3,
+  GETXATTR: 22,
+  LISTXATTR: 23,
   STATFS: 17,
   RELEASE: 18,
   INIT: 26,
@@ -47,6 +56,7 @@ const ATTR_SIZE = 88;
 
 const device = openSync("/dev/fuse", "r+");
 let hanging = false;
+const counts: Record<number, number> = {};
 // Requests read while hanging, answered once told to answer again.
 let held: Buffer[] = [];
 
@@ -119,7 +129,7 @@ function answerTo(
   nodeId: bigint,
   request: Buffer,
 ): { error: number; body?: Buffer } | undefined {
-  const { ENOENT, ENOSYS } = constants.errno;
+  const { ENODATA, ENOENT, ENOSYS } = constants.errno;
   switch (opcode) {
     case Op.INIT:
       return { error: 0, body: initReply(request) };
@@ -142,8 +152,12 @@ function answerTo(
       return { error: 0 };
     case Op.STATFS:
       return { error: 0, body: statfsReply() };
+    case Op.GETXATTR:
+      return { error: xattrs === "no-xattrs" ? ENOSYS : ENODATA };
+    case Op.LISTXATTR:
+      return xattrs === "no-xattrs" ? { error: ENOSYS } : { error: 0, body: Buffer.alloc(8) };
     default:
-      // Extended attributes among them: ENOSYS tells the kernel not to ask again.
+      // Setting an extended attribute among them: ENOSYS tells the kernel not to ask again.
       return { error: ENOSYS };
   }
 }
@@ -151,6 +165,7 @@ function answerTo(
 const buffer = Buffer.alloc(READ_BUFFER);
 function handle(request: Buffer): void {
   const opcode = request.readUInt32LE(4);
+  counts[opcode] = (counts[opcode] ?? 0) + 1;
   if (hanging && opcode !== Op.INIT) {
     held.push(request);
     return;
@@ -184,6 +199,7 @@ for await (const chunk of Bun.stdin.stream()) {
       for (const request of requests) handle(request);
     }
     if (command === "hang" || command === "answer") process.stdout.write(`${command}ing\n`);
+    if (command === "counts") process.stdout.write(`counts ${JSON.stringify(counts)}\n`);
   }
 }
 // The test went away: so does the file system.

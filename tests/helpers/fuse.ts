@@ -20,13 +20,24 @@ export class FuseMount {
     })();
   }
 
-  /** Mounts an empty, answering file system at `mountPoint` (an existing directory). */
-  static async start(mountPoint: string, options: { readOnly?: boolean } = {}): Promise<FuseMount> {
-    const proc = Bun.spawn([process.execPath, SERVER, mountPoint, options.readOnly ? "ro" : "rw"], {
-      stdin: "pipe",
-      stdout: "pipe",
-      stderr: "pipe",
-    });
+  /**
+   * Mounts an empty, answering file system at `mountPoint` (an existing directory). Its files
+   * have no labels (ENODATA), or with `noXattrs` no extended attributes at all (ENOTSUP).
+   */
+  static async start(
+    mountPoint: string,
+    options: { readOnly?: boolean; noXattrs?: boolean } = {},
+  ): Promise<FuseMount> {
+    const proc = Bun.spawn(
+      [
+        process.execPath,
+        SERVER,
+        mountPoint,
+        options.readOnly ? "ro" : "rw",
+        options.noXattrs ? "no-xattrs" : "no-labels",
+      ],
+      { stdin: "pipe", stdout: "pipe", stderr: "pipe" },
+    );
     const fuse = new FuseMount(mountPoint, proc);
     await fuse.said("mounted");
     return fuse;
@@ -40,6 +51,13 @@ export class FuseMount {
   /** Answers again, the requests held meanwhile first. */
   answer(): Promise<void> {
     return this.command("answer");
+  }
+
+  /** How many requests of each kind came so far, by opcode (21 SETXATTR, 22 GETXATTR, ...). */
+  async counts(): Promise<Record<string, number>> {
+    this.proc.stdin.write("counts\n");
+    await this.proc.stdin.flush();
+    return JSON.parse((await this.nextLine()).replace(/^counts /, ""));
   }
 
   /**
@@ -60,9 +78,14 @@ export class FuseMount {
 
   /** Waits for the server's next line, which must be `line`. */
   private async said(line: string): Promise<void> {
+    const got = await this.nextLine();
+    if (got !== line) throw new Error(`the FUSE server said ${JSON.stringify(got)}, not ${line}`);
+  }
+
+  private nextLine(): Promise<string> {
     const index = this.lines++;
-    const got = await waitFor(
-      `the FUSE server to say ${line}`,
+    return waitFor(
+      `line ${index + 1} from the FUSE server`,
       async () => {
         if (this.proc.exitCode !== null) {
           const stderr = await new Response(this.proc.stderr).text();
@@ -72,7 +95,6 @@ export class FuseMount {
       },
       PATIENCE_MS,
     );
-    if (got !== line) throw new Error(`the FUSE server said ${JSON.stringify(got)}, not ${line}`);
   }
 
   private completeLine(index: number): string | undefined {
