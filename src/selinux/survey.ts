@@ -18,7 +18,7 @@ import { changedLately } from "../linux/file-operations.ts";
 import { stillWorking } from "../linux/inspector.ts";
 import { type MountInfo, readMountTable } from "../linux/mountinfo.ts";
 import { usableByContainers } from "./context.ts";
-import { fileLabel, setFileLabel } from "./xattr.ts";
+import { fileLabel, getLabel, setFileLabel } from "./xattr.ts";
 
 /**
  * What the Workload API directory holds for pods, and its SELinux labels: read, and with
@@ -233,10 +233,10 @@ function surveyDirectory(
         survey.problem = `${JSON.stringify(args.name)} holds more than ${MAX_ENTRIES} entries; the rest were not looked at`;
         break;
       }
-      const path = join(args.name, entry.name);
-      // Never opened: a file system that hangs would hang here. Its label is read below.
-      if (mountPoints.has(join(location, entry.name))) continue;
-      labeller.entry(`${handle}/${entry.name}`, path, owner);
+      const path = join(location, entry.name);
+      // Never looked at: a file system that hangs would hang here. Its label is read below.
+      if (mountPoints.has(path)) continue;
+      labeller.entry(path, `${handle}/${entry.name}`, join(args.name, entry.name), owner);
     }
   } catch (error) {
     survey.problem = `cannot list ${JSON.stringify(args.name)}: ${(error as Error).message}`;
@@ -260,50 +260,112 @@ interface Recorder {
   seen(path: string, label: string | undefined): void;
 }
 
-/** Labels one inode at a time, through a descriptor of it. */
+/**
+ * Reads each entry's kind, owner, links and label by its path (two system calls, the common
+ * case of an entry labelled already), and sets a label only through a descriptor of the inode
+ * that was checked, opened under the directory held open: a name swapped meanwhile for a link to
+ * a file elsewhere is never labelled, it is read again.
+ */
 class EntryLabeller {
+  private readonly usable = new Map<string | undefined, boolean>();
+
   constructor(
     private readonly args: SurveyArgs,
     private readonly record: Recorder,
   ) {}
 
-  /** The entry at `access` (named `path` in messages), read again if replaced meanwhile. */
-  entry(access: string, path: string, owner: number): void {
+  /** Whether a label is usable by containers, memoised: a directory holds few distinct ones. */
+  isUsable(label: string | undefined): boolean {
+    let usable = this.usable.get(label);
+    if (usable === undefined) {
+      usable = usableByContainers(label, this.args.context);
+      this.usable.set(label, usable);
+    }
+    return usable;
+  }
+
+  /**
+   * The entry `name`: `path` reads it (by the directory's location), `held` opens it (through
+   * the directory's descriptor), `shown` names it in messages.
+   */
+  entry(path: string, held: string, shown: string, owner: number): void {
     for (let read = 0; read < READS_PER_ENTRY; read++) {
-      let fd: number;
+      let stat: Stats;
+      let label: string | undefined;
       try {
-        fd = openSync(access, O_PATH | constants.O_NOFOLLOW);
+        stat = lstatSync(path);
+        const why = leaveAlone(stat, owner);
+        if (why) {
+          this.record.leftAlone(shown, why);
+          return;
+        }
+        label = getLabel(path);
       } catch (error) {
         // Removed since it was listed: nothing to label.
         if (isErrno(error, "ENOENT")) return;
-        this.record.unusable({ path, label: null, error: errorCode(error) });
+        this.record.unusable({ path: shown, label: null, error: errorCode(error) });
         return;
       }
-      let ino: number;
-      try {
-        const stat = fstatSync(fd);
-        ino = stat.ino;
-        const why = leaveAlone(stat, owner);
-        if (why) {
-          this.record.leftAlone(path, why);
-          return;
-        }
-        this.label(fd, path, stat.isSocket());
-      } finally {
-        closeSync(fd);
+      const listed = stat.isSocket();
+      if (this.isUsable(label)) {
+        if (listed) this.record.seen(shown, label);
+        return;
       }
-      // The label went to the inode that was opened; if the name is another one now (the agent
-      // re-created it), that one is read too.
-      try {
-        if (lstatSync(access).ino === ino) return;
-      } catch (error) {
-        if (isErrno(error, "ENOENT")) return;
-        throw error;
+      if (!this.args.write) {
+        if (listed) this.record.seen(shown, label);
+        this.record.unusable({ path: shown, label: label ?? null, error: NOT_LABELLED });
+        return;
       }
+      if (this.labelHeld(held, shown, { stat, label }, owner, listed)) return;
+      // Replaced since it was read (the agent re-created it): read again.
     }
   }
 
-  /** Reads the label of the open file and, if it is not usable, sets it (with write). */
+  /** Labels the entry through a descriptor, if it is still the inode read; false if it is not. */
+  private labelHeld(
+    held: string,
+    shown: string,
+    read: { stat: Stats; label: string | undefined },
+    owner: number,
+    listed: boolean,
+  ): boolean {
+    let fd: number;
+    try {
+      fd = openSync(held, O_PATH | constants.O_NOFOLLOW);
+    } catch (error) {
+      if (isErrno(error, "ENOENT")) return true;
+      this.record.unusable({ path: shown, label: null, error: errorCode(error) });
+      return true;
+    }
+    try {
+      const stat = fstatSync(fd);
+      if (stat.ino !== read.stat.ino || stat.dev !== read.stat.dev) return false;
+      // The same inode: its links and owner are checked again, on the descriptor.
+      const why = leaveAlone(stat, owner);
+      if (why) {
+        this.record.leftAlone(shown, why);
+        return true;
+      }
+      // Its label was read a moment ago, by path, from this very inode.
+      this.set(fd, shown, read.label, listed);
+      return true;
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  private set(fd: number, path: string, label: string | undefined, listed: boolean): void {
+    try {
+      setFileLabel(fd, this.args.context);
+      if (listed) this.record.seen(path, this.args.context);
+      this.record.labelled(path);
+    } catch (error) {
+      if (listed) this.record.seen(path, label);
+      this.record.unusable({ path, label: label ?? null, error: errorCode(error) });
+    }
+  }
+
+  /** Reads the label of the open file (the directory) and, if it is not usable, sets it. */
   label(fd: number, path: string, listed: boolean): void {
     let label: string | undefined;
     try {
@@ -312,7 +374,7 @@ class EntryLabeller {
       this.record.unusable({ path, label: null, error: errorCode(error) });
       return;
     }
-    if (usableByContainers(label, this.args.context)) {
+    if (this.isUsable(label)) {
       if (listed) this.record.seen(path, label);
       return;
     }
@@ -321,20 +383,7 @@ class EntryLabeller {
       this.record.unusable({ path, label: label ?? null, error: NOT_LABELLED });
       return;
     }
-    try {
-      setFileLabel(fd, this.args.context);
-      const now = fileLabel(fd);
-      if (!usableByContainers(now, this.args.context)) {
-        throw Object.assign(new Error(`reads back as ${now ?? "unlabelled"}`), {
-          code: "EREADBACK",
-        });
-      }
-      if (listed) this.record.seen(path, now);
-      this.record.labelled(path);
-    } catch (error) {
-      if (listed) this.record.seen(path, label);
-      this.record.unusable({ path, label: label ?? null, error: errorCode(error) });
-    }
+    this.set(fd, path, label, listed);
   }
 }
 

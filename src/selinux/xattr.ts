@@ -1,4 +1,5 @@
 import { dlopen, FFIType, read } from "bun:ffi";
+import { constants } from "node:os";
 import { getSystemErrorMessage, getSystemErrorName } from "node:util";
 
 /**
@@ -15,7 +16,7 @@ import { getSystemErrorMessage, getSystemErrorName } from "node:util";
 const ATTRIBUTE = Buffer.from("security.selinux\0");
 // The kernel's limit for one extended attribute's value is 64 KiB; a context is far shorter.
 const MAX_LABEL = 4096;
-const ENODATA = "ENODATA";
+const { ENODATA } = constants.errno;
 
 /** A failed lgetxattr/lsetxattr, with the errno's name as `code` (like Node's own errors). */
 export class XattrError extends Error {
@@ -59,12 +60,26 @@ function symbols(): Libc {
   return libc;
 }
 
-const cString = (text: string) => Buffer.from(`${text}\0`);
+// Reused for every path: calls are synchronous, so one buffer never serves two at once. A path
+// longer than the kernel's PATH_MAX gets a buffer of its own (and ENAMETOOLONG).
+const pathBuffer = Buffer.alloc(4097);
+
+/** `text` NUL-terminated, for C. */
+function cPath(text: string): Buffer {
+  const length = Buffer.byteLength(text);
+  if (length >= pathBuffer.length) return Buffer.from(`${text}\0`);
+  pathBuffer.write(text, 0);
+  pathBuffer[length] = 0;
+  return pathBuffer;
+}
 
 /** The errno the failed call left, read at once, before anything else can change it. */
-function failure(call: string, path: string): XattrError {
+function lastErrno(): number {
   const location = symbols().__errno_location();
-  const errno = location === null ? 0 : read.i32(location, 0);
+  return location === null ? 0 : read.i32(location, 0);
+}
+
+function failure(call: string, path: string, errno: number): XattrError {
   const code = errno > 0 ? getSystemErrorName(-errno) : "EUNKNOWN";
   const reason = errno > 0 ? getSystemErrorMessage(-errno) : "unknown error";
   return new XattrError(code, `${call} ${JSON.stringify(path)}: ${code} (${reason})`);
@@ -95,11 +110,12 @@ export function setFileLabel(fd: number, label: string): void {
 
 /** The label at `path`, or undefined when there is none (ENODATA). */
 function readLabel(call: "lgetxattr" | "getxattr", path: string): string | undefined {
-  const length = Number(symbols()[call](cString(path), ATTRIBUTE, labelBuffer, BigInt(MAX_LABEL)));
+  const length = Number(symbols()[call](cPath(path), ATTRIBUTE, labelBuffer, BigInt(MAX_LABEL)));
   if (length < 0) {
-    const error = failure(`${call} security.selinux`, path);
-    if (error.code === ENODATA) return undefined;
-    throw error;
+    // No label is common (a file the agent just made): no error is built for it.
+    const errno = lastErrno();
+    if (errno === ENODATA) return undefined;
+    throw failure(`${call} security.selinux`, path, errno);
   }
   // The label is stored NUL-terminated, as libselinux writes it.
   let end = length;
@@ -108,8 +124,8 @@ function readLabel(call: "lgetxattr" | "getxattr", path: string): string | undef
 }
 
 function writeLabel(call: "lsetxattr" | "setxattr", path: string, label: string): void {
-  const value = cString(label);
-  if (symbols()[call](cString(path), ATTRIBUTE, value, BigInt(value.length), 0) !== 0) {
-    throw failure(`${call} security.selinux`, path);
+  const value = Buffer.from(`${label}\0`);
+  if (symbols()[call](cPath(path), ATTRIBUTE, value, BigInt(value.length), 0) !== 0) {
+    throw failure(`${call} security.selinux`, path, lastErrno());
   }
 }
