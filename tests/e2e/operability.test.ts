@@ -376,6 +376,7 @@ describe("doctor", () => {
       "Workload API socket directory holds a socket",
       "Workload API socket accepts a connection",
       "Workload API directory is labelled for containers (SELinux)",
+      "Workload API directory holds only what the driver labels (SELinux)",
       "CSI socket directory is writable",
       "CSI socket directory is safe",
       "kubelet pods directory exists",
