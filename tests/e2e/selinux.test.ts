@@ -18,6 +18,7 @@ import {
 } from "../helpers/driver.ts";
 import { podVolume, prepareVolume, publishRequest, unpublishRequest } from "../helpers/kubelet.ts";
 import { rpcFailure } from "../helpers/rpc.ts";
+import { selinuxInputs } from "../helpers/selinux.ts";
 import { waitFor } from "../helpers/wait.ts";
 
 assertPrivateMountNamespace();
@@ -256,37 +257,6 @@ describe("a read-only directory", () => {
   }, 60_000);
 });
 
-/**
- * A command prefix that runs a program in a mount namespace of its own, where /sys/fs is a fresh
- * tmpfs (holding selinux/enforce when `enforce` is given) and /proc/<pid>/attr/current shows
- * `current`: the inputs of SELinux detection, for real. `exec` keeps the pid, so the bind covers
- * the program's own /proc/self/attr/current.
- */
-function selinuxInputs(enforce: string, current: string): string[] {
-  const currentFile = join(root, `current-${Bun.hash(enforce + current)}`);
-  writeFileSync(currentFile, current);
-  const script = [
-    "set -e",
-    "mount -t tmpfs sysfs-stand-in /sys/fs",
-    'if [ -n "$1" ]; then mkdir /sys/fs/selinux; printf %s "$1" > /sys/fs/selinux/enforce; fi',
-    'mount --bind "$2" /proc/$$/attr/current',
-    "shift 2",
-    'exec "$@"',
-  ].join("\n");
-  return [
-    "unshare",
-    "--mount",
-    "--propagation",
-    "private",
-    "sh",
-    "-c",
-    script,
-    "sh",
-    enforce,
-    currentFile,
-  ];
-}
-
 describe("--selinux-label auto", () => {
   const cases: [string, string, string, boolean][] = [
     ["selinuxfs says enforcing", "1", "", true],
@@ -307,7 +277,7 @@ describe("--selinux-label auto", () => {
       const driver = new DriverProcess(
         Bun.spawn(
           [
-            ...selinuxInputs(enforce, current),
+            ...selinuxInputs(root, enforce, current),
             BINARY,
             "-workload-api-socket-dir",
             setup.socketDir,
@@ -380,7 +350,7 @@ describe("doctor", () => {
     const setup = agentDirectory("doctor");
     const socket = join(setup.socketDir, AGENT_SOCKET);
     setLabel(`${setup.socketDir}/.`, HOST_LABEL);
-    const enforcing = selinuxInputs("1", "");
+    const enforcing = selinuxInputs(root, "1", "");
 
     const unlabelled = await labelCheck(enforcing, setup.socketDir);
     expect(unlabelled?.ok).toBe(false);
@@ -406,7 +376,7 @@ describe("doctor", () => {
     );
 
     setLabel(socket, HOST_LABEL);
-    const off = await labelCheck(selinuxInputs("", ""), setup.socketDir);
+    const off = await labelCheck(selinuxInputs(root, "", ""), setup.socketDir);
     expect(off?.ok).toBe(true);
     expect(off?.detail).toContain("not needed, SELinux is off");
     expect(off?.detail).toContain(`${socket} ${HOST_LABEL}`);

@@ -73,3 +73,11 @@ function complete(raw: string): boolean {
   const length = /^content-length: *(\d+)/im.exec(raw.slice(0, split))?.[1];
   return length !== undefined && raw.length - split - 4 >= Number(length);
 }
+
+/** A TCP port on 127.0.0.1 that was free a moment ago: the operating system picks it (port 0). */
+export function freePort(): number {
+  const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const { port } = listener;
+  listener.stop(true);
+  return port;
+}

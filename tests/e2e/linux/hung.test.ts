@@ -15,7 +15,7 @@ import {
   tempDir,
 } from "../../helpers/driver.ts";
 import { FuseMount } from "../../helpers/fuse.ts";
-import { probe } from "../../helpers/http.ts";
+import { freePort, probe } from "../../helpers/http.ts";
 import {
   podVolume,
   prepareVolume,
@@ -60,13 +60,6 @@ afterAll(async () => {
   Bun.spawnSync(["umount", "-l", root]);
   rmSync(root, { recursive: true, force: true });
 }, 60_000);
-
-function freePort(): number {
-  const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const { port } = listener;
-  listener.stop(true);
-  return port;
-}
 
 /** The driver on a permissive node, labelling, with `args`; its health port. */
 async function startDriver(name: string, args: string[]) {

@@ -23,7 +23,7 @@ import {
   tempDir,
 } from "../../helpers/driver.ts";
 import { FuseMount } from "../../helpers/fuse.ts";
-import { probe } from "../../helpers/http.ts";
+import { freePort, probe } from "../../helpers/http.ts";
 import { podVolume, prepareVolume, publishRequest } from "../../helpers/kubelet.ts";
 import { rpcFailure } from "../../helpers/rpc.ts";
 import {
@@ -65,14 +65,6 @@ afterAll(async () => {
   for (const path of mounted.reverse()) Bun.spawnSync(["umount", "-l", path]);
   rmSync(root, { recursive: true, force: true });
 }, 60_000);
-
-/** A TCP port on the loopback address that nothing listens on now. */
-function freePort(): number {
-  const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const { port } = listener;
-  listener.stop(true);
-  return port;
-}
 
 /** A Workload API directory with the agent's socket in it, and SPIRE's link to it. */
 function agentDirectory(name: string, socketDir = join(root, name, "agent-sockets")) {
