@@ -4,8 +4,11 @@ import {
   NodeServiceCapability_RPC_Type as NodeCapability,
 } from "../gen/csi/v1/csi_pb.ts";
 import { openDirectory } from "../linux/descriptors.ts";
+import type { FileOperations } from "../linux/file-operations.ts";
+import type { Inspect } from "../linux/inspector.ts";
 import type { Mounter } from "../linux/mounter.ts";
 import type { ServiceHandlers } from "../rpc/adapter.ts";
+import type { LabelOutcome } from "../selinux/labeller.ts";
 import { adoptPublished } from "./adoption.ts";
 import { type AuditSink, audited } from "./audit.ts";
 import { PublishedVolumes, type VolumeCounts } from "./census.ts";
@@ -33,8 +36,18 @@ export interface NodeServiceOptions extends SourceOptions {
   mounter: Mounter;
   /** Told of every `mount` or `umount` that failed (for metrics). */
   onMountFailure?: (operation: "mount" | "umount") => void;
-  /** Makes the Workload API directory usable by pods (SELinux labels); says why it cannot. */
-  labeler?: { ensure(): string | undefined };
+  /**
+   * Runs the calls into the Workload API directory (through a target that shows it) off the
+   * event loop, bounded in time (../linux/inspector.ts).
+   */
+  inspector: Inspect<Pick<FileOperations, "statfs" | "listable">>;
+  /**
+   * Makes the Workload API directory usable by pods (SELinux labels), opening it at `dir`; says
+   * what came of it (../selinux/labeller.ts).
+   */
+  labeller?: { ensure(dir: string): Promise<LabelOutcome> };
+  /** Told of every publish whose labelling failed, by the node's mode (for metrics). */
+  onLabelFailure?: (mode: "permissive" | "enforcing") => void;
   /**
    * Binds the directory with every mount below it, and keeps later mounts there propagating to
    * the targets (--recursive-bind). See ../../README.md, "File systems inside the directory".
