@@ -8,7 +8,6 @@ import type { FileOperations } from "../linux/file-operations.ts";
 import type { Inspect } from "../linux/inspector.ts";
 import type { Mounter } from "../linux/mounter.ts";
 import type { ServiceHandlers } from "../rpc/adapter.ts";
-import type { LabelOutcome } from "../selinux/labeller.ts";
 import { adoptPublished } from "./adoption.ts";
 import { type AuditSink, audited } from "./audit.ts";
 import { PublishedVolumes, type VolumeCounts } from "./census.ts";
@@ -29,6 +28,14 @@ import { inspectSource, type SourceOptions } from "./source.ts";
 import { volumeStats } from "./stats.ts";
 import { unpublish } from "./unpublish.ts";
 import { validatePublish, validateUnpublish, validateVolumeStats } from "./validate.ts";
+
+/**
+ * What labelling the Workload API directory came to (../selinux/labeller.ts says each kind): a
+ * publish goes on when usable or best effort, fails when refused, answers UNAVAILABLE when unknown.
+ */
+export type LabelOutcome =
+  | { kind: "usable" }
+  | { kind: "best-effort" | "refused" | "unknown"; problem: string };
 
 export interface NodeServiceOptions extends SourceOptions {
   nodeId: string;
