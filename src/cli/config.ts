@@ -19,6 +19,8 @@ export interface Config {
   logFormat: LogFormat;
   /** How long one `mount` or `umount` may run before it is killed. */
   mountTimeoutMs: number;
+  /** How long a look into the Workload API directory may go without progress. */
+  inspectTimeoutMs: number;
   /** host:port for the HTTP health and metrics endpoint; none when unset. */
   healthAddr?: string;
   /** Connections open at once on each of the driver's sockets. */
@@ -93,6 +95,7 @@ export function configFromArgs(
     logLevel: settings.logLevel,
     logFormat: settings.logFormat,
     mountTimeoutMs: settings.mountTimeout,
+    inspectTimeoutMs: settings.inspectTimeout,
     healthAddr: settings.healthAddr,
     maxConnections: settings.maxConnections,
     connectionIdleTimeoutMs: settings.connectionIdleTimeout,

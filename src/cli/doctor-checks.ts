@@ -3,18 +3,19 @@ import {
   closeSync,
   constants,
   existsSync,
-  lstatSync,
   openSync,
-  readdirSync,
   readFileSync,
-  realpathSync,
+  readlinkSync,
   statSync,
 } from "node:fs";
 import { dirname, join } from "node:path";
 import { MANIFEST_ALLOW } from "../csi/identity.ts";
 import { PodPolicy } from "../csi/policy.ts";
 import { Identity } from "../gen/csi/v1/csi_pb.ts";
-import { readMountId } from "../linux/descriptors.ts";
+import { O_PATH, readMountId } from "../linux/descriptors.ts";
+import type { FileStat } from "../linux/file-operations.ts";
+import type { Inspector } from "../linux/inspector.ts";
+import { InspectionError } from "../linux/inspector.ts";
 import { findMount, readMountTable } from "../linux/mountinfo.ts";
 import { mountTree } from "../linux/submounts.ts";
 import { openTrustedDirectory, UnsafePathError } from "../linux/trusted-path.ts";
@@ -29,12 +30,20 @@ import {
 } from "../ops/workload-user.ts";
 import { createClient } from "../rpc/client.ts";
 import { SOCKET_DIRECTORY_FIX, socketDirectoryProblem } from "../rpc/socket-file.ts";
-import { usableByContainers } from "../selinux/context.ts";
+import { contextParts } from "../selinux/context.ts";
 import { detectSelinux } from "../selinux/detection.ts";
-import { getLabel } from "../selinux/xattr.ts";
+import { leftAloneNote, whyUnusable } from "../selinux/labeller.ts";
+import type { Survey } from "../selinux/survey.ts";
+import type { InspectorOperations } from "./inspector.ts";
 import { validatePluginName } from "./settings.ts";
 
-/** The doctor's checks of a node's set-up, each a function yielding its lines. */
+/**
+ * The doctor's checks of a node's set-up, each a function yielding its lines. What looks into
+ * the Workload API directory runs in the inspector's child, as the driver's own checks do: a
+ * check that does not answer within --inspect-timeout fails, saying so.
+ */
+
+type DoctorInspector = Inspector<InspectorOperations>;
 
 export interface Check {
   name: string;
@@ -66,7 +75,13 @@ export interface DoctorOptions {
   workloadUser: WorkloadUser;
   /** The driver follows symbolic links on the Workload API directory's path. */
   allowSymlinkedSocketDir?: boolean;
+  /** How long a look into the Workload API directory may go without progress. */
+  inspectTimeoutMs: number;
 }
+
+// The fix for a check the file system it looks at did not answer.
+const HUNG_FIX =
+  "find the file system that does not answer (named above; a FUSE server that stopped answering, say): restart its server, or unmount it (umount -l); processes waiting on it show request_wait_answer in /proc/<pid>/wchan";
 
 const pass = (name: string, detail: string): Check => ({ name, ok: true, detail });
 const skip = (name: string, why: string): Check => ({ name, ok: true, detail: why, skipped: true });
@@ -175,23 +190,31 @@ export function pluginNameCheck(pluginName: string): Check {
     : pass("plugin name is valid", pluginName);
 }
 
-export async function agentChecks(socketDir: string, workloadUser: WorkloadUser): Promise<Check[]> {
+export async function agentChecks(
+  inspector: DoctorInspector,
+  socketDir: string,
+  workloadUser: WorkloadUser,
+): Promise<Check[]> {
   const exists = "Workload API socket directory exists";
   const holds = "Workload API socket directory holds a socket";
   const accepts = "Workload API socket accepts a connection";
-  let stat: ReturnType<typeof statSync>;
+  let stat: Awaited<ReturnType<InspectorOperations["stat"]>>;
   try {
-    stat = statSync(socketDir);
+    stat = await inspector.run("stat", { path: socketDir }, socketDir);
   } catch (error) {
+    if (!(error instanceof InspectionError)) throw error;
+    return [fail(exists, error.message, HUNG_FIX)];
+  }
+  if (stat === null) {
     return [
       fail(
         exists,
-        `${socketDir}: ${(error as Error).message}`,
+        `${socketDir} does not exist`,
         "start the SPIFFE agent, and give --workload-api-socket-dir the directory its socket is in (as the driver sees it: in a container, where the hostPath volume is mounted)",
       ),
     ];
   }
-  if (!stat.isDirectory()) {
+  if (stat.kind !== "directory") {
     return [
       fail(
         exists,
@@ -200,13 +223,13 @@ export async function agentChecks(socketDir: string, workloadUser: WorkloadUser)
       ),
     ];
   }
-  const agent = await checkAgent(socketDir);
+  const agent = await checkAgent(inspector, socketDir);
   if (agent.ok) {
     return [
       pass(exists, socketDir),
       pass(holds, agent.socket),
       pass(accepts, agent.socket),
-      workloadAccessCheck(socketDir, agent.socket, workloadUser),
+      await workloadAccessCheck(inspector, socketDir, agent.socket, workloadUser),
     ];
   }
   if (agent.reason === "stale") {
@@ -217,6 +240,9 @@ export async function agentChecks(socketDir: string, workloadUser: WorkloadUser)
         "restart the driver, with the directory's parent mounted into its container",
       ),
     ];
+  }
+  if (agent.reason === "unknown") {
+    return [pass(exists, socketDir), fail(holds, agent.problem, HUNG_FIX)];
   }
   if (agent.reason === "unreadable") {
     return [
@@ -245,16 +271,30 @@ export async function agentChecks(socketDir: string, workloadUser: WorkloadUser)
  * driver) always may, a pod's user only as the mode bits say. Connecting takes write permission
  * on the socket, and search permission on its directory, which is what a pod's volume shows.
  */
-export function workloadAccessCheck(socketDir: string, socket: string, user: WorkloadUser): Check {
+export async function workloadAccessCheck(
+  inspector: DoctorInspector,
+  socketDir: string,
+  socket: string,
+  user: WorkloadUser,
+): Promise<Check> {
   const who = describeUser(user);
   const name = `Workload API socket is usable by ${who}`;
-  let directory: ReturnType<typeof statSync>;
-  let file: ReturnType<typeof statSync>;
+  let directory: FileStat | null;
+  let file: FileStat | null;
   try {
-    directory = statSync(socketDir);
-    file = lstatSync(socket);
+    directory = await inspector.run("stat", { path: socketDir }, `stat ${socketDir}`);
+    file = await inspector.run("lstat", { path: socket }, `lstat ${socket}`);
   } catch (error) {
-    return fail(name, (error as Error).message, "check that the agent is running");
+    if (!(error instanceof InspectionError)) throw error;
+    const hung = error.code === "ETIMEDOUT" || error.code === "EAGAIN";
+    return fail(name, error.message, hung ? HUNG_FIX : "check that the agent is running");
+  }
+  if (!directory || !file) {
+    return fail(
+      name,
+      `${directory ? socket : socketDir} is gone`,
+      "check that the agent is running",
+    );
   }
   const problems: string[] = [];
   if (!permits(user, directory, SEARCH)) {
@@ -279,42 +319,57 @@ export function workloadAccessCheck(socketDir: string, socket: string, user: Wor
 }
 
 /**
- * The SELinux labels of the Workload API directory and of its sockets, and whether every container
- * may use them. Nothing to check when the directory cannot be listed (the agent checks say why).
+ * The SELinux labels of what the driver labels in the Workload API directory (the one rule of
+ * ../selinux/survey.ts: type and level), and what it leaves alone there. Nothing to check when
+ * the directory cannot be opened (the agent checks say why).
  */
-export function labelChecks(socketDir: string, context: string): Check[] {
-  const name = "Workload API directory is labelled for containers (SELinux)";
-  let sockets: string[];
+export async function labelChecks(
+  inspector: DoctorInspector,
+  socketDir: string,
+  context: string,
+  recursiveBind: boolean,
+): Promise<Check[]> {
+  const usable = "Workload API directory is labelled for containers (SELinux)";
+  const alone = "Workload API directory holds only what the driver labels (SELinux)";
+  let survey: Survey;
   try {
-    sockets = readdirSync(socketDir)
-      .map((entry) => join(socketDir, entry))
-      .filter((path) => lstatSync(path, { throwIfNoEntry: false })?.isSocket());
-  } catch {
-    return [];
+    survey = await inspector.run(
+      "surveyLabels",
+      { dir: socketDir, name: socketDir, context, write: false, recursiveBind },
+      `reading the labels in ${socketDir}`,
+    );
+  } catch (error) {
+    if (!(error instanceof InspectionError)) throw error;
+    return [fail(usable, error.message, HUNG_FIX)];
   }
-  let usable = true;
-  const described = [socketDir, ...sockets].map((path) => {
-    let label: string | undefined;
-    try {
-      label = getLabel(path === socketDir ? `${path}/.` : path);
-    } catch (error) {
-      usable = false;
-      return `${path} unreadable (${(error as Error).message})`;
-    }
-    if (!usableByContainers(label, context)) usable = false;
-    return `${path} ${label ?? "unlabelled"}`;
-  });
-  const labels = described.join(", ");
+  if (survey.missing) return [];
+  const labels = [...survey.seen, ...survey.mountRoots]
+    .map((entry) => `${entry.path} ${entry.label ?? "unlabelled"}`)
+    .join(", ");
+  const note = leftAloneNote(survey);
   const selinux = detectSelinux();
-  if (!selinux.enabled)
-    return [pass(name, `not needed, SELinux is off (${selinux.reason}): ${labels}`)];
+  if (!selinux.enabled) {
+    return [
+      pass(usable, `not needed, SELinux is off (${selinux.reason}): ${labels}`),
+      pass(alone, `not needed, SELinux is off${note ? `: ${note}` : ""}`),
+    ];
+  }
+  const unusable = whyUnusable(survey, context);
+  const parts = contextParts(context);
   return [
-    usable
-      ? pass(name, labels)
+    unusable === undefined
+      ? pass(usable, labels)
       : fail(
-          name,
-          `${labels}: containers need type ${context.split(":")[2]} at level s0`,
-          `run the driver with --selinux-label auto or on and the agent's directory mounted read-write, so that it labels them; or label them on the node (chcon -h ${context} ${socketDir} ${socketDir}/*), check with ls -Z, and look for denials in the audit log (ausearch -m avc -ts recent)`,
+          usable,
+          `${labels}: containers need type ${parts?.type} at level ${parts?.level}: ${unusable.what}`,
+          `run the driver with --selinux-label auto or on and the agent's directory's parent mounted read-write, so that it labels them; or ${[...unusable.fixes, "look for denials in the audit log (ausearch -m avc -ts recent)"].join("; ")}`,
+        ),
+    note === undefined
+      ? pass(alone, `${socketDir}: no hard link, no file of another owner, no FIFO or device`)
+      : fail(
+          alone,
+          survey.leftAlone.map((entry) => `${entry.path}: ${entry.why}`).join("; "),
+          "remove them: the driver labels only the directory, its sockets and links, and the files and directories of the directory's owner with one link each; if pods need one of them, label it on the node",
         ),
   ];
 }
@@ -329,10 +384,13 @@ export async function submountChecks(socketDir: string): Promise<Check[]> {
   const receives = "Workload API directory receives later mounts";
   let table: Awaited<ReturnType<typeof readMountTable>>;
   let mountId: number;
+  let location: string;
   try {
-    const fd = openSync(socketDir, constants.O_RDONLY | constants.O_DIRECTORY);
+    // O_PATH: nothing is asked of the directory's file system, which may hang.
+    const fd = openSync(socketDir, O_PATH | constants.O_DIRECTORY);
     try {
       mountId = readMountId(fd);
+      location = readlinkSync(`/proc/self/fd/${fd}`);
     } finally {
       closeSync(fd);
     }
@@ -342,7 +400,7 @@ export async function submountChecks(socketDir: string): Promise<Check[]> {
       fail(readOnly, `${socketDir}: ${(error as Error).message}`, "check that /proc is mounted"),
     ];
   }
-  const { writable } = mountTree(table, mountId, realpathSync(socketDir));
+  const { writable } = mountTree(table, mountId, location);
   const mount = table.find((each) => each.mountId === mountId);
   const propagation = mount?.propagation ?? [];
   return [

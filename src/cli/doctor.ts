@@ -21,15 +21,29 @@ import {
   submountChecks,
 } from "./doctor-checks.ts";
 import { exit, settingsOrExit } from "./exit.ts";
+import { startInspector } from "./inspector.ts";
 import { argsOf, ConfigError, listValues, readSetting, SETTINGS } from "./settings.ts";
 
 /** Runs every check of a node's set-up; each yields one line. */
 async function runChecks(options: DoctorOptions): Promise<Check[]> {
   const socketDir = options.workloadApiSocketDir;
+  const inspector = startInspector(options.inspectTimeoutMs);
+  try {
+    return await allChecks(options, socketDir, inspector);
+  } finally {
+    inspector.close();
+  }
+}
+
+async function allChecks(
+  options: DoctorOptions,
+  socketDir: string,
+  inspector: ReturnType<typeof startInspector>,
+): Promise<Check[]> {
   return [
-    ...(await agentChecks(socketDir, options.workloadUser)),
+    ...(await agentChecks(inspector, socketDir, options.workloadUser)),
     socketDirPathCheck(socketDir, options.allowSymlinkedSocketDir === true),
-    ...labelChecks(socketDir, options.selinuxContext),
+    ...(await labelChecks(inspector, socketDir, options.selinuxContext, !!options.recursiveBind)),
     ...(options.recursiveBind ? await submountChecks(socketDir) : []),
     socketDirectoryCheck(options.csiSocketPath),
     socketDirectorySafetyCheck(options.csiSocketPath),
@@ -67,6 +81,7 @@ const {
   kubeletRegistrationDir,
   selinuxContext,
   recursiveBind,
+  inspectTimeout,
 } = SETTINGS;
 // The settings the doctor reads from every word of its command line (see listValues).
 const LISTS = { allow };
@@ -115,7 +130,7 @@ const args = {
     valueHint: "user",
   },
   ...argsOf(
-    { allowSymlinkedSocketDir, selinuxContext, recursiveBind },
+    { allowSymlinkedSocketDir, selinuxContext, recursiveBind, inspectTimeout },
     {
       allowSymlinkedSocketDir: {
         help: "The driver runs with --allow-symlinked-socket-dir: symbolic links on the directory's path are followed",
@@ -123,6 +138,9 @@ const args = {
       selinuxContext: { help: "The SELinux label the driver gives the Workload API directory" },
       recursiveBind: {
         help: "The driver runs with --recursive-bind: check that file systems below the Workload API directory are read-only",
+      },
+      inspectTimeout: {
+        help: "Seconds a check of the Workload API directory may go without progress before it fails as hung",
       },
     },
   ),
@@ -164,6 +182,7 @@ function doctorOptions(parsed: Record<string, unknown>, argv: readonly string[])
       allowSymlinkedSocketDir,
       parsed,
     ),
+    inspectTimeoutMs: readSetting("inspectTimeout", inspectTimeout, parsed),
   };
 }
 

@@ -7,7 +7,9 @@ import { NodeService } from "../csi/node.ts";
 import { inspectSource } from "../csi/source.ts";
 import { Controller, Identity, Node } from "../gen/csi/v1/csi_pb.ts";
 import { Registration } from "../gen/pluginregistration/v1/api_pb.ts";
+import type { Inspector } from "../linux/inspector.ts";
 import type { Mounter } from "../linux/mounter.ts";
+import type { Readiness } from "../ops/health-routes.ts";
 import type { Logger } from "../ops/log.ts";
 import { LogKey } from "../ops/log-keys.ts";
 import { idleCollector } from "../ops/memory.ts";
@@ -19,11 +21,12 @@ import { rpcLogger } from "../rpc/call-log.ts";
 import { InFlightCalls } from "../rpc/in-flight.ts";
 import { type ConnectionLimits, StartError, startServer } from "../rpc/server.ts";
 import { labellingWanted } from "../selinux/detection.ts";
-import { Labeler } from "../selinux/labeller.ts";
+import { Labeller, type LabelOutcome } from "../selinux/labeller.ts";
 import { VERSION } from "../version.ts";
 import { Closers } from "./closers.ts";
 import type { Config } from "./config.ts";
 import { exit } from "./exit.ts";
+import { type InspectorOperations, startInspector } from "./inspector.ts";
 
 // Garbage is collected after this long without a call.
 const IDLE_COLLECT_MS = 1_000;
@@ -41,7 +44,9 @@ interface Driver {
   config: Config;
   logger: Logger;
   node: NodeService;
-  labeler: Labeler | undefined;
+  /** Every look into the Workload API directory, off the event loop. */
+  inspector: Inspector<InspectorOperations>;
+  labeller: Labeller | undefined;
   metrics: Metrics | undefined;
   /** Logs a call (the registration socket's calls are only logged). */
   logCall: CallObserver;
@@ -65,6 +70,8 @@ export async function serve(config: Config, mounter: Mounter, logger: Logger): P
   logStart(config, logger);
   const driver = await setUp(config, mounter, logger);
   const closers = new Closers();
+  // Closed last: the calls drained before it may still look into the directory.
+  closers.push(() => driver.inspector.close());
   try {
     // Health first, so that it is closed last: /healthz says "shutting down" during the drain.
     if (config.healthAddr && driver.metrics) {
@@ -118,13 +125,19 @@ function logStart(config: Config, logger: Logger): void {
 
 /** The node service, its labeller and metrics, and what observes each call. */
 async function setUp(config: Config, mounter: Mounter, logger: Logger): Promise<Driver> {
-  const labeler = startLabelling(config, logger);
   // Metrics are loaded only with --health-addr: a driver without them starts lighter.
   const metrics = config.healthAddr
     ? new (await import("../ops/metrics.ts")).Metrics(VERSION, () => node.volumeCounts())
     : undefined;
   const logAudit = auditLogger(logger);
   const restart = new SelfRestart(config.selfRestartBackoffMs);
+  const inspector = startInspector(config.inspectTimeoutMs, (timeout) => {
+    metrics?.inspectionTimedOut();
+    logger.warn("a check of the Workload API directory did not answer; it was given up", {
+      [LogKey.error]: timeout.message,
+    });
+  });
+  const labeller = startLabelling(config, inspector, logger);
   const node = new NodeService({
     nodeId: config.nodeId,
     pluginName: config.pluginName,
@@ -147,7 +160,9 @@ async function setUp(config: Config, mounter: Mounter, logger: Logger): Promise<
     },
     mounter,
     onMountFailure: (operation) => metrics?.mountFailed(operation),
-    labeler,
+    inspector,
+    labeller,
+    onLabelFailure: (mode) => metrics?.labellingFailed(mode),
     recursiveBind: config.recursiveBind,
     allowWritableSubmounts: config.allowWritableSubmounts,
     policy: config.policy,
@@ -174,7 +189,8 @@ async function setUp(config: Config, mounter: Mounter, logger: Logger): Promise<
     config,
     logger,
     node,
-    labeler,
+    inspector,
+    labeller,
     metrics,
     logCall,
     observe,
@@ -208,27 +224,77 @@ function checkSourceAtStart(
 }
 
 /**
- * Decides once whether the Workload API directory gets SELinux labels, and labels it now. Not
- * fatal: the agent may create the directory later, and a publish reports what is wrong.
+ * Decides once whether the Workload API directory gets SELinux labels, and starts labelling it
+ * now, without waiting: a file system in it that hangs must not hold the start. Not fatal: the
+ * agent may create the directory later, and a publish reports what is wrong.
  */
-function startLabelling(config: Config, logger: Logger): Labeler | undefined {
+function startLabelling(
+  config: Config,
+  inspector: Inspector<InspectorOperations>,
+  logger: Logger,
+): Labeller | undefined {
   const wanted = labellingWanted(config.selinuxLabel);
   logger.info(wanted.enabled ? "SELinux labelling on" : "SELinux labelling off", {
     [LogKey.reason]: wanted.reason,
     ...(wanted.enabled && { [LogKey.context]: config.selinuxContext }),
   });
   if (!wanted.enabled) return undefined;
-  const labeler = new Labeler(config.workloadApiSocketDir, config.selinuxContext, logger);
-  // A refused path is never labelled: it could lead anywhere (checkSourceAtStart says why).
-  const problem = refusedPath(config) === undefined ? labeler.ensure() : undefined;
-  if (problem) logger.warn(problem);
-  return labeler;
+  const labeller = new Labeller({
+    inspector,
+    socketDir: config.workloadApiSocketDir,
+    context: config.selinuxContext,
+    recursiveBind: config.recursiveBind,
+    logger,
+  });
+  void labelSource(config, labeller).then((outcome) => {
+    // A permissive node's failure the labeller logs itself.
+    if (outcome.kind === "refused" || outcome.kind === "unknown") logger.warn(outcome.problem);
+  });
+  return labeller;
+}
+
+/**
+ * Labels the Workload API directory as a publish does: through the directory opened the trusted
+ * way (../csi/source.ts), so that what is labelled is what a publish would bind. A refused path
+ * is never labelled, it could lead anywhere (checkSourceAtStart says why); nor is a directory
+ * that is not there.
+ */
+async function labelSource(config: Config, labeller: Labeller): Promise<LabelOutcome> {
+  const source = inspectSource(config);
+  if (!source.ok) return { kind: "usable" };
+  try {
+    return await labeller.ensure(source.handle.sharedPath);
+  } finally {
+    source.handle.close();
+  }
+}
+
+/**
+ * /readyz's view besides the agent: a restart that is due, a refused path, labels that are
+ * refused or unknown are not ready; labels given on a best-effort basis are a note.
+ */
+function readiness(driver: Driver): () => Promise<Readiness> {
+  const { config, labeller } = driver;
+  return async () => {
+    const problem = driver.restart.pending ?? refusedPath(config);
+    if (problem !== undefined) return { problem };
+    if (!labeller) return {};
+    const outcome = await labelSource(config, labeller);
+    switch (outcome.kind) {
+      case "usable":
+        return outcome.note === undefined ? {} : { note: outcome.note };
+      case "best-effort":
+        return { note: outcome.problem };
+      case "refused":
+      case "unknown":
+        return { problem: outcome.problem };
+    }
+  };
 }
 
 /**
  * Why the Workload API directory's path is refused (a link on it, a directory on the way that
- * someone other than root could change), or undefined. The labeller works on the path: it runs
- * only where a publish would accept the path.
+ * someone other than root could change), or undefined.
  */
 function refusedPath(config: Config): string | undefined {
   const source = inspectSource(config);
@@ -238,7 +304,7 @@ function refusedPath(config: Config): string | undefined {
 
 /** The HTTP health and metrics endpoint (--health-addr). */
 async function startHealth(driver: Driver, address: string, metrics: Metrics): Promise<() => void> {
-  const { config, logger, labeler } = driver;
+  const { config, logger } = driver;
   const { startHealthServer } = await import("../ops/health.ts");
   let health: Awaited<ReturnType<typeof startHealthServer>>;
   try {
@@ -249,9 +315,10 @@ async function startHealth(driver: Driver, address: string, metrics: Metrics): P
       serving: () => driver.serving,
       metrics,
       logger,
+      inspector: driver.inspector,
       // Checking repairs too: a socket the agent re-creates while pods run is labelled again
       // within one readiness period, not only at the next publish.
-      readinessProblem: () => driver.restart.pending ?? refusedPath(config) ?? labeler?.ensure(),
+      readiness: readiness(driver),
     });
   } catch (error) {
     throw new StartError(`cannot serve --health-addr ${address}: ${(error as Error).message}`);

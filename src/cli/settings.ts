@@ -217,6 +217,11 @@ export const SETTINGS = {
     help: "Seconds one mount or umount may run before it is killed",
     parse: positiveSeconds,
   }),
+  inspectTimeout: text({
+    default: "5",
+    help: "Seconds a look into the Workload API directory (its listing, labels, socket) may go without progress before the call that needs it answers UNAVAILABLE (a file system there that hangs)",
+    parse: positiveSeconds,
+  }),
   maxConnections: text({
     default: "256",
     help: "Connections open at once on each of the driver's sockets; more are closed when accepted",

@@ -33,6 +33,11 @@ export function refused(
   return new Refusal(code, message);
 }
 
+/** The call may succeed later, unchanged: the kubelet retries it. */
+export function unavailable(message: string): RpcError {
+  return new RpcError(status.UNAVAILABLE, message);
+}
+
 export function internal(message: string, cause?: unknown): RpcError {
   return new RpcError(status.INTERNAL, message, { cause });
 }

@@ -4,6 +4,8 @@ import {
   NodeServiceCapability_RPC_Type as NodeCapability,
 } from "../gen/csi/v1/csi_pb.ts";
 import { openDirectory } from "../linux/descriptors.ts";
+import type { FileOperations } from "../linux/file-operations.ts";
+import type { Inspect } from "../linux/inspector.ts";
 import type { Mounter } from "../linux/mounter.ts";
 import type { ServiceHandlers } from "../rpc/adapter.ts";
 import { adoptPublished } from "./adoption.ts";
@@ -27,14 +29,32 @@ import { volumeStats } from "./stats.ts";
 import { unpublish } from "./unpublish.ts";
 import { validatePublish, validateUnpublish, validateVolumeStats } from "./validate.ts";
 
+/**
+ * What labelling the Workload API directory came to (../selinux/labeller.ts says each kind): a
+ * publish goes on when usable or best effort, fails when refused, answers UNAVAILABLE when unknown.
+ */
+export type LabelOutcome =
+  | { kind: "usable" }
+  | { kind: "best-effort" | "refused" | "unknown"; problem: string };
+
 export interface NodeServiceOptions extends SourceOptions {
   nodeId: string;
   pluginName: string;
   mounter: Mounter;
   /** Told of every `mount` or `umount` that failed (for metrics). */
   onMountFailure?: (operation: "mount" | "umount") => void;
-  /** Makes the Workload API directory usable by pods (SELinux labels); says why it cannot. */
-  labeler?: { ensure(): string | undefined };
+  /**
+   * Runs the calls into the Workload API directory (through a target that shows it) off the
+   * event loop, bounded in time (../linux/inspector.ts).
+   */
+  inspector: Inspect<Pick<FileOperations, "statfs" | "listable">>;
+  /**
+   * Makes the Workload API directory usable by pods (SELinux labels), opening it at `dir`; says
+   * what came of it (../selinux/labeller.ts).
+   */
+  labeller?: { ensure(dir: string): Promise<LabelOutcome> };
+  /** Told of every publish whose labelling failed, by the node's mode (for metrics). */
+  onLabelFailure?: (mode: "permissive" | "enforcing") => void;
   /**
    * Binds the directory with every mount below it, and keeps later mounts there propagating to
    * the targets (--recursive-bind). See ../../README.md, "File systems inside the directory".

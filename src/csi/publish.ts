@@ -11,7 +11,7 @@ import {
 } from "../linux/inspect.ts";
 import type { MountTree } from "../linux/submounts.ts";
 import { RpcError } from "../rpc/status.ts";
-import { commandFailed, failedPrecondition, fs, internal, quote } from "./errors.ts";
+import { commandFailed, failedPrecondition, fs, internal, quote, unavailable } from "./errors.ts";
 import { TARGET_NAME, type VolumeData, type VolumeDirectory } from "./kubelet.ts";
 import type { NodeServiceOptions } from "./node.ts";
 import { disentangle, makeSlave, mountTrees, recursiveSource } from "./recursive.ts";
@@ -33,8 +33,7 @@ export async function publish(
   volume: VolumeDirectory,
 ): Promise<void> {
   using source = openSource(options);
-  const labelProblem = options.labeler?.ensure();
-  if (labelProblem) throw failedPrecondition(labelProblem);
+  await ensureLabels(options, source);
   const record = await volumeRecord(volume, targetPath);
   checkRecord(options.pluginName, record, volumeId, targetPath);
   const created = createTarget(volume, targetPath);
@@ -43,6 +42,25 @@ export async function publish(
     if (!(await publication.prepare(record))) await publication.bind();
   } finally {
     publication.release();
+  }
+}
+
+/**
+ * SELinux labels, when the driver sets them: what the directory held open needs is labelled.
+ * A failure fails the publish only where pods would be denied (an enforcing node); a check that
+ * did not answer (a file system in the directory that hangs) is UNAVAILABLE.
+ */
+async function ensureLabels(options: NodeServiceOptions, source: DirectoryHandle): Promise<void> {
+  const outcome = await options.labeller?.ensure(source.sharedPath);
+  switch (outcome?.kind) {
+    case "refused":
+      options.onLabelFailure?.("enforcing");
+      throw failedPrecondition(outcome.problem);
+    case "best-effort":
+      options.onLabelFailure?.("permissive");
+      return;
+    case "unknown":
+      throw unavailable(outcome.problem);
   }
 }
 

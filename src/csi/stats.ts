@@ -1,4 +1,3 @@
-import { type BigIntStatsFs, readdirSync, statfsSync } from "node:fs";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import {
   type NodeGetVolumeStatsResponseSchema,
@@ -6,8 +5,10 @@ import {
   type VolumeConditionSchema,
 } from "../gen/csi/v1/csi_pb.ts";
 import type { DirectoryHandle } from "../linux/descriptors.ts";
+import type { FileSystemUsage } from "../linux/file-operations.ts";
 import { type DirectoryState, type Inode, inspectEntry, sameInode } from "../linux/inspect.ts";
-import { fs, notFound, quote } from "./errors.ts";
+import { InspectionError } from "../linux/inspector.ts";
+import { fs, internal, notFound, quote, unavailable } from "./errors.ts";
 import { TARGET_NAME, type VolumeDirectory } from "./kubelet.ts";
 import type { NodeServiceOptions } from "./node.ts";
 import { inspectSource } from "./source.ts";
@@ -38,8 +39,8 @@ export async function volumeStats(
       throw notFound(volumePath, `it is a volume of driver ${quote(driverName)}`);
     }
     return {
-      usage: usageOf(state.handle, volumePath),
-      volumeCondition: condition(options, volumePath, state),
+      usage: await usageOf(options, state.handle, volumePath),
+      volumeCondition: await condition(options, volumePath, state),
     };
   } finally {
     release(state);
@@ -82,11 +83,11 @@ export function mountProblem(
   return undefined;
 }
 
-function condition(
+async function condition(
   options: NodeServiceOptions,
   volumePath: string,
   state: DirectoryState,
-): Condition {
+): Promise<Condition> {
   const socketDir = options.workloadApiSocketDir;
   const abnormal = (message: string): Condition => ({ abnormal: true, message });
   if (!state.mountPoint) {
@@ -107,18 +108,38 @@ function condition(
     source.close();
   }
   try {
-    readdirSync(state.handle.path);
+    // The target shows the agent's directory: listing it runs off the event loop.
+    await options.inspector.run("listable", { path: state.handle.sharedPath }, "listing");
   } catch (error) {
-    return abnormal(`cannot list ${volumePath}: ${(error as Error).message}`);
+    if (!(error instanceof InspectionError)) throw error;
+    return abnormal(`cannot list ${volumePath}: ${error.message}`);
   }
   return { abnormal: false, message: `the Workload API directory ${socketDir} is mounted` };
 }
 
 /** Bytes and inodes of the file system under the directory; older kubelets require both. */
-function usageOf(directory: DirectoryHandle, path: string) {
-  const stats: BigIntStatsFs = fs(`statfs ${quote(path)}`, () =>
-    statfsSync(directory.path, { bigint: true }),
-  );
+async function usageOf(options: NodeServiceOptions, directory: DirectoryHandle, path: string) {
+  let usage: FileSystemUsage;
+  try {
+    usage = await options.inspector.run(
+      "statfs",
+      { path: directory.sharedPath },
+      `statfs ${quote(path)}`,
+    );
+  } catch (error) {
+    if (!(error instanceof InspectionError)) throw error;
+    // Hung: the kubelet asks again at its next round.
+    if (error.code === "ETIMEDOUT" || error.code === "EAGAIN") throw unavailable(error.message);
+    throw internal(error.message, error);
+  }
+  const stats = {
+    bsize: BigInt(usage.bsize),
+    blocks: BigInt(usage.blocks),
+    bfree: BigInt(usage.bfree),
+    bavail: BigInt(usage.bavail),
+    files: BigInt(usage.files),
+    ffree: BigInt(usage.ffree),
+  };
   return [
     {
       unit: UsageUnit.BYTES,

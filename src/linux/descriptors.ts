@@ -45,6 +45,14 @@ export class DirectoryHandle implements Disposable {
     return `/proc/self/fd/${this.fd}`;
   }
 
+  /**
+   * A path that resolves to this very directory for another process of this node's, such as the
+   * inspector's child (./inspector.ts), for as long as the handle is open.
+   */
+  get sharedPath(): string {
+    return `/proc/${process.pid}/fd/${this.fd}`;
+  }
+
   /** A path to the entry `name` of this directory: only `name` is looked up. */
   entry(name: string): string {
     return `${this.path}/${name}`;

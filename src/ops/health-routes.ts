@@ -13,6 +13,12 @@ export interface Answer {
   contentType?: string;
 }
 
+/** Not ready for `problem`, if given; ready or not, a `note` shows on /readyz. */
+export interface Readiness {
+  problem?: string;
+  note?: string;
+}
+
 /** The checks behind the routes, each shared by concurrent requests and run at most once a second. */
 interface HealthChecks {
   /** The CSI socket, for messages. */
@@ -22,8 +28,8 @@ interface HealthChecks {
   /** Undefined when the CSI socket accepts a connection, else why not. */
   csiAnswers: () => Promise<string | undefined>;
   agent: () => Promise<{ ok: true; socket: string } | { ok: false; problem: string }>;
-  /** A reason the driver is not ready besides the agent, or undefined. */
-  notReady?: () => Promise<string | undefined>;
+  /** Whether the driver is ready besides the agent, and a note for /readyz. */
+  readiness?: () => Promise<Readiness>;
   metricsText: () => Promise<string>;
   metricsContentType: string;
   /** Told of a request refused as malformed (throttled log). */
@@ -73,12 +79,13 @@ async function healthz(checks: HealthChecks): Promise<Answer> {
 
 /** Ready to publish: nothing else stands in the way, and the agent's socket accepts. */
 async function readyz(checks: HealthChecks): Promise<Answer> {
-  const problem = await checks.notReady?.();
+  const { problem, note } = (await checks.readiness?.()) ?? {};
   if (problem !== undefined) return { status: 503, body: problem };
   const check = await checks.agent();
+  const noted = note === undefined ? "" : `\nnote: ${note}`;
   return check.ok
-    ? { status: 200, body: `ok: ${check.socket} accepts connections` }
-    : { status: 503, body: check.problem };
+    ? { status: 200, body: `ok: ${check.socket} accepts connections${noted}` }
+    : { status: 503, body: `${check.problem}${noted}` };
 }
 
 /** The path of an origin-form (`/healthz?x`) or absolute-form (`http://h/healthz`) target. */

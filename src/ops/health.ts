@@ -1,9 +1,10 @@
 import { createServer } from "node:http";
+import type { Inspect } from "../linux/inspector.ts";
 import { parseAddress } from "./address.ts";
-import { checkAgent, connects } from "./agent.ts";
+import { type AgentOperations, checkAgent, connects } from "./agent.ts";
 import { cached } from "./cache.ts";
 import { guardConnections, pacedResponder, throttled } from "./health-guards.ts";
-import { healthRoutes } from "./health-routes.ts";
+import { healthRoutes, type Readiness } from "./health-routes.ts";
 import type { Fields, Logger } from "./log.ts";
 import { LogKey } from "./log-keys.ts";
 import type { Metrics } from "./metrics.ts";
@@ -22,12 +23,14 @@ interface HealthOptions {
   csiSocketPath: string;
   /** False once the driver is shutting down. */
   serving: () => boolean;
+  /** Runs the agent check off the event loop, bounded in time. */
+  inspector: Inspect<AgentOperations>;
   /**
-   * A reason the driver is not ready besides the agent, or undefined: the SELinux labeller's
-   * (kind selinux_labels in the metrics). Called at most once per interval, its answer shared by
-   * the /readyz requests and the scrapes of that interval, like the other checks.
+   * Whether the driver is ready besides the agent (a problem: the SELinux labeller's, kind
+   * selinux_labels in the metrics), and a note for /readyz. Called at most once per interval, its
+   * answer shared by the /readyz requests and the scrapes of that interval, like the other checks.
    */
-  readinessProblem?: () => string | undefined;
+  readiness?: () => Promise<Readiness>;
   metrics: Metrics;
   logger: Logger;
 }
@@ -45,9 +48,13 @@ interface HealthServer {
 export async function startHealthServer(options: HealthOptions): Promise<HealthServer> {
   const address = parseAddress(options.address);
   if (!address) throw new Error(`--health-addr must be host:port or :port, got ${options.address}`);
-  const { logger, readinessProblem } = options;
-  const agent = cached(() => checkAgent(options.workloadApiSocketDir), CHECK_INTERVAL_MS);
-  const notReady = readinessProblem && cached(async () => readinessProblem(), CHECK_INTERVAL_MS);
+  const { logger, readiness } = options;
+  const agent = cached(
+    () => checkAgent(options.inspector, options.workloadApiSocketDir),
+    CHECK_INTERVAL_MS,
+  );
+  const ready = readiness && cached(readiness, CHECK_INTERVAL_MS);
+  const notReady = ready && (async () => (await ready()).problem);
   options.metrics.observeAgent(async () => (await agent()).ok);
   options.metrics.observeReadiness(() => readinessKinds(agent, notReady));
   const malformed = throttled(
@@ -59,7 +66,7 @@ export async function startHealthServer(options: HealthOptions): Promise<HealthS
     serving: options.serving,
     csiAnswers: cached(() => connects(options.csiSocketPath), CHECK_INTERVAL_MS),
     agent,
-    notReady,
+    readiness: ready,
     metricsText: cached(() => options.metrics.registry.metrics(), CHECK_INTERVAL_MS),
     metricsContentType: options.metrics.registry.contentType,
     malformed,

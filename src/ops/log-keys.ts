@@ -5,6 +5,7 @@
 export const LogKey = {
   allow: "allow",
   code: "code",
+  count: "count",
   context: "context",
   csiSocketPath: "csi_socket_path",
   details: "details",

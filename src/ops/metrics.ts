@@ -61,6 +61,8 @@ export class Metrics {
   private readonly mountFailures: Counter<"operation">;
   private readonly refusals: Counter<"namespace">;
   private readonly refusedNamespaces = new Set<string>();
+  private readonly labelFailures: Counter<"mode">;
+  private readonly inspectionTimeouts: Counter;
 
   /** `volumes` tells what the published volumes' targets show now (a census, see ../csi). */
   constructor(version: string, volumes: () => Promise<VolumeCounts>) {
@@ -111,6 +113,19 @@ export class Metrics {
     // Both operations show from the start, at zero.
     this.mountFailures.inc({ operation: "mount" }, 0);
     this.mountFailures.inc({ operation: "umount" }, 0);
+    this.labelFailures = new Counter({
+      name: "spiffe_csi_selinux_label_failures_total",
+      help: "Publishes that found what pods need in the Workload API directory unusable under SELinux, by the node's mode: permissive ones went on, enforcing ones failed.",
+      labelNames: ["mode"],
+      registers,
+    });
+    this.labelFailures.inc({ mode: "permissive" }, 0);
+    this.labelFailures.inc({ mode: "enforcing" }, 0);
+    this.inspectionTimeouts = new Counter({
+      name: "spiffe_csi_inspection_timeouts_total",
+      help: "Checks of the Workload API directory given up after --inspect-timeout without a sign of progress (a file system that does not answer).",
+      registers,
+    });
     const census = cached(volumes, CENSUS_INTERVAL_MS);
     new Gauge({
       name: "spiffe_csi_published_volumes",
@@ -190,6 +205,14 @@ export class Metrics {
 
   mountFailed(operation: MountOperation): void {
     this.mountFailures.inc({ operation });
+  }
+
+  labellingFailed(mode: "permissive" | "enforcing"): void {
+    this.labelFailures.inc({ mode });
+  }
+
+  inspectionTimedOut(): void {
+    this.inspectionTimeouts.inc();
   }
 }
 

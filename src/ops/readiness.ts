@@ -11,6 +11,8 @@ export const READINESS_KINDS = [
   "agent_directory_unreadable",
   "agent_no_socket",
   "agent_refused",
+  // The look into the agent's directory did not answer in time (a file system that hangs).
+  "agent_directory_unresponsive",
 ] as const;
 export type ReadinessKind = (typeof READINESS_KINDS)[number];
 
@@ -20,6 +22,7 @@ const AGENT_KINDS: Record<Extract<AgentCheck, { ok: false }>["reason"], Readines
   unreadable: "agent_directory_unreadable",
   "no-socket": "agent_no_socket",
   refused: "agent_refused",
+  unknown: "agent_directory_unresponsive",
 };
 
 /** Every problem /readyz sees now (it answers with the first), by kind. */

@@ -27,16 +27,21 @@ export function contextProblem(context: string): string | undefined {
     : `--selinux-context must be user:role:type:level (e.g. ${DEFAULT_SELINUX_CONTEXT}), got ${JSON.stringify(context)}`;
 }
 
-function parts(context: string): { type: string; level: string } | undefined {
+/** The type and level of a context; undefined when it is not user:role:type:level. */
+export function contextParts(context: string): { type: string; level: string } | undefined {
   const match = CONTEXT.exec(context);
   return match ? { type: match[3] as string, level: match[4] as string } : undefined;
 }
 
 /**
- * Whether a file labelled `label` is usable from every container: the configured context's type,
- * at level `s0` with no categories (a level with categories admits only pods holding them).
+ * Whether a file labelled `label` is usable by every container, the one rule the driver and the
+ * doctor share: the configured context's type and level (`s0` by default: a level with
+ * categories admits only pods holding them). User and role do not matter to the targeted
+ * policy: `unconfined_u:object_r:container_file_t:s0`, which `chcon -t` leaves, is as good as
+ * `system_u:object_r:container_file_t:s0`.
  */
 export function usableByContainers(label: string | undefined, context: string): boolean {
-  const file = label === undefined ? undefined : parts(label);
-  return file !== undefined && file.type === parts(context)?.type && file.level === "s0";
+  const file = label === undefined ? undefined : contextParts(label);
+  const wanted = contextParts(context);
+  return file !== undefined && file.type === wanted?.type && file.level === wanted.level;
 }

@@ -61,6 +61,7 @@ describe("doctor", () => {
       "Workload API socket is usable by any non-root user",
       "Workload API socket directory's path is safe",
       "Workload API directory is labelled for containers (SELinux)",
+      "Workload API directory holds only what the driver labels (SELinux)",
       "CSI socket directory is writable",
       "CSI socket directory is safe",
       "kubelet pods directory exists",

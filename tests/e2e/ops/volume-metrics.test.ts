@@ -107,6 +107,7 @@ describe("the volume gauges follow the targets", async () => {
       "agent_directory_unreadable",
       "agent_no_socket",
       "agent_refused",
+      "agent_directory_unresponsive",
     ]) {
       expect(sample(body, readiness(kind))).toBe(0);
     }

@@ -11,15 +11,18 @@ import { AGENT_SOCKET, startAgent, talkToAgent } from "../../helpers/agent.ts";
 import { assertPrivateMountNamespace, clients, freePort, runBinary } from "../../helpers/driver.ts";
 import { type PodVolume, publishRequest, unpublishRequest } from "../../helpers/kubelet.ts";
 import { rpcFailure } from "../../helpers/rpc.ts";
+import {
+  CONTAINER_FILE,
+  HOST_LABEL,
+  selinuxInputs,
+  UNCONFINED_CONTAINER_FILE,
+} from "../../helpers/selinux.ts";
 import { testbed } from "../../helpers/testbed.ts";
 import { waitFor } from "../../helpers/wait.ts";
 
 assertPrivateMountNamespace();
 // Generous for a loaded machine: covers every test and hook of this file.
 setDefaultTimeout(120_000);
-
-const CONTAINER_FILE = "system_u:object_r:container_file_t:s0";
-const HOST_LABEL = "system_u:object_r:var_run_t:s0";
 
 const bed = testbed("selinux", { agent: false });
 const { root } = bed;
@@ -193,7 +196,9 @@ describe("a read-only directory", () => {
       `127.0.0.1:${healthPort}`,
     ]);
     // Start-up labelling is not fatal: it is logged.
-    expect(driver.stderr).toContain("cannot label");
+    await waitFor("the start-up labelling to be logged", () =>
+      driver.stderr.includes("not usable by containers"),
+    );
 
     const volume = bed.volume();
     const { node, identity } = clients(setup.csiSocketPath);
@@ -201,8 +206,8 @@ describe("a read-only directory", () => {
     expect(failure.code).toBe(status.FAILED_PRECONDITION);
     expect(failure.details).toContain(`"${setup.socketDir}"`);
     expect(failure.details).toContain("EROFS");
-    expect(failure.details).toContain("mount the agent's directory read-write");
-    expect(failure.details).toContain(`chcon -h ${CONTAINER_FILE}`);
+    expect(failure.details).toContain("mount the directory's parent read-write");
+    expect(failure.details).toContain("chcon -h -t container_file_t");
     const readyz = await fetch(`http://127.0.0.1:${healthPort}/readyz`);
     expect(readyz.status).toBe(503);
     expect(await readyz.text()).toContain("EROFS");
@@ -239,37 +244,6 @@ describe("a read-only directory", () => {
   }, 60_000);
 });
 
-/**
- * A command prefix that runs a program in a mount namespace of its own, where /sys/fs is a fresh
- * tmpfs (holding selinux/enforce when `enforce` is given) and /proc/<pid>/attr/current shows
- * `current`: the inputs of SELinux detection, for real. `exec` keeps the pid, so the bind covers
- * the program's own /proc/self/attr/current.
- */
-function selinuxInputs(enforce: string, current: string): string[] {
-  const currentFile = join(root, `current-${Bun.hash(enforce + current)}`);
-  writeFileSync(currentFile, current);
-  const script = [
-    "set -e",
-    "mount -t tmpfs sysfs-stand-in /sys/fs",
-    'if [ -n "$1" ]; then mkdir /sys/fs/selinux; printf %s "$1" > /sys/fs/selinux/enforce; fi',
-    'mount --bind "$2" /proc/$$/attr/current',
-    "shift 2",
-    'exec "$@"',
-  ].join("\n");
-  return [
-    "unshare",
-    "--mount",
-    "--propagation",
-    "private",
-    "sh",
-    "-c",
-    script,
-    "sh",
-    enforce,
-    currentFile,
-  ];
-}
-
 describe("--selinux-label auto", () => {
   const cases: [string, string, string, boolean][] = [
     ["selinuxfs says enforcing", "1", "", true],
@@ -287,7 +261,7 @@ describe("--selinux-label auto", () => {
     test(`${name}: ${labelled ? "labels" : "labels nothing"}`, async () => {
       const setup = agentDirectory(`auto-${name.replace(/\W+/g, "-")}`);
       const before = labels(setup.socketDir);
-      const driver = await startOn(setup, [], selinuxInputs(enforce, current));
+      const driver = await startOn(setup, [], selinuxInputs(root, enforce, current));
       // The publish's mount stays in the driver's namespace; the labels are what matter here.
       const volume = await publish(setup);
       expect(labels(setup.socketDir)).toEqual(labelled ? allLabelled(setup.socketDir) : before);
@@ -328,13 +302,13 @@ describe("doctor", () => {
     const setup = agentDirectory("doctor");
     const socket = join(setup.socketDir, AGENT_SOCKET);
     setLabel(`${setup.socketDir}/.`, HOST_LABEL);
-    const enforcing = selinuxInputs("1", "");
+    const enforcing = selinuxInputs(root, "1", "");
 
     const unlabelled = await labelCheck(enforcing, setup.socketDir);
     expect(unlabelled?.ok).toBe(false);
     expect(unlabelled?.detail).toContain(`${setup.socketDir} ${HOST_LABEL}`);
     expect(unlabelled?.detail).toContain(`${socket} unlabelled`);
-    expect(unlabelled?.fix).toContain(`chcon -h ${CONTAINER_FILE} ${setup.socketDir}`);
+    expect(unlabelled?.fix).toContain(`chcon -h -t container_file_t ${setup.socketDir}`);
     expect(unlabelled?.fix).toContain("ls -Z");
 
     // A label with categories admits only pods holding them.
@@ -343,6 +317,10 @@ describe("doctor", () => {
     expect((await labelCheck(enforcing, setup.socketDir))?.ok).toBe(false);
 
     setLabel(socket, CONTAINER_FILE);
+    // What the driver would label besides: SPIRE's link, a link leading out, a subdirectory.
+    for (const name of ["api.sock", "socket", "private"]) {
+      setLabel(join(setup.socketDir, name), UNCONFINED_CONTAINER_FILE);
+    }
     const labelled = await labelCheck(enforcing, setup.socketDir);
     expect(labelled?.ok).toBe(true);
     expect(labelled?.detail).toBe(
@@ -350,7 +328,7 @@ describe("doctor", () => {
     );
 
     setLabel(socket, HOST_LABEL);
-    const off = await labelCheck(selinuxInputs("", ""), setup.socketDir);
+    const off = await labelCheck(selinuxInputs(root, "", ""), setup.socketDir);
     expect(off?.ok).toBe(true);
     expect(off?.detail).toContain("not needed, SELinux is off");
     expect(off?.detail).toContain(`${socket} ${HOST_LABEL}`);

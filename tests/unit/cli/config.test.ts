@@ -55,6 +55,7 @@ describe("configFromArgs", () => {
       logLevel: "info",
       logFormat: "text",
       mountTimeoutMs: 30_000,
+      inspectTimeoutMs: 5_000,
       healthAddr: undefined,
       maxConnections: 256,
       connectionIdleTimeoutMs: 60_000,

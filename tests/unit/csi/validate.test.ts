@@ -1,7 +1,8 @@
-import { describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { status } from "@grpc/grpc-js";
+import { startInspector } from "../../../src/cli/inspector.ts";
 import { NodeService } from "../../../src/csi/node.ts";
 import { targetPathProblem } from "../../../src/csi/validate.ts";
 import {
@@ -15,6 +16,10 @@ import { invalidPublishRequests } from "../../helpers/invalid.ts";
 import { podVolume, prepareVolume, publishRequest } from "../../helpers/kubelet.ts";
 import { testbed } from "../../helpers/testbed.ts";
 import { waitFor } from "../../helpers/wait.ts";
+
+// The node service looks into the agent's directory through one; these tests never need it to.
+const inspector = startInspector(10_000);
+afterAll(() => inspector.close());
 
 /** Records calls; validation must reject bad requests before any reaches it. */
 class RecordingMounter implements Mounter {
@@ -78,6 +83,7 @@ describe("NodeService validation", () => {
     pluginName: "csi.spiffe.io",
     workloadApiSocketDir: socketDir,
     mounter,
+    inspector,
   }).handlers();
 
   async function codeOf(call: Promise<unknown>): Promise<[number, string]> {
@@ -166,6 +172,7 @@ describe("NodeService validation", () => {
       pluginName: "csi.spiffe.io",
       workloadApiSocketDir: join(root, "no-agent"),
       mounter,
+      inspector,
     }).handlers();
     const [code, details] = await codeOf(
       missing.nodePublishVolume(create(NodePublishVolumeRequestSchema, publishRequest(volume))),
@@ -204,6 +211,7 @@ describe("NodeService concurrency", () => {
       pluginName: "csi.spiffe.io",
       workloadApiSocketDir: socketDir,
       mounter,
+      inspector,
     }).handlers();
   }
 

@@ -4,12 +4,12 @@
 import { expect, setDefaultTimeout, test } from "bun:test";
 import { connect } from "node:net";
 import { join } from "node:path";
+import { startInspector } from "../../../src/cli/inspector.ts";
 import { PublishedVolumes } from "../../../src/csi/census.ts";
 import { startHealthServer } from "../../../src/ops/health.ts";
 import { createLogger } from "../../../src/ops/log.ts";
 import { Metrics } from "../../../src/ops/metrics.ts";
-import { freePort } from "../../helpers/driver.ts";
-import { rawRequest } from "../../helpers/http.ts";
+import { freePort, rawRequest } from "../../helpers/http.ts";
 import { testbed } from "../../helpers/testbed.ts";
 import { waitFor } from "../../helpers/wait.ts";
 
@@ -21,21 +21,27 @@ const bed = testbed("health-unit");
 const { root, socketDir } = bed;
 const lines: string[] = [];
 let problem: string | undefined = "SELinux labels cannot be applied";
+let note: string | undefined;
 let problemChecks = 0;
+const inspector = startInspector(10_000);
 const port = freePort();
 const server = await startHealthServer({
   address: `127.0.0.1:${port}`,
   workloadApiSocketDir: socketDir,
   csiSocketPath: join(root, "csi.sock"),
   serving: () => true,
-  readinessProblem: () => {
+  inspector,
+  readiness: async () => {
     problemChecks++;
-    return problem;
+    return { problem, note };
   },
   metrics: new Metrics("test", () => new PublishedVolumes(root).count()),
   logger: createLogger("info", "json", (line) => lines.push(line)),
 });
-bed.beforeCleanup(() => server.close());
+bed.beforeCleanup(() => {
+  server.close();
+  inspector.close();
+});
 
 const get = (path: string, from?: string) =>
   rawRequest(
@@ -63,7 +69,7 @@ async function keptOpen(from: string, path = "/metrics") {
   return { socket, answered: received.startsWith("HTTP/1.1 "), closed: () => closed };
 }
 
-test("readinessProblem: /readyz answers 503 with its text, before the agent check", async () => {
+test("readiness: /readyz answers 503 with its problem, before the agent check; a note shows either way", async () => {
   const refused = await get("/readyz");
   expect(refused.status).toBe(503);
   expect(refused.body).toBe("SELinux labels cannot be applied\n");
@@ -74,9 +80,16 @@ test("readinessProblem: /readyz answers 503 with its text, before the agent chec
     return answer.status === 200 && answer;
   });
   expect(ready.body).toContain("agent.sock accepts connections");
+  note = "labelling is best effort here";
+  const noted = await waitFor("/readyz to show the note", async () => {
+    const answer = await get("/readyz");
+    return answer.body.includes("note: labelling is best effort here") && answer;
+  });
+  expect(noted.status).toBe(200);
+  note = undefined;
 });
 
-test("readinessProblem: concurrent /readyz requests run it once per interval", async () => {
+test("readiness: concurrent /readyz requests run it once per interval", async () => {
   // A fresh interval: the check runs once the previous answer has expired.
   const before = problemChecks;
   await waitFor("a new interval", async () => {

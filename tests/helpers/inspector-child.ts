@@ -1,0 +1,47 @@
+// An inspector child with operations made for testing the mechanism (../../src/linux/inspector.ts):
+// what a stuck system call looks like from the parent (the event loop held), slow work that
+// says it progresses, failures and a crash.
+import { fstatSync, openSync, statSync } from "node:fs";
+import { serveInspections, stillWorking } from "../../src/linux/inspector.ts";
+
+const O_PATH = 0o10000000;
+
+const held = new Int32Array(new SharedArrayBuffer(4));
+
+export const testOperations = {
+  echo: (args: { value: unknown }) => args.value,
+  /** Holds the process for `ms`, as a system call that does not return would. */
+  hold: (args: { ms: number }) => {
+    Atomics.wait(held, 0, 0, args.ms);
+    return "held";
+  },
+  /** Works for `ms`, saying so. */
+  work: (args: { ms: number }) => {
+    const end = performance.now() + args.ms;
+    let rounds = 0;
+    while (performance.now() < end) {
+      Atomics.wait(held, 0, 0, 5);
+      stillWorking();
+      rounds++;
+    }
+    return rounds;
+  },
+  /** Awaits for `ms` without holding the event loop. */
+  wait: async (args: { ms: number }) => {
+    await Bun.sleep(args.ms);
+    return "waited";
+  },
+  fail: (_: object) => {
+    throw Object.assign(new Error("it failed"), { code: "EXDEV" });
+  },
+  crash: (_: object) => {
+    process.stderr.write("going down\n");
+    process.exit(3);
+  },
+  stat: (args: { path: string }) => statSync(args.path).ino,
+  /** Opens the file without reading it (O_PATH), then stats what it opened. */
+  fstat: (args: { path: string }) => fstatSync(openSync(args.path, O_PATH)).ino,
+  pid: (_: object) => process.pid,
+};
+
+if (import.meta.main) await serveInspections(testOperations);
