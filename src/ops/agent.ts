@@ -89,7 +89,7 @@ export async function inspectAgentDirectory({
       return {
         ok: false,
         reason: "stale",
-        problem: `the Workload API socket directory ${name} was removed on the node, and the driver still sees the removed one; the driver restarts itself to see the node's current one`,
+        problem: `the Workload API socket directory ${name} was removed on the node after the driver started, and the driver's mount still holds the removed one; the driver restarts so that it sees the node's current one`,
       };
     }
     const key = [name, stat.dev, stat.ino, stat.mtimeNs, stat.ctimeNs].join(":");
