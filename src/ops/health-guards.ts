@@ -11,10 +11,14 @@ const PACE_MS = 1_000;
 // Connections beyond this are refused until others close: it bounds memory and descriptors.
 const MAX_CONNECTIONS = 3_072;
 // Connections from one remote address beyond this are closed at their first request, so that no
-// single client takes the whole budget; a probe's is answered first (see beyondCap). The kubelet's
-// probes come from the node's address and use one connection each; a Prometheus scraper keeps
-// one.
+// single client takes the whole budget; a probe's is answered first (see limitPerAddress). The
+// kubelet's probes come from the node's address and use one connection each; a Prometheus
+// scraper keeps one.
 const MAX_CONNECTIONS_PER_ADDRESS = 64;
+// Probes answered beyond an address's cap, at most, each second: many times what the kubelet
+// sends from the node's address, and few enough that clients reconnecting as soon as they are
+// answered cost what refused ones do.
+const PROBES_BEYOND_CAP_PER_SECOND = 10;
 // What the kubelet's probes ask for.
 const PROBE_PATHS = new Set(["/healthz", "/readyz"]);
 // A connection that sends nothing for this long (silent, slow headers, idle keep-alive) is closed.
@@ -31,14 +35,14 @@ const TEXT = "text/plain; charset=utf-8";
 export function guardConnections(
   server: Server,
   malformed: (fields: Fields, from: { socket: Socket }) => void,
-): BeyondCap {
+): CapCheck {
   server.maxConnections = MAX_CONNECTIONS;
   server.maxRequestsPerSocket = MAX_REQUESTS_PER_CONNECTION;
   server.keepAliveTimeout = IDLE_TIMEOUT_MS;
   server.headersTimeout = IDLE_TIMEOUT_MS;
   server.requestTimeout = IDLE_TIMEOUT_MS;
   server.setTimeout(IDLE_TIMEOUT_MS, (socket) => socket.destroy());
-  const beyondCap = limitPerAddress(server, MAX_CONNECTIONS_PER_ADDRESS);
+  const capCheck = limitPerAddress(server, MAX_CONNECTIONS_PER_ADDRESS);
   // What the HTTP parser refuses never reaches a handler: answer it here, without a body.
   server.on("clientError", (error: NodeJS.ErrnoException, socket: Socket) => {
     const status = CLIENT_ERRORS[error.code ?? ""];
@@ -49,11 +53,14 @@ export function guardConnections(
     malformed({ [LogKey.reason]: error.code }, { socket });
     socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
   });
-  return beyondCap;
+  return capCheck;
 }
 
-/** Whether a connection came while its address held its cap of connections. */
-export type BeyondCap = (socket: Socket) => boolean;
+/**
+ * What to do with a request to `path` on a connection, as far as its address's cap goes: go on
+ * (the connection is within the cap), answer it and close the connection, or close it unanswered.
+ */
+export type CapCheck = (socket: Socket, path: string) => "within" | "answer-and-close" | "close";
 
 /**
  * Turns `answer` into a request handler that answers one request at a time per connection,
@@ -62,7 +69,7 @@ export type BeyondCap = (socket: Socket) => boolean;
 export function pacedResponder(
   answer: (request: IncomingMessage) => Promise<Answer>,
   logger: Logger,
-  beyondCap: BeyondCap,
+  capCheck: CapCheck,
 ): (request: IncomingMessage, response: ServerResponse) => Promise<void> {
   const turns = new WeakMap<Socket, number>();
   const pace = async (socket: Socket) => {
@@ -85,15 +92,12 @@ export function pacedResponder(
       socket.destroy();
       return;
     }
-    if (beyondCap(socket)) {
-      // Whoever holds an address's connections (any local user, or a hostNetwork pod, shares the
-      // node's address with the kubelet's probes) cannot starve the probes: a probe beyond the
-      // cap is answered, at once (its connection's first request), and its connection closed, so
-      // it holds nothing. Anything else beyond the cap is closed unanswered.
-      if (!PROBE_PATHS.has(pathOf(request.url ?? ""))) {
-        socket.destroy();
-        return;
-      }
+    const cap = capCheck(socket, pathOf(request.url ?? ""));
+    if (cap === "close") {
+      socket.destroy();
+      return;
+    }
+    if (cap === "answer-and-close") {
       response.setHeader("connection", "close");
       response.once("finish", () => socket.end());
     }
@@ -117,29 +121,57 @@ export function pacedResponder(
 }
 
 /**
- * Marks a connection that comes while `max` others from its remote address are open; it is not
- * counted among them. Bun's node:http shows a connection to JavaScript at its first request, so
- * that is when it is counted: a connection that never sends a request counts against the
- * server's cap only, until its idle close.
+ * Counts the connections of each remote address; one that comes while `max` others from its
+ * address are open is not counted among them, and is closed at its first request, unanswered,
+ * unless that request is a probe's. Whoever holds an address's connections (any local user, or a
+ * hostNetwork pod, shares the node's address with the kubelet's probes) then cannot starve the
+ * probes: a probe beyond the cap is answered at once (its connection's first request) and its
+ * connection closed, so it holds nothing, up to PROBES_BEYOND_CAP_PER_SECOND for the address.
+ *
+ * Bun's node:http shows a connection to JavaScript at its first request, and runs that request's
+ * handler right after, before any setImmediate callback: one beyond the cap that has no request
+ * by then (one that sent nothing, shown after about a second) is closed at once.
  */
-function limitPerAddress(server: Server, max: number): BeyondCap {
+function limitPerAddress(server: Server, max: number): CapCheck {
   const open = new Map<string, number>();
   const beyond = new WeakSet<Socket>();
+  const requested = new WeakSet<Socket>();
+  const probesBeyond = new Map<string, { second: number; answered: number }>();
+  server.on("request", (request: IncomingMessage) => requested.add(request.socket));
   server.on("connection", (socket: Socket) => {
     const from = socket.remoteAddress ?? "";
     const count = open.get(from) ?? 0;
     if (count >= max) {
       beyond.add(socket);
+      setImmediate(() => {
+        if (!requested.has(socket)) socket.destroy();
+      });
       return;
     }
     open.set(from, count + 1);
     socket.once("close", () => {
       const left = (open.get(from) ?? 1) - 1;
       if (left > 0) open.set(from, left);
-      else open.delete(from);
+      else {
+        open.delete(from);
+        probesBeyond.delete(from);
+      }
     });
   });
-  return (socket) => beyond.has(socket);
+  return (socket, path) => {
+    if (!beyond.has(socket)) return "within";
+    if (!PROBE_PATHS.has(path)) return "close";
+    const from = socket.remoteAddress ?? "";
+    const second = Math.floor(performance.now() / 1_000);
+    const budget = probesBeyond.get(from);
+    if (budget === undefined || budget.second !== second) {
+      probesBeyond.set(from, { second, answered: 1 });
+      return "answer-and-close";
+    }
+    if (budget.answered >= PROBES_BEYOND_CAP_PER_SECOND) return "close";
+    budget.answered++;
+    return "answer-and-close";
+  };
 }
 
 function send(response: ServerResponse, { status, body, contentType = TEXT }: Answer): void {
