@@ -5,21 +5,19 @@ import { ANY_USER, parseWorkloadUser } from "../ops/workload-user.ts";
 import { unknownFlags } from "./argv.ts";
 import {
   agentChecks,
-  type Check,
-  capabilityCheck,
-  type DoctorOptions,
-  driverChecks,
-  givenPolicyCheck,
-  kubeletChecks,
   labelChecks,
-  pluginNameCheck,
-  programChecks,
-  registrationDirectoryCheck,
-  socketDirectoryCheck,
-  socketDirectorySafetyCheck,
   socketDirPathCheck,
   submountChecks,
-} from "./doctor-checks.ts";
+} from "./doctor-agent-directory.ts";
+import type { Check, DoctorOptions } from "./doctor-checks.ts";
+import {
+  driverChecks,
+  givenPolicyCheck,
+  socketDirectoryCheck,
+  socketDirectorySafetyCheck,
+} from "./doctor-csi-socket.ts";
+import { kubeletChecks, pluginNameCheck, registrationDirectoryCheck } from "./doctor-kubelet.ts";
+import { capabilityCheck, programChecks } from "./doctor-programs.ts";
 import { exit, settingsOrExit } from "./exit.ts";
 import { startInspector } from "./inspector.ts";
 import { argsOf, ConfigError, listValues, readSetting, SETTINGS } from "./settings.ts";

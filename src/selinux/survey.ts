@@ -1,24 +1,29 @@
 import {
-  accessSync,
   closeSync,
   constants,
   type Dir,
   fstatSync,
-  lstatSync,
   opendirSync,
   openSync,
-  readFileSync,
   readlinkSync,
-  type Stats,
 } from "node:fs";
 import { join } from "node:path";
-import { O_PATH, readMountId } from "../linux/descriptors.ts";
+import { O_PATH } from "../linux/descriptors.ts";
 import { isErrno } from "../linux/errno.ts";
 import { changedLately } from "../linux/file-operations.ts";
 import { stillWorking } from "../linux/inspector.ts";
-import { type MountInfo, readMountTable } from "../linux/mountinfo.ts";
-import { usableByContainers } from "./context.ts";
-import { fileLabel, getLabel, setFileLabel } from "./xattr.ts";
+import type { MountInfo } from "../linux/mountinfo.ts";
+import { EntryLabeller } from "./entry-labeller.ts";
+import {
+  holderOf,
+  mountRootLabel,
+  mountsIn,
+  mountTable,
+  readEnforce,
+  writable,
+} from "./survey-reads.ts";
+
+export { NOT_LABELLED } from "./entry-labeller.ts";
 
 /**
  * What the Workload API directory holds for pods, and its SELinux labels: read, and with
@@ -41,7 +46,8 @@ import { fileLabel, getLabel, setFileLabel } from "./xattr.ts";
  * An unchanged directory costs a stat: the answer is kept, keyed by the directory's inode,
  * modification and change times, whether it is writable and (with --recursive-bind) the mounts
  * in it. An entry that is replaced while it is labelled (the agent re-creating its socket) is
- * read again under its name.
+ * read again under its name. What is decided for each entry is in ./entry-labeller.ts; what is
+ * read of the node besides the entries, in ./survey-reads.ts.
  */
 
 export interface SurveyArgs {
@@ -67,9 +73,6 @@ export interface Unusable extends Labelled {
   /** Why it is not usable: could not be labelled (the errno's code), or NOT_LABELLED. */
   error: string;
 }
-
-/** An Unusable's error when only reading: its label is not one for containers. */
-export const NOT_LABELLED = "not labelled";
 
 export interface LeftAlone {
   path: string;
@@ -110,9 +113,6 @@ export interface Survey {
 const LISTED = 20;
 // Past this many entries the rest is not looked at: the directory is the agent's, not a store.
 export const MAX_ENTRIES = 1_000_000;
-// A name replaced again each time it is read is given up on after this many reads (it is
-// labelled at the next survey).
-const READS_PER_ENTRY = 3;
 
 let kept: { key: string; survey: Survey } | undefined;
 
@@ -251,245 +251,4 @@ function surveyDirectory(
     }
   }
   return survey;
-}
-
-interface Recorder {
-  labelled(path: string): void;
-  unusable(entry: Unusable): void;
-  leftAlone(path: string, why: string): void;
-  seen(path: string, label: string | undefined): void;
-}
-
-/**
- * Reads each entry's kind, owner, links and label by its path (two system calls, the common
- * case of an entry labelled already), and sets a label only through a descriptor of the inode
- * that was checked, opened under the directory held open: a name swapped meanwhile for a link to
- * a file elsewhere is never labelled, it is read again.
- */
-class EntryLabeller {
-  private readonly usable = new Map<string | undefined, boolean>();
-
-  constructor(
-    private readonly args: SurveyArgs,
-    private readonly record: Recorder,
-  ) {}
-
-  /** Whether a label is usable by containers, memoised: a directory holds few distinct ones. */
-  isUsable(label: string | undefined): boolean {
-    let usable = this.usable.get(label);
-    if (usable === undefined) {
-      usable = usableByContainers(label, this.args.context);
-      this.usable.set(label, usable);
-    }
-    return usable;
-  }
-
-  /**
-   * The entry `name`: `path` reads it (by the directory's location), `held` opens it (through
-   * the directory's descriptor), `shown` names it in messages.
-   */
-  entry(path: string, held: string, shown: string, owner: number): void {
-    for (let read = 0; read < READS_PER_ENTRY; read++) {
-      let stat: Stats;
-      let label: string | undefined;
-      try {
-        stat = lstatSync(path);
-        const why = leaveAlone(stat, owner);
-        if (why) {
-          this.record.leftAlone(shown, why);
-          return;
-        }
-        label = getLabel(path);
-      } catch (error) {
-        // Removed since it was listed: nothing to label.
-        if (isErrno(error, "ENOENT")) return;
-        this.record.unusable({ path: shown, label: null, error: errorCode(error) });
-        return;
-      }
-      const listed = stat.isSocket();
-      if (this.isUsable(label)) {
-        if (listed) this.record.seen(shown, label);
-        return;
-      }
-      if (!this.args.write) {
-        if (listed) this.record.seen(shown, label);
-        this.record.unusable({ path: shown, label: label ?? null, error: NOT_LABELLED });
-        return;
-      }
-      if (this.labelHeld(held, shown, { stat, label }, owner, listed)) return;
-      // Replaced since it was read (the agent re-created it): read again.
-    }
-  }
-
-  /** Labels the entry through a descriptor, if it is still the inode read; false if it is not. */
-  private labelHeld(
-    held: string,
-    shown: string,
-    read: { stat: Stats; label: string | undefined },
-    owner: number,
-    listed: boolean,
-  ): boolean {
-    let fd: number;
-    try {
-      fd = openSync(held, O_PATH | constants.O_NOFOLLOW);
-    } catch (error) {
-      if (isErrno(error, "ENOENT")) return true;
-      this.record.unusable({ path: shown, label: null, error: errorCode(error) });
-      return true;
-    }
-    try {
-      const stat = fstatSync(fd);
-      if (stat.ino !== read.stat.ino || stat.dev !== read.stat.dev) return false;
-      // The same inode: its links and owner are checked again, on the descriptor.
-      const why = leaveAlone(stat, owner);
-      if (why) {
-        this.record.leftAlone(shown, why);
-        return true;
-      }
-      // Its label was read a moment ago, by path, from this very inode.
-      this.set(fd, shown, read.label, listed);
-      return true;
-    } finally {
-      closeSync(fd);
-    }
-  }
-
-  private set(fd: number, path: string, label: string | undefined, listed: boolean): void {
-    try {
-      setFileLabel(fd, this.args.context);
-      if (listed) this.record.seen(path, this.args.context);
-      this.record.labelled(path);
-    } catch (error) {
-      if (listed) this.record.seen(path, label);
-      this.record.unusable({ path, label: label ?? null, error: errorCode(error) });
-    }
-  }
-
-  /** Reads the label of the open file (the directory) and, if it is not usable, sets it. */
-  label(fd: number, path: string, listed: boolean): void {
-    let label: string | undefined;
-    try {
-      label = fileLabel(fd);
-    } catch (error) {
-      this.record.unusable({ path, label: null, error: errorCode(error) });
-      return;
-    }
-    if (this.isUsable(label)) {
-      if (listed) this.record.seen(path, label);
-      return;
-    }
-    if (!this.args.write) {
-      if (listed) this.record.seen(path, label);
-      this.record.unusable({ path, label: label ?? null, error: NOT_LABELLED });
-      return;
-    }
-    this.set(fd, path, label, listed);
-  }
-}
-
-/** Why an entry is not the agent's to label, or undefined when it is. */
-function leaveAlone(stat: Stats, owner: number): string | undefined {
-  const kind = stat.isSocket()
-    ? "socket"
-    : stat.isSymbolicLink()
-      ? "symbolic link"
-      : stat.isFile()
-        ? "file"
-        : stat.isDirectory()
-          ? "directory"
-          : undefined;
-  if (kind === undefined) return "neither a socket, a link, a file nor a directory";
-  if (kind !== "directory" && stat.nlink > 1) {
-    return `a hard link (${stat.nlink} names): labelling it would label the ${kind} under its other names too`;
-  }
-  if (stat.uid !== owner) {
-    return `owned by uid ${stat.uid}, not by the directory's owner (uid ${owner})`;
-  }
-  return undefined;
-}
-
-/** The label of a mount root, read and never set. */
-function mountRootLabel(
-  mountPoint: string,
-  args: SurveyArgs,
-): Labelled & { usable: boolean; error?: string } {
-  let fd: number;
-  try {
-    fd = openSync(mountPoint, O_PATH | constants.O_NOFOLLOW);
-  } catch (error) {
-    return { path: mountPoint, label: null, usable: false, error: errorCode(error) };
-  }
-  try {
-    const label = fileLabel(fd);
-    return {
-      path: mountPoint,
-      label: label ?? null,
-      usable: usableByContainers(label, args.context),
-    };
-  } catch (error) {
-    return { path: mountPoint, label: null, usable: false, error: errorCode(error) };
-  } finally {
-    closeSync(fd);
-  }
-}
-
-function errorCode(error: unknown): string {
-  const { code, message } = error as NodeJS.ErrnoException;
-  return code ?? message;
-}
-
-/** Whether the file system under `path` takes writes (a read-only mount answers EROFS). */
-function writable(path: string): boolean {
-  try {
-    accessSync(path, constants.W_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-async function mountTable(): Promise<MountInfo[]> {
-  try {
-    return await readMountTable();
-  } catch {
-    // Too large to read: entries are then opened whatever they are, as before.
-    return [];
-  }
-}
-
-/** The mounts below `location` (not the one it is on), sorted by mount point. */
-function mountsIn(table: MountInfo[], location: string): MountInfo[] {
-  const inside = location.endsWith("/") ? location : `${location}/`;
-  return table
-    .filter((mount) => mount.mountPoint.startsWith(inside))
-    .sort((a, b) => (a.mountPoint < b.mountPoint ? -1 : 1));
-}
-
-/** The mount the open directory is on, for the node's path of it. */
-function holderOf(table: MountInfo[], fd: number): Survey["holder"] {
-  let mountId: number;
-  try {
-    mountId = readMountId(fd);
-  } catch {
-    return undefined;
-  }
-  const mount = table.find((each) => each.mountId === mountId);
-  return (
-    mount && {
-      root: mount.root,
-      mountPoint: mount.mountPoint,
-      fsType: mount.fsType,
-      source: mount.source,
-    }
-  );
-}
-
-/** /sys/fs/selinux/enforce, read each time: a node may switch modes while the driver runs. */
-function readEnforce(): Survey["enforce"] {
-  try {
-    const text = readFileSync("/sys/fs/selinux/enforce", "latin1").trim();
-    return text === "1" || text === "0" ? text : null;
-  } catch {
-    return null;
-  }
 }

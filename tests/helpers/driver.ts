@@ -1,5 +1,6 @@
 // The harness: starts the compiled driver as a process, the way a DaemonSet or systemd would,
 // waits for it on conditions, and stops it. Every test that runs the binary goes through here.
+import { setDefaultTimeout } from "bun:test";
 import { existsSync, lstatSync, mkdtempSync, readFileSync, readlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -174,17 +175,6 @@ function isSocket(path: string): boolean {
   }
 }
 
-/**
- * A TCP port on 127.0.0.1 that was free a moment ago: the operating system picks it (a bind to
- * port 0), so that tests running at once never pick the same one.
- */
-export function freePort(): number {
-  const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const port = listener.port;
-  listener.stop(true);
-  return port;
-}
-
 export function tempDir(prefix: string): string {
   return mkdtempSync(join(tmpdir(), `spiffe-csi-${prefix}-`));
 }
@@ -214,4 +204,14 @@ function parentOf(pid: string): number {
   // /proc/<pid>/stat: "pid (comm) state ppid ..."; comm may hold spaces, so split after ")".
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
   return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+}
+
+/**
+ * The set-up of a test file of real mounts and real processes: it runs in a private mount
+ * namespace (see above), and every test and hook gets `timeoutMs`, generous for a loaded machine
+ * (each waits on the driver's process and the mount/umount processes it spawns).
+ */
+export function mountTestFile(timeoutMs = 120_000): void {
+  assertPrivateMountNamespace();
+  setDefaultTimeout(timeoutMs);
 }

@@ -73,11 +73,3 @@ function complete(raw: string): boolean {
   const length = /^content-length: *(\d+)/im.exec(raw.slice(0, split))?.[1];
   return length !== undefined && raw.length - split - 4 >= Number(length);
 }
-
-/** A TCP port on the loopback address that nothing listens on now, chosen by the OS. */
-export function freePort(): number {
-  const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const chosen = listener.port;
-  listener.stop(true);
-  return chosen;
-}

@@ -1,24 +1,22 @@
 // The doctor where the README says to run it, in the driver's container: what only the registrar
 // sees is skipped, saying why; the agent's socket is checked against the workloads' user; the
 // pod policy in force is printed.
-import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
 import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { Check } from "../../../src/cli/doctor-checks.ts";
 import { AGENT_SOCKET, startAgent } from "../../helpers/agent.ts";
 import {
-  assertPrivateMountNamespace,
   BINARY,
   DriverProcess,
+  mountTestFile,
   startDriver,
   tempDir,
   waitServing,
 } from "../../helpers/driver.ts";
 import { waitFor } from "../../helpers/wait.ts";
 
-assertPrivateMountNamespace();
-// Every test here starts the binary (the driver or the doctor) and waits on it.
-setDefaultTimeout(120_000);
+mountTestFile();
 
 const root = tempDir("doctor");
 const agentDir = join(root, "agent");

@@ -1,5 +1,5 @@
 // Real binary, real grpc-js client, real bind mounts, inside a private mount namespace.
-import { describe, expect, setDefaultTimeout, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import {
   existsSync,
   mkdirSync,
@@ -16,7 +16,7 @@ import {
   VolumeUsage_Unit,
 } from "../../../src/gen/csi/v1/csi_pb.ts";
 import { talkToAgent } from "../../helpers/agent.ts";
-import { assertPrivateMountNamespace, clients, runBinary } from "../../helpers/driver.ts";
+import { clients, mountTestFile, runBinary } from "../../helpers/driver.ts";
 import { invalidPublishRequests } from "../../helpers/invalid.ts";
 import {
   mountsAt,
@@ -30,9 +30,7 @@ import {
 import { rpcFailure } from "../../helpers/rpc.ts";
 import { testbed } from "../../helpers/testbed.ts";
 
-assertPrivateMountNamespace();
-// Every test here waits on the driver's process and on mount/umount processes it spawns.
-setDefaultTimeout(120_000);
+mountTestFile();
 
 const bed = testbed("node");
 const { root, socketDir, kubeletRoot } = bed;

@@ -17,7 +17,7 @@ import { join, resolve } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { parseMountInfo } from "../../../src/linux/mountinfo.ts";
 import { talkToAgent } from "../../helpers/agent.ts";
-import { assertPrivateMountNamespace, freePort } from "../../helpers/driver.ts";
+import { assertPrivateMountNamespace } from "../../helpers/driver.ts";
 import {
   DRIVER_NAME,
   mountsAt,
@@ -29,6 +29,7 @@ import {
   statsRequest,
   unpublishRequest,
 } from "../../helpers/kubelet.ts";
+import { freePort } from "../../helpers/port.ts";
 import { testbed } from "../../helpers/testbed.ts";
 import { waitFor } from "../../helpers/wait.ts";
 

@@ -1,15 +1,15 @@
 // Who gets the Workload API: --allow rules enforced by the real binary on the exact requests the
 // kubelet sends, the audit line of every publish and unpublish in both log formats, and the
 // refusal counter.
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { talkToAgent } from "../../helpers/agent.ts";
 import {
-  assertPrivateMountNamespace,
   clients,
   type DriverProcess,
+  mountTestFile,
   spawnDriver,
   startDriver,
 } from "../../helpers/driver.ts";
@@ -17,19 +17,18 @@ import {
   mountsAt,
   type PodVolume,
   podVolume,
-  prepareVolume,
+  preparedVolume,
   publishRequest,
   removeVolume,
   unpublishRequest,
 } from "../../helpers/kubelet.ts";
 import { rawControl } from "../../helpers/logs.ts";
+import { freePort } from "../../helpers/port.ts";
 import { rpcFailure } from "../../helpers/rpc.ts";
 import { testbed } from "../../helpers/testbed.ts";
 import { waitFor } from "../../helpers/wait.ts";
 
-assertPrivateMountNamespace();
-// Every test here waits on the driver's process and on mount/umount processes it spawns.
-setDefaultTimeout(120_000);
+mountTestFile();
 
 const bed = testbed("policy");
 
@@ -57,11 +56,8 @@ function publishWithoutPodInfo(volume: PodVolume) {
   return request;
 }
 
-function preparedVolume(name: string): PodVolume {
-  const volume = podVolume(join(bed.root, name));
-  prepareVolume(volume);
-  return volume;
-}
+/** A pod volume, prepared, below a kubelet root of its own. */
+const volumeIn = (name: string): PodVolume => preparedVolume(join(bed.root, name));
 
 /** The audit lines a driver logged in JSON, parsed. */
 function auditRecords(driver: DriverProcess): Record<string, unknown>[] {
@@ -89,14 +85,6 @@ function untouched(volume: PodVolume): void {
   expect(existsSync(volume.targetPath)).toBe(false);
   expect(readdirSync(volume.volumeDir)).toEqual(["vol_data.json"]);
   expect(mountsAt(volume.targetPath)).toBe(0);
-}
-
-/** A TCP port on the loopback address that nothing listens on now. */
-function freePort(): number {
-  const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const port = listener.port;
-  listener.stop(true);
-  return port;
 }
 
 describe("with --allow rules", () => {
@@ -160,7 +148,7 @@ describe("with --allow rules", () => {
     ["NAMESPACE/* (any service account)", { namespace: "team-c", serviceAccount: "default" }],
     ["a second rule of a comma list", { namespace: "team-d", serviceAccount: "reader" }],
   ])("admits a pod by %s, and audits publish and unpublish", async (_, identity) => {
-    const volume = preparedVolume("allowed");
+    const volume = volumeIn("allowed");
     const pod = { ...identity, name: `pod-${volume.podUid.slice(0, 8)}` };
     await node.nodePublishVolume(publishFor(volume, pod));
     expect(mountsAt(volume.targetPath)).toBe(1);
@@ -218,7 +206,7 @@ describe("with --allow rules", () => {
   ])(
     "refuses %s: PERMISSION_DENIED naming the pod; nothing mounted or created",
     async (_, identity, remedy) => {
-      const volume = preparedVolume("refused");
+      const volume = volumeIn("refused");
       const pod = { ...identity, name: "web-0" };
       const error = await rpcFailure(node.nodePublishVolume(publishFor(volume, pod)));
       expect(error.code).toBe(status.PERMISSION_DENIED);
@@ -257,7 +245,7 @@ describe("with --allow rules", () => {
   });
 
   test("without the pod's identity (no podInfoOnMount): FAILED_PRECONDITION saying so", async () => {
-    const volume = preparedVolume("no-pod-info");
+    const volume = volumeIn("no-pod-info");
     const error = await rpcFailure(node.nodePublishVolume(publishWithoutPodInfo(volume)));
     expect(error.code).toBe(status.FAILED_PRECONDITION);
     expect(error.details).toBe(
@@ -274,7 +262,7 @@ describe("with --allow rules", () => {
   });
 
   test("a pod uid that is not the target path's is INVALID_ARGUMENT, even for an allowed pod", async () => {
-    const volume = preparedVolume("mismatch");
+    const volume = volumeIn("mismatch");
     const other = podVolume(bed.root).podUid;
     const request = publishFor(volume, {
       namespace: "team-a",
@@ -315,7 +303,7 @@ describe("without --allow rules", () => {
   });
 
   test("every pod is admitted, with pod information or without", async () => {
-    const volume = preparedVolume("open");
+    const volume = volumeIn("open");
     await node.nodePublishVolume(
       publishFor(volume, { namespace: "anywhere", name: "any-0", serviceAccount: "any" }),
     );
@@ -328,7 +316,7 @@ describe("without --allow rules", () => {
   });
 
   test("the text audit line carries the pod's identity", async () => {
-    const volume = preparedVolume("text");
+    const volume = volumeIn("text");
     await node.nodePublishVolume(
       publishFor(volume, { namespace: "team-a", name: "web-0", serviceAccount: "web" }),
     );
@@ -358,7 +346,7 @@ describe("without --allow rules", () => {
   });
 
   test("a mismatched pod uid is INVALID_ARGUMENT without rules too", async () => {
-    const volume = preparedVolume("mismatch-open");
+    const volume = volumeIn("mismatch-open");
     const request = publishRequest(volume);
     request.volumeContext["csi.storage.k8s.io/pod.uid"] = "not-the-uid";
     const error = await rpcFailure(node.nodePublishVolume(request));
@@ -372,7 +360,7 @@ describe("rules tightened while a pod runs", () => {
   test("its volume stays; the re-publish is refused; its unpublish removes it", async () => {
     const csiSocketPath = join(bed.root, "tightened", "csi.sock");
     const { node } = clients(csiSocketPath);
-    const volume = preparedVolume("tightened");
+    const volume = volumeIn("tightened");
     const pod = { namespace: "team-b", name: "web-0", serviceAccount: "web" };
     const open = await startDriver({ workloadApiSocketDir: bed.socketDir, csiSocketPath });
     await node.nodePublishVolume(publishFor(volume, pod));
@@ -408,7 +396,7 @@ describe.each(["text", "json"] as const)("hostile pod names, %s logs", (format) 
       args: ["--log-format", format, "--allow", "team-a"],
     });
     const { node } = clients(csiSocketPath);
-    const volume = preparedVolume(`hostile-${format}`);
+    const volume = volumeIn(`hostile-${format}`);
     const pod = { namespace: FORGED, name: FORGED, serviceAccount: FORGED };
     const error = await rpcFailure(node.nodePublishVolume(publishFor(volume, pod)));
     expect(error.code).toBe(status.PERMISSION_DENIED);

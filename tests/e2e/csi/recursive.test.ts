@@ -5,7 +5,7 @@
 // container: the agent's directory a slave there (HostToContainer), the kubelet root shared
 // (Bidirectional). A pod is a namespace that takes its copy of the target as a slave. A
 // read-only tmpfs in the agent's directory stands in for SPIFFEFS.
-import { describe, expect, setDefaultTimeout, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import {
   existsSync,
   mkdirSync,
@@ -20,12 +20,7 @@ import { status } from "@grpc/grpc-js";
 import type { Subprocess } from "bun";
 import type { Check } from "../../../src/cli/doctor-checks.ts";
 import { startAgent, talkToAgent } from "../../helpers/agent.ts";
-import {
-  assertPrivateMountNamespace,
-  clients,
-  type DriverProcess,
-  runBinary,
-} from "../../helpers/driver.ts";
+import { clients, type DriverProcess, mountTestFile, runBinary } from "../../helpers/driver.ts";
 import {
   mountsUnder,
   type PodVolume,
@@ -37,9 +32,7 @@ import { rpcFailure } from "../../helpers/rpc.ts";
 import { testbed } from "../../helpers/testbed.ts";
 import { waitFor } from "../../helpers/wait.ts";
 
-assertPrivateMountNamespace();
-// Generous for a loaded machine: covers every test and hook of this file.
-setDefaultTimeout(120_000);
+mountTestFile();
 
 const bed = testbed("recursive", { agent: false });
 const { root } = bed;

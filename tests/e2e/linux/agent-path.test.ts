@@ -3,7 +3,7 @@
 // on the way. The attack it stops: an agent run as a non-root user that owns the directory's
 // parent swaps the directory for a link to a host directory, which every pod published afterwards
 // would get.
-import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
 import {
   chmodSync,
   chownSync,
@@ -22,28 +22,24 @@ import type { Check } from "../../../src/cli/doctor-checks.ts";
 import { getLabel, setLabel } from "../../../src/selinux/xattr.ts";
 import { startAgent, talkToAgent } from "../../helpers/agent.ts";
 import {
-  assertPrivateMountNamespace,
   BINARY,
   clients,
   type DriverProcess,
+  mountTestFile,
   startDriver,
   tempDir,
 } from "../../helpers/driver.ts";
-import { freePort } from "../../helpers/http.ts";
 import {
   mountsUnder,
-  type PodVolume,
-  podVolume,
-  prepareVolume,
+  preparedVolume,
   publishRequest,
   removeVolume,
   unpublishRequest,
 } from "../../helpers/kubelet.ts";
+import { freePort } from "../../helpers/port.ts";
 import { rpcFailure } from "../../helpers/rpc.ts";
 
-assertPrivateMountNamespace();
-// Generous for a loaded machine: covers every test and hook of this file.
-setDefaultTimeout(120_000);
+mountTestFile();
 
 const AGENT_UID = 1000;
 const HOST_LABEL = "system_u:object_r:shadow_t:s0";
@@ -79,15 +75,9 @@ async function driverFor(socketDir: string, args: string[] = []) {
   return clients(csiSocketPath).node;
 }
 
-function preparedVolume(): PodVolume {
-  const volume = podVolume(kubeletRoot);
-  prepareVolume(volume);
-  return volume;
-}
-
 /** Publishes, checks the pod reaches the agent, unpublishes. */
 async function publishes(node: ReturnType<typeof clients>["node"]): Promise<void> {
-  const volume = preparedVolume();
+  const volume = preparedVolume(kubeletRoot);
   await node.nodePublishVolume(publishRequest(volume));
   expect(await talkToAgent(volume.targetPath)).toBe("pong ping");
   await node.nodeUnpublishVolume(unpublishRequest(volume));
@@ -96,7 +86,7 @@ async function publishes(node: ReturnType<typeof clients>["node"]): Promise<void
 
 /** A refused publish: its status, and nothing at the target. */
 async function refused(node: ReturnType<typeof clients>["node"]) {
-  const volume = preparedVolume();
+  const volume = preparedVolume(kubeletRoot);
   const error = await rpcFailure(node.nodePublishVolume(publishRequest(volume)));
   expect(existsSync(volume.targetPath)).toBe(false);
   expect(mountsUnder(volume.volumeDir)).toBe(0);

@@ -2,33 +2,27 @@
 // requests and answers none, ../helpers/fuse-server.ts): the driver's calls into the directory
 // run in a child process with a deadline, so the call that needs the file system answers
 // UNAVAILABLE within seconds and nothing else waits: not /healthz, not other calls, not SIGTERM.
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { AGENT_SOCKET, startAgent } from "../../helpers/agent.ts";
 import {
-  assertPrivateMountNamespace,
   BINARY,
   clients,
   type DriverProcess,
+  mountTestFile,
   tempDir,
 } from "../../helpers/driver.ts";
 import { FuseMount } from "../../helpers/fuse.ts";
-import { freePort, probe } from "../../helpers/http.ts";
-import {
-  podVolume,
-  prepareVolume,
-  publishRequest,
-  unpublishRequest,
-} from "../../helpers/kubelet.ts";
+import { probe } from "../../helpers/http.ts";
+import { preparedVolume, publishRequest, unpublishRequest } from "../../helpers/kubelet.ts";
+import { freePort } from "../../helpers/port.ts";
 import { rpcFailure } from "../../helpers/rpc.ts";
 import { selinuxInputs, startOnSelinuxNode } from "../../helpers/selinux.ts";
 import { waitFor } from "../../helpers/wait.ts";
 
-assertPrivateMountNamespace();
-// Generous for a loaded machine: covers every test and hook of this file.
-setDefaultTimeout(120_000);
+mountTestFile();
 
 // How long the driver lets a check into the directory stay silent (--inspect-timeout).
 const TIMEOUT_S = 2;
@@ -82,12 +76,6 @@ async function startDriver(name: string, args: string[]) {
   return { driver, healthPort, csiSocketPath };
 }
 
-function newVolume() {
-  const volume = podVolume(kubeletRoot);
-  prepareVolume(volume);
-  return volume;
-}
-
 /** The processes whose parent is `pid`. */
 function childrenOf(pid: number): number[] {
   return readdirSync("/proc")
@@ -114,7 +102,9 @@ describe("--recursive-bind, labelling: pods would see the hung file system", () 
   test("a publish answers UNAVAILABLE within seconds, naming the file system; /healthz, Probe and other calls answer meanwhile", async () => {
     const { node, identity } = clients(csiSocketPath);
     const started = performance.now();
-    const publishing = rpcFailure(node.nodePublishVolume(publishRequest(newVolume())));
+    const publishing = rpcFailure(
+      node.nodePublishVolume(publishRequest(preparedVolume(kubeletRoot))),
+    );
     let answeredWhile = 0;
     let done = false;
     void publishing.finally(() => {
@@ -126,7 +116,7 @@ describe("--recursive-bind, labelling: pods would see the hung file system", () 
       expect(await identity.probe({})).toMatchObject({});
       await node.nodeGetCapabilities({});
       // Another volume's unpublish: never published, so OK at once.
-      const other = newVolume();
+      const other = preparedVolume(kubeletRoot);
       await node.nodeUnpublishVolume(unpublishRequest(other));
       answeredWhile++;
     }
@@ -141,7 +131,9 @@ describe("--recursive-bind, labelling: pods would see the hung file system", () 
     // stuck in the kernel stay bounded.
     for (let round = 0; round < 4; round++) {
       const again = performance.now();
-      const next = await rpcFailure(node.nodePublishVolume(publishRequest(newVolume())));
+      const next = await rpcFailure(
+        node.nodePublishVolume(publishRequest(preparedVolume(kubeletRoot))),
+      );
       expect(next.code).toBe(status.UNAVAILABLE);
       expect(performance.now() - again).toBeLessThan(WITHIN_MS);
     }
@@ -186,7 +178,7 @@ describe("--recursive-bind, labelling: pods would see the hung file system", () 
     const { node } = clients(csiSocketPath);
     await waitFor("a publish to succeed", async () => {
       try {
-        await node.nodePublishVolume(publishRequest(newVolume()));
+        await node.nodePublishVolume(publishRequest(preparedVolume(kubeletRoot)));
         return true;
       } catch (error) {
         // Until the stuck checks end, new ones are not started.
@@ -203,7 +195,9 @@ describe("--recursive-bind, labelling: pods would see the hung file system", () 
     const asked = (await fuse.counts())["22"] ?? 0;
     // A change in the directory: the next check reads it again, the file system's label too.
     writeFileSync(join(socketDir, "agent.conf"), "");
-    const publishing = node.nodePublishVolume(publishRequest(newVolume())).catch(() => {});
+    const publishing = node
+      .nodePublishVolume(publishRequest(preparedVolume(kubeletRoot)))
+      .catch(() => {});
     // The publish's check is now waiting on the file system.
     await waitFor("the check to reach the file system", async () => {
       return ((await fuse.counts())["22"] ?? 0) > asked;
@@ -222,8 +216,8 @@ describe("without --recursive-bind: pods never see the hung file system, and the
   test("publishes succeed and /readyz is ready while it hangs", async () => {
     const { healthPort, csiSocketPath } = await startDriver("plain", []);
     const { node } = clients(csiSocketPath);
-    await node.nodePublishVolume(publishRequest(newVolume()));
-    await node.nodePublishVolume(publishRequest(newVolume()));
+    await node.nodePublishVolume(publishRequest(preparedVolume(kubeletRoot)));
+    await node.nodePublishVolume(publishRequest(preparedVolume(kubeletRoot)));
     node.close();
     const readyz = await waitFor("/readyz to answer 200", async () => {
       const answer = await probe(healthPort, "/readyz", WITHIN_MS);

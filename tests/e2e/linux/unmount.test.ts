@@ -2,7 +2,7 @@
 // directory it covers: plain `umount` (no --lazy), which libmount runs without reading the mount
 // table. Anything else (a mount in use, one made before the driver started, a kubelet root on a
 // file system `umount` cannot name from statfs) is detached lazily, through a descriptor.
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import {
   chmodSync,
   closeSync,
@@ -20,25 +20,21 @@ import { openDirectory } from "../../../src/linux/descriptors.ts";
 import { CommandMounter } from "../../../src/linux/mounter.ts";
 import { startAgent } from "../../helpers/agent.ts";
 import {
-  assertPrivateMountNamespace,
   clients,
   type DriverProcess,
+  mountTestFile,
   startDriver,
   tempDir,
 } from "../../helpers/driver.ts";
 import {
   mountsAt,
   mountsUnder,
-  type PodVolume,
-  podVolume,
-  prepareVolume,
+  preparedVolume,
   publishRequest,
   unpublishRequest,
 } from "../../helpers/kubelet.ts";
 
-assertPrivateMountNamespace();
-// Every test here waits on drivers and on the mount/umount processes they spawn.
-setDefaultTimeout(120_000);
+mountTestFile();
 
 const root = tempDir("unmount");
 const socketDir = join(root, "agent-sockets");
@@ -143,18 +139,12 @@ afterAll(async () => {
   rmSync(root, { recursive: true, force: true });
 }, 60_000);
 
-function preparedVolume(at = kubeletRoot): PodVolume {
-  const volume = podVolume(at);
-  prepareVolume(volume);
-  return volume;
-}
-
 const FAST = "--internal-only --no-mtab /proc/self/fd/3";
 const LAZY = "--no-canonicalize --lazy /proc/self/fd/3";
 
 describe("unpublishing a volume this driver published", () => {
   test("runs umount without --lazy, which reads no mount table; mount and directory are gone", async () => {
-    const volume = preparedVolume();
+    const volume = preparedVolume(kubeletRoot);
     await node.nodePublishVolume(publishRequest(volume));
     umountRuns();
     await node.nodeUnpublishVolume(unpublishRequest(volume));
@@ -166,7 +156,7 @@ describe("unpublishing a volume this driver published", () => {
   });
 
   test("after a re-publish and a repaired stale mount, still without --lazy", async () => {
-    const volume = preparedVolume();
+    const volume = preparedVolume(kubeletRoot);
     await node.nodePublishVolume(publishRequest(volume));
     // A kubelet restart: nothing new is mounted.
     await node.nodePublishVolume(publishRequest(volume));
@@ -178,7 +168,7 @@ describe("unpublishing a volume this driver published", () => {
   });
 
   test("in use: detached lazily after the plain umount is refused; an open file stays readable", async () => {
-    const volume = preparedVolume();
+    const volume = preparedVolume(kubeletRoot);
     await node.nodePublishVolume(publishRequest(volume));
     const file = openSync(join(volume.targetPath, "bundle.pem"), "r");
     try {
@@ -199,7 +189,7 @@ describe("unpublishing a volume this driver published", () => {
 
   test("published by an earlier driver process: detached lazily through the mount's root", async () => {
     const earlier = await driverAt("earlier");
-    const volume = preparedVolume();
+    const volume = preparedVolume(kubeletRoot);
     await earlier.node.nodePublishVolume(publishRequest(volume));
     earlier.node.close();
     await earlier.driver.stop();
@@ -221,7 +211,7 @@ describe("unpublishing a volume this driver published", () => {
   });
 
   test("the driver keeps no descriptor of an unpublished volume's directory", async () => {
-    const volume = preparedVolume();
+    const volume = preparedVolume(kubeletRoot);
     await node.nodePublishVolume(publishRequest(volume));
     const held = () => descriptorsOn(driver.proc.pid, volume.targetPath);
     expect(held()).toBe(1);

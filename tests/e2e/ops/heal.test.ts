@@ -7,17 +7,17 @@
 // as it is at that moment, is bound read-only at the container's path, with the kubelet root a
 // peer of the node's (Bidirectional). The standalone DaemonSet mounts the parent instead; a
 // re-created parent strands the driver the same way, and the driver heals the same way.
-import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, rmdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import type { UnixSocketListener } from "bun";
 import { startAgent, talkToAgent } from "../../helpers/agent.ts";
 import {
-  assertPrivateMountNamespace,
   BINARY,
   clients,
   DriverProcess,
+  mountTestFile,
   startDriver,
   tempDir,
   waitServing,
@@ -25,8 +25,8 @@ import {
 import {
   mountsAt,
   mountsUnder,
-  type PodVolume,
   podVolume,
+  preparedVolume,
   prepareVolume,
   publishRequest,
   removeVolume,
@@ -35,9 +35,7 @@ import {
 import { rpcFailure } from "../../helpers/rpc.ts";
 import { waitFor } from "../../helpers/wait.ts";
 
-assertPrivateMountNamespace();
-// Generous for a loaded machine: covers every test and hook of this file.
-setDefaultTimeout(120_000);
+mountTestFile();
 
 // The exit status of a driver that stops so that its container restarts.
 const EXIT_RESTART = 75;
@@ -124,12 +122,6 @@ async function startContainer(
   return driver;
 }
 
-function preparedVolume(): PodVolume {
-  const volume = podVolume(kubeletRoot);
-  prepareVolume(volume);
-  return volume;
-}
-
 describe("SPIRE's chart: the directory itself bound read-only into the driver's container", () => {
   const nodeDir = join(root, "chart-node", "agent-sockets");
   const containerDir = join(root, "chart-container", "spire-agent-socket");
@@ -204,7 +196,7 @@ describe("SPIRE's chart: the directory itself bound read-only into the driver's 
     expect(stderr).toContain("restarting so that the container gets the node's current directory");
     const again = await startContainer(nodeDir, containerDir, containerDir, csiSocketPath, 1);
     const { node } = clients(csiSocketPath);
-    const volume = preparedVolume();
+    const volume = preparedVolume(kubeletRoot);
     await node.nodePublishVolume(publishRequest(volume));
     expect(await talkToAgent(volume.targetPath)).toBe("pong ping");
     await node.nodeUnpublishVolume(unpublishRequest(volume));
@@ -232,7 +224,7 @@ describe("the standalone DaemonSet: the directory's parent mounted", () => {
     const { identity, node } = clients(csiSocketPath);
     removeOnNode(join(nodeParent, "agent-sockets"));
     createOnNode(join(nodeParent, "agent-sockets"));
-    const volume = preparedVolume();
+    const volume = preparedVolume(kubeletRoot);
     await node.nodePublishVolume(publishRequest(volume));
     expect(await talkToAgent(volume.targetPath, "same driver")).toBe("pong same driver");
     await node.nodeUnpublishVolume(unpublishRequest(volume));
@@ -249,7 +241,7 @@ describe("the standalone DaemonSet: the directory's parent mounted", () => {
     removeOnNode(join(nodeParent, "agent-sockets"));
     rmdirSync(nodeParent);
     createOnNode(join(nodeParent, "agent-sockets"));
-    const volume = preparedVolume();
+    const volume = preparedVolume(kubeletRoot);
     const error = await rpcFailure(node.nodePublishVolume(publishRequest(volume)));
     expect(error.code).toBe(status.UNAVAILABLE);
     expect(error.details).toContain(
@@ -279,7 +271,7 @@ test("a directory that merely does not exist yet restarts nothing: UNAVAILABLE u
   });
   drivers.push(driver);
   const { identity, node } = clients(csiSocketPath);
-  const volume = preparedVolume();
+  const volume = preparedVolume(kubeletRoot);
   // Past the back-off and a check of the driver's own, the answer is the same and the driver
   // is the same process.
   for (const _ of [1, 2]) {

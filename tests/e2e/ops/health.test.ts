@@ -3,9 +3,10 @@ import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import { readdirSync, readFileSync, renameSync } from "node:fs";
 import { join } from "node:path";
 import { startAgent } from "../../helpers/agent.ts";
-import { assertPrivateMountNamespace, clients, freePort } from "../../helpers/driver.ts";
+import { assertPrivateMountNamespace, clients } from "../../helpers/driver.ts";
 import { type RawAnswer, rawRequest } from "../../helpers/http.ts";
 import { publishRequest, unpublishRequest } from "../../helpers/kubelet.ts";
+import { freePort } from "../../helpers/port.ts";
 import { testbed } from "../../helpers/testbed.ts";
 import { waitFor } from "../../helpers/wait.ts";
 

@@ -9,7 +9,8 @@ import { join } from "node:path";
 import type { UnixSocketListener } from "bun";
 import { startAgent } from "../../helpers/agent.ts";
 import { type DriverProcess, startDriver, tempDir } from "../../helpers/driver.ts";
-import { freePort, probe, rawRequest } from "../../helpers/http.ts";
+import { probe, rawRequest } from "../../helpers/http.ts";
+import { freePort } from "../../helpers/port.ts";
 import { waitFor } from "../../helpers/wait.ts";
 
 // Generous for a loaded machine: covers every test and hook of this file.

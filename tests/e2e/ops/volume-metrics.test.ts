@@ -1,14 +1,14 @@
 // The volume and readiness gauges of the real binary tell what the node shows, not what the driver
 // remembers: targets unmounted or removed behind its back, an agent directory replaced, removed
 // or seen stale, and an agent gone, each show in /metrics as the stats and /readyz tell it.
-import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
 import { mkdirSync, renameSync, rmdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { startAgent } from "../../helpers/agent.ts";
 import {
-  assertPrivateMountNamespace,
   clients,
   type DriverProcess,
+  mountTestFile,
   startDriver,
   tempDir,
 } from "../../helpers/driver.ts";
@@ -23,8 +23,7 @@ import {
 import { freePort } from "../../helpers/port.ts";
 import { PATIENCE_MS, waitFor } from "../../helpers/wait.ts";
 
-assertPrivateMountNamespace();
-setDefaultTimeout(120_000);
+mountTestFile();
 
 const root = tempDir("volume-metrics");
 const kubelet = join(root, "kubelet");

@@ -15,8 +15,9 @@ import {
 import { join } from "node:path";
 import type { Socket } from "bun";
 import type { Check } from "../../../src/cli/doctor-checks.ts";
-import { assertPrivateMountNamespace, clients, freePort, runBinary } from "../../helpers/driver.ts";
+import { assertPrivateMountNamespace, clients, runBinary } from "../../helpers/driver.ts";
 import { mountsAt, publishRequest, unpublishRequest } from "../../helpers/kubelet.ts";
+import { freePort } from "../../helpers/port.ts";
 import { testbed } from "../../helpers/testbed.ts";
 import { waitFor } from "../../helpers/wait.ts";
 

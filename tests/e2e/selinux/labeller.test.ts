@@ -1,15 +1,16 @@
 // SELinux labels on the Workload API directory: the real binary sets the real `security.selinux`
 // attribute (the kernel stores it on tmpfs even without a policy loaded), read back here with
 // lgetxattr. Everything runs inside a private mount namespace, on a tmpfs mounted for the file.
-import { describe, expect, setDefaultTimeout, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { mkdirSync, readdirSync, rmdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import type { Check } from "../../../src/cli/doctor-checks.ts";
 import { getLabel, setLabel } from "../../../src/selinux/xattr.ts";
 import { AGENT_SOCKET, startAgent, talkToAgent } from "../../helpers/agent.ts";
-import { assertPrivateMountNamespace, clients, freePort, runBinary } from "../../helpers/driver.ts";
+import { clients, mountTestFile, runBinary } from "../../helpers/driver.ts";
 import { type PodVolume, publishRequest, unpublishRequest } from "../../helpers/kubelet.ts";
+import { freePort } from "../../helpers/port.ts";
 import { rpcFailure } from "../../helpers/rpc.ts";
 import {
   CONTAINER_FILE,
@@ -20,9 +21,7 @@ import {
 import { testbed } from "../../helpers/testbed.ts";
 import { waitFor } from "../../helpers/wait.ts";
 
-assertPrivateMountNamespace();
-// Generous for a loaded machine: covers every test and hook of this file.
-setDefaultTimeout(120_000);
+mountTestFile();
 
 const bed = testbed("selinux", { agent: false });
 const { root } = bed;

@@ -23,8 +23,9 @@ import {
   tempDir,
 } from "../../helpers/driver.ts";
 import { FuseMount } from "../../helpers/fuse.ts";
-import { freePort, probe } from "../../helpers/http.ts";
+import { probe } from "../../helpers/http.ts";
 import { podVolume, prepareVolume, publishRequest } from "../../helpers/kubelet.ts";
+import { freePort } from "../../helpers/port.ts";
 import { rpcFailure } from "../../helpers/rpc.ts";
 import {
   CONTAINER_FILE,

@@ -12,10 +12,10 @@
 // The load runs in a process of its own (tests/helpers/http-load.ts). 2,000 connections need more
 // descriptors than a default open-file limit of 1,024 gives, on both ends: the load process is
 // started under `prlimit --nofile`, and the driver's limit is raised with `prlimit --pid` (root).
-import { expect, setDefaultTimeout, test } from "bun:test";
+import { expect, test } from "bun:test";
 import { mkdirSync, readdirSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { assertPrivateMountNamespace, clients, freePort } from "../../helpers/driver.ts";
+import { clients, mountTestFile } from "../../helpers/driver.ts";
 import { probe } from "../../helpers/http.ts";
 import {
   publishRequest,
@@ -23,11 +23,10 @@ import {
   residentMemory,
   unpublishRequest,
 } from "../../helpers/kubelet.ts";
+import { freePort } from "../../helpers/port.ts";
 import { testbed } from "../../helpers/testbed.ts";
 
-assertPrivateMountNamespace();
-// Generous for a loaded machine: covers every test and hook of this file.
-setDefaultTimeout(120_000);
+mountTestFile();
 
 const CLIENTS = 2_000;
 const LOAD_SECONDS = 8;

@@ -9,7 +9,8 @@ import { PublishedVolumes } from "../../../src/csi/census.ts";
 import { startHealthServer } from "../../../src/ops/health.ts";
 import { createLogger } from "../../../src/ops/log.ts";
 import { Metrics } from "../../../src/ops/metrics.ts";
-import { freePort, rawRequest } from "../../helpers/http.ts";
+import { rawRequest } from "../../helpers/http.ts";
+import { freePort } from "../../helpers/port.ts";
 import { testbed } from "../../helpers/testbed.ts";
 import { waitFor } from "../../helpers/wait.ts";
 
