@@ -137,11 +137,25 @@ function limitPerAddress(server: Server, max: number): CapCheck {
   const beyond = new WeakSet<Socket>();
   const requested = new WeakSet<Socket>();
   const probesBeyond = new Map<string, { second: number; answered: number }>();
+  // Connections beyond an address's cap still open (waiting for their first request, or being
+  // answered): at most `max` more, so that a flood's descriptors stay bounded by twice the cap.
+  const waitingBeyond = new Map<string, number>();
   server.on("request", (request: IncomingMessage) => requested.add(request.socket));
   server.on("connection", (socket: Socket) => {
     const from = socket.remoteAddress ?? "";
     const count = open.get(from) ?? 0;
     if (count >= max) {
+      const waiting = waitingBeyond.get(from) ?? 0;
+      if (waiting >= max) {
+        socket.destroy();
+        return;
+      }
+      waitingBeyond.set(from, waiting + 1);
+      socket.once("close", () => {
+        const left = (waitingBeyond.get(from) ?? 1) - 1;
+        if (left > 0) waitingBeyond.set(from, left);
+        else waitingBeyond.delete(from);
+      });
       beyond.add(socket);
       setImmediate(() => {
         if (!requested.has(socket)) socket.destroy();
