@@ -72,9 +72,10 @@ describe("Inspector", () => {
   }, 30_000);
 
   test("work that says it progresses may take longer than the timeout; so may an await", async () => {
-    const child = inspector(500);
-    expect(await child.run("work", { ms: 2_000 })).toBeGreaterThan(0);
-    expect(await child.run("wait", { ms: 2_000 })).toBe("waited");
+    // Four times the timeout, with a timeout that leaves a loaded machine room for the signs.
+    const child = inspector(2_000);
+    expect(await child.run("work", { ms: 8_000 })).toBeGreaterThan(0);
+    expect(await child.run("wait", { ms: 8_000 })).toBe("waited");
   }, 30_000);
 
   test("a crashed child fails its call with its stderr; the next call gets a new one", async () => {
