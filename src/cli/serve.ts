@@ -143,32 +143,34 @@ async function setUp(config: Config, mounter: Mounter, logger: Logger): Promise<
     pluginName: config.pluginName,
     workloadApiSocketDir: config.workloadApiSocketDir,
     allowSymlinkedSocketDir: config.allowSymlinkedSocketDir,
-    onSourceRemoved: (problem) => {
-      const inMs = restart.request(problem);
-      if (inMs === undefined) return;
-      // In a container only a restart mounts the node's directory again; the container runtime
-      // (or systemd) starts the driver again after it exits.
-      logger.error(
-        "the Workload API directory the driver sees was removed on the node; restarting so that the container gets the node's current directory",
-        {
-          [LogKey.path]: config.workloadApiSocketDir,
-          [LogKey.reason]: problem,
-          [LogKey.restartInMs]: inMs,
-          [LogKey.exitStatus]: EXIT_RESTART,
-        },
-      );
-    },
-    mounter,
-    onMountFailure: (operation) => metrics?.mountFailed(operation),
-    inspector,
-    labeller,
-    onLabelFailure: (mode) => metrics?.labellingFailed(mode),
     recursiveBind: config.recursiveBind,
     allowWritableSubmounts: config.allowWritableSubmounts,
+    mounter,
+    inspector,
+    labeller,
     policy: config.policy,
-    audit: (record) => {
-      logAudit(record);
-      if (record.outcome === "refused") metrics?.publishRefused(record.pod.namespace);
+    events: {
+      mountFailed: (operation) => metrics?.mountFailed(operation),
+      labelFailed: (mode) => metrics?.labellingFailed(mode),
+      sourceRemoved: (problem) => {
+        const inMs = restart.request(problem);
+        if (inMs === undefined) return;
+        // In a container only a restart mounts the node's directory again; the container
+        // runtime (or systemd) starts the driver again after it exits.
+        logger.error(
+          "the Workload API directory the driver sees was removed on the node; restarting so that the container gets the node's current directory",
+          {
+            [LogKey.path]: config.workloadApiSocketDir,
+            [LogKey.reason]: problem,
+            [LogKey.restartInMs]: inMs,
+            [LogKey.exitStatus]: EXIT_RESTART,
+          },
+        );
+      },
+      audit: (record) => {
+        logAudit(record);
+        if (record.outcome === "refused") metrics?.publishRefused(record.pod.namespace);
+      },
     },
   });
   checkSourceAtStart(node, restart, config, logger);

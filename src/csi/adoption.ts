@@ -1,9 +1,8 @@
-import { type DirectoryHandle, openDirectory } from "../linux/descriptors.ts";
-import { inspectEntry, sameInode } from "../linux/inspect.ts";
+import type { DirectoryHandle } from "../linux/descriptors.ts";
+import { sameInode } from "../linux/inspect.ts";
 import { type MountInfo, MountTableTooLarge, readMountTable } from "../linux/mountinfo.ts";
-import { KUBELET_CSI_VOLUME_PATH, openVolumeDir, TARGET_NAME } from "./kubelet.ts";
+import { KUBELET_CSI_VOLUME_PATH, openVolumeDir } from "./kubelet.ts";
 import { openSourceIfThere, type SourceOptions } from "./source.ts";
-import { release } from "./target.ts";
 
 /**
  * The volumes published before this process started, by volume key with their volume directory
@@ -26,11 +25,9 @@ export async function adoptPublished(options: SourceOptions): Promise<[string, D
     if (!KUBELET_CSI_VOLUME_PATH.test(mount.mountPoint)) continue;
     try {
       using volume = openVolumeDir(mount.mountPoint);
-      const state = inspectEntry(volume.handle, TARGET_NAME);
-      if (state.kind === "directory" && sameInode(state.handle, source)) {
-        volumes.push([volume.key, openDirectory(volume.handle.path)]);
-      }
-      release(state);
+      using state = volume.target();
+      const held = state.kind === "directory" && sameInode(state.dir, source) && volume.hold();
+      if (held) volumes.push([volume.key, held]);
     } catch {
       // Not readable now: not counted.
     }

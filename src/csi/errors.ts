@@ -1,7 +1,7 @@
 import { status } from "@grpc/grpc-js";
 import { MountCommandError } from "../linux/mounter.ts";
 import { RpcError } from "../rpc/status.ts";
-import type { VolumePathError } from "./kubelet.ts";
+import type { VolumePathError } from "./host.ts";
 
 /**
  * The errors the CSI services answer with, built in one place. Each message names the field or

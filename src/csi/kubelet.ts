@@ -1,9 +1,15 @@
-import { closeSync, constants, fstatSync, openSync } from "node:fs";
+import { closeSync, constants, fstatSync, mkdirSync, openSync, rmdirSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { join } from "node:path";
 import { type DirectoryHandle, O_PATH, openDirectory, openEntry } from "../linux/descriptors.ts";
 import { isErrno } from "../linux/errno.ts";
-import { classifyOpenError } from "../linux/inspect.ts";
+import {
+  classifyOpenError,
+  type Directory,
+  inspectEntry,
+  type TargetState,
+} from "../linux/inspect.ts";
+import { type Volume, type VolumeData, VolumePathError } from "./host.ts";
 
 /**
  * Where the kubelet asks for an inline CSI volume:
@@ -27,45 +33,56 @@ export const TARGET_NAME = "mount";
 // The kubelet writes a few hundred bytes; anything larger is not its record.
 const MAX_VOLUME_DATA_BYTES = 64 * 1024;
 
-/** What the kubelet records beside the target before publishing: <volume-dir>/vol_data.json. */
-export interface VolumeData {
-  driverName?: string;
-  volumeHandle?: string;
-}
-
-/** The volume directory of a target path could not be opened as the kubelet made it. */
-export class VolumePathError extends Error {
-  override name = "VolumePathError";
+/** The target's volume directory, held open (see Volume in ./host.ts). */
+export class VolumeDirectory implements Volume {
+  readonly targetLocation: string;
 
   constructor(
-    /** What is at `path`: nothing, a symbolic link, or something that is not a directory. */
-    readonly kind: "missing" | "symlink" | "not-directory",
-    /** The first path on the way that is not a directory. */
-    readonly path: string,
-  ) {
-    super(`${path}: ${kind}`);
-  }
-}
-
-/** The target's parent (<kubelet-root>/pods/<uid>/volumes/kubernetes.io~csi/<volume>), held open. */
-export class VolumeDirectory implements Disposable {
-  constructor(
-    readonly handle: DirectoryHandle,
+    private readonly handle: DirectoryHandle,
     /** Where the walk found it, with every link above the kubelet root resolved. */
-    readonly location: string,
-  ) {}
+    location: string,
+  ) {
+    this.targetLocation = join(location, TARGET_NAME);
+  }
 
-  /** The volume's identity: its volume directory's (device, inode), whatever path names it. */
   get key(): string {
     return `${this.handle.dev}:${this.handle.ino}`;
   }
 
-  /**
-   * Whether `target` (opened inside this directory) is still the target where the walk found the
-   * volume: neither it nor any directory above it was renamed or removed since.
-   */
-  holdsTarget(target: DirectoryHandle): boolean {
-    return target.location() === join(this.location, TARGET_NAME);
+  target(): TargetState {
+    return inspectEntry(this.handle, TARGET_NAME);
+  }
+
+  createTarget(mode: number): boolean {
+    try {
+      mkdirSync(this.handle.entry(TARGET_NAME), { mode });
+    } catch (error) {
+      if (isErrno(error, "EEXIST")) return false;
+      throw error;
+    }
+    return true;
+  }
+
+  removeTarget(): void {
+    // Only the last name is looked up again, inside the volume directory held open; rmdir
+    // never follows a link there.
+    rmdirSync(this.handle.entry(TARGET_NAME));
+  }
+
+  holds(dir: Directory): boolean {
+    return dir.location() === this.targetLocation;
+  }
+
+  record(): Promise<VolumeData | undefined> {
+    return readVolumeData(this.handle);
+  }
+
+  hold(): DirectoryHandle | undefined {
+    try {
+      return openDirectory(this.handle.path);
+    } catch {
+      return undefined;
+    }
   }
 
   [Symbol.dispose](): void {
@@ -98,9 +115,8 @@ export function openVolumeDir(targetPath: string): VolumeDirectory {
       try {
         next = openEntry(current, name);
       } catch (error) {
-        const state = classifyOpenError(current.entry(name), error);
         const at = join(kubeletRoot, ...names.slice(0, index + 1));
-        throw new VolumePathError(state.kind === "directory" ? "missing" : state.kind, at);
+        throw new VolumePathError(classifyOpenError(current.entry(name), error), at);
       }
       current.close();
       current = next;

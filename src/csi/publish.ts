@@ -1,254 +1,260 @@
-import { chmodSync, mkdirSync, readdirSync, rmdirSync } from "node:fs";
-import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
-import type { DirectoryHandle } from "../linux/descriptors.ts";
-import { isErrno } from "../linux/errno.ts";
-import {
-  type DirectoryState,
-  inspectEntry,
-  sameInode,
-  type TargetState,
-} from "../linux/inspect.ts";
+import { type Directory, sameInode, type TargetDirectory } from "../linux/inspect.ts";
+import type { Mounter } from "../linux/mounter.ts";
 import type { MountTree } from "../linux/submounts.ts";
 import { RpcError } from "../rpc/status.ts";
 import { commandFailed, failedPrecondition, fs, internal, quote, unavailable } from "./errors.ts";
-import { TARGET_NAME, type VolumeData, type VolumeDirectory } from "./kubelet.ts";
-import type { NodeServiceOptions } from "./node.ts";
-import { disentangle, makeSlave, mountTrees, recursiveSource } from "./recursive.ts";
-import { openSource } from "./source.ts";
-import { checkInPlace, directoryAt, release, volumeRecord } from "./target.ts";
-import { unmountAll } from "./unpublish.ts";
+import type { Labeller, NodeEvents, NodeHost, Volume, VolumeData } from "./host.ts";
+import type { RecursiveBinds } from "./recursive.ts";
+import { checkInPlace, targetDirectory, volumeRecord } from "./target.ts";
+import type { Unpublisher } from "./unpublish.ts";
 
 // The kubelet creates <volume-name>/ with 0750; the mount directory gets the same.
 const TARGET_DIR_MODE = 0o750;
 
-/**
- * NodePublishVolume: bind-mounts the Workload API directory at the target, creating the target
- * directory if needed. A target that already shows the directory is published already.
- */
-export async function publish(
-  options: NodeServiceOptions,
-  volumeId: string,
-  targetPath: string,
-  volume: VolumeDirectory,
-): Promise<void> {
-  using source = openSource(options);
-  await ensureLabels(options, source);
-  const record = await volumeRecord(volume, targetPath);
-  checkRecord(options.pluginName, record, volumeId, targetPath);
-  const created = createTarget(volume, targetPath);
-  const publication = new Publication(options, volume, targetPath, source, created);
-  try {
-    if (!(await publication.prepare(record))) await publication.bind();
-  } finally {
-    publication.release();
-  }
+/** What a publish is given: the node service's parts it uses, and two of its settings. */
+export interface PublisherParts {
+  host: NodeHost;
+  mounter: Mounter;
+  events: NodeEvents;
+  unpublisher: Unpublisher;
+  labeller?: Labeller;
+  recursive?: RecursiveBinds;
+  pluginName: string;
+  workloadApiSocketDir: string;
 }
 
 /**
- * SELinux labels, when the driver sets them: what the directory held open needs is labelled.
- * A failure fails the publish only where pods would be denied (an enforcing node); a check that
- * did not answer (a file system in the directory that hangs) is UNAVAILABLE.
+ * NodePublishVolume, after validation and the pod policy: bind-mounts the Workload API directory
+ * at the target, creating the target directory if needed. Its steps, in the order they run:
+ * open the source, label it, check the kubelet's record, ready the target, bind, check the bind.
+ * A target that already shows the directory is published already.
  */
-async function ensureLabels(options: NodeServiceOptions, source: DirectoryHandle): Promise<void> {
-  const outcome = await options.labeller?.ensure(source.sharedPath);
-  switch (outcome?.kind) {
-    case "refused":
-      options.onLabelFailure?.("enforcing");
-      throw failedPrecondition(outcome.problem);
-    case "best-effort":
-      options.onLabelFailure?.("permissive");
-      return;
-    case "unknown":
-      throw unavailable(outcome.problem);
-  }
-}
+export class Publisher {
+  constructor(private readonly parts: PublisherParts) {}
 
-/** The kubelet's record says whose volume the target belongs to: it must be this one. */
-function checkRecord(
-  pluginName: string,
-  record: VolumeData | undefined,
-  volumeId: string,
-  targetPath: string,
-): void {
-  if (record?.driverName !== undefined && record.driverName !== pluginName) {
-    throw failedPrecondition(
-      `target_path ${quote(targetPath)} belongs to a volume of driver ${quote(record.driverName)}`,
-    );
+  async publish(volumeId: string, targetPath: string, volume: Volume): Promise<void> {
+    using source = this.openSource();
+    await this.label(source);
+    const record = await this.checkRecord(volume, volumeId, targetPath);
+    const created = this.createTarget(volume, targetPath);
+    let tree: MountTree | undefined;
+    {
+      using target = await this.readyTarget(volume, targetPath, source, created, record);
+      if (sameInode(target.dir, source)) {
+        // Published already: a kubelet restart re-publishes every volume, and mounting again
+        // would stack one more mount at each restart.
+        await this.parts.recursive?.disentangle(volume, targetPath, target, source);
+        return;
+      }
+      tree = await this.recursiveTree(volume, source, created);
+      await this.bind(volume, targetPath, source, target.dir, created);
+    }
+    using bound = this.checkBound(volume, targetPath, source, created);
+    if (tree) await this.settleTree(volume, targetPath, source, bound, tree, created);
   }
-  if (record?.volumeHandle !== undefined && record.volumeHandle !== volumeId) {
-    throw new RpcError(
-      status.ALREADY_EXISTS,
-      `target_path ${quote(targetPath)} belongs to volume ${quote(record.volumeHandle)}, not ${quote(volumeId)}`,
-    );
-  }
-}
 
-/** Creates the target directory (the kubelet creates only its parent); true if it did. */
-function createTarget(volume: VolumeDirectory, targetPath: string): boolean {
-  try {
-    mkdirSync(volume.handle.entry(TARGET_NAME), { mode: TARGET_DIR_MODE });
-  } catch (error) {
-    if (isErrno(error, "EEXIST")) return false;
-    throw internal(`creating target_path ${quote(targetPath)}: ${(error as Error).message}`, error);
-  }
-  return true;
-}
-
-/** One publish of one target, from the target directory held open to the bind checked. */
-class Publication {
-  private target: DirectoryState;
-
-  constructor(
-    private readonly options: NodeServiceOptions,
-    private readonly volume: VolumeDirectory,
-    private readonly targetPath: string,
-    private readonly source: DirectoryHandle,
-    /** This call created the target directory: a failed bind removes it again. */
-    private readonly created: boolean,
-  ) {
-    this.target = directoryAt(volume, targetPath, "publish");
+  /** The Workload API directory held open, or its status: UNAVAILABLE, FAILED_PRECONDITION. */
+  private openSource(): Directory {
+    const source = this.parts.host.openSource();
+    if (!source.ok) throw new RpcError(source.code, source.problem);
+    return source.dir;
   }
 
   /**
-   * Readies the target for the bind; true when it shows the Workload API directory already. A
-   * kubelet restart re-publishes every volume, and mounting again would stack one more mount at
-   * each restart. A mount of a directory removed and re-created since is stale: it goes.
+   * SELinux labels, when the driver sets them: what the directory held open needs is labelled.
+   * A failure fails the publish only where pods would be denied (an enforcing node); a check that
+   * did not answer (a file system in the directory that hangs) is UNAVAILABLE.
    */
-  async prepare(record: VolumeData | undefined): Promise<boolean> {
-    const { volume, targetPath, source } = this;
-    let target = this.target;
-    if (this.created) {
-      // Through the handle: the directory that was opened, not whatever the name leads to now.
-      const handlePath = target.handle.path;
-      fs(`setting the mode of ${quote(targetPath)}`, () => chmodSync(handlePath, TARGET_DIR_MODE));
+  private async label(source: Directory): Promise<void> {
+    const outcome = await this.parts.labeller?.ensure(source.sharedPath);
+    switch (outcome?.kind) {
+      case "refused":
+        this.parts.events.labelFailed("enforcing");
+        throw failedPrecondition(outcome.problem);
+      case "best-effort":
+        this.parts.events.labelFailed("permissive");
+        return;
+      case "unknown":
+        throw unavailable(outcome.problem);
     }
-    if (!sameInode(target.handle, source)) {
+  }
+
+  /** The kubelet's record says whose volume the target belongs to: it must be this one. */
+  private async checkRecord(
+    volume: Volume,
+    volumeId: string,
+    targetPath: string,
+  ): Promise<VolumeData | undefined> {
+    const record = await volumeRecord(volume, targetPath);
+    const { pluginName } = this.parts;
+    if (record?.driverName !== undefined && record.driverName !== pluginName) {
+      throw failedPrecondition(
+        `target_path ${quote(targetPath)} belongs to a volume of driver ${quote(record.driverName)}`,
+      );
+    }
+    if (record?.volumeHandle !== undefined && record.volumeHandle !== volumeId) {
+      throw new RpcError(
+        status.ALREADY_EXISTS,
+        `target_path ${quote(targetPath)} belongs to volume ${quote(record.volumeHandle)}, not ${quote(volumeId)}`,
+      );
+    }
+    return record;
+  }
+
+  /** Creates the target directory (the kubelet creates only its parent); true if it did. */
+  private createTarget(volume: Volume, targetPath: string): boolean {
+    return fs(`creating target_path ${quote(targetPath)}`, () =>
+      volume.createTarget(TARGET_DIR_MODE),
+    );
+  }
+
+  /**
+   * The target, held open and ready for the bind: a stale mount there (of a directory removed
+   * and re-created since) is removed first, and a directory with contents is refused. It shows
+   * the Workload API directory when published already.
+   */
+  private async readyTarget(
+    volume: Volume,
+    targetPath: string,
+    source: Directory,
+    created: boolean,
+    record: VolumeData | undefined,
+  ): Promise<TargetDirectory> {
+    const target = targetDirectory(volume, targetPath, "publish");
+    try {
+      if (created) {
+        fs(`setting the mode of ${quote(targetPath)}`, () =>
+          this.parts.host.chmod(target.dir, TARGET_DIR_MODE),
+        );
+      }
+      if (sameInode(target.dir, source)) return target;
       if (target.mountPoint) {
-        target = await unmountAll(this.options, volume, targetPath, target, source, record);
-        this.target = target;
-      } else if (!this.created && !isEmptyDirectory(target.handle, targetPath)) {
+        return await this.parts.unpublisher.unmountAll(volume, targetPath, target, source, record);
+      }
+      const empty =
+        created || fs(`listing ${quote(targetPath)}`, () => this.parts.host.isEmpty(target.dir));
+      if (!empty) {
         throw failedPrecondition(
           `target_path ${quote(targetPath)} is a directory with contents and not a mount point; refusing to mount over it`,
         );
       }
+      return target;
+    } catch (error) {
+      target[Symbol.dispose]();
+      throw error;
     }
-    if (!sameInode(target.handle, source)) return false;
-    await disentangle(this.options, volume, targetPath, target, source);
-    return true;
   }
 
-  /** Binds the Workload API directory at the target, and checks that the target shows it. */
-  async bind(): Promise<void> {
-    const { options, volume, targetPath, source } = this;
-    const socketDir = options.workloadApiSocketDir;
-    let sourceTree: MountTree | undefined;
-    if (options.recursiveBind) {
-      try {
-        sourceTree = await recursiveSource(options, source);
-      } catch (error) {
-        this.abandon();
-        throw error;
-      }
-    }
-    const { target } = this;
-    checkInPlace(volume, target.handle, targetPath);
+  /** With --recursive-bind: the directory's mount tree, checked before the bind copies it. */
+  private async recursiveTree(
+    volume: Volume,
+    source: Directory,
+    created: boolean,
+  ): Promise<MountTree | undefined> {
     try {
-      // The host-side mount stays read-write: the agent may re-create its socket in the
-      // directory, and the driver may have to label it. Pods get it read-only, because
-      // validation insists on a read-only volume, which the kubelet mounts read-only into the
-      // pod's containers.
-      await options.mounter.bindMount(
-        { fd: source.fd, path: socketDir },
-        { fd: target.handle.fd, path: targetPath },
-        options.recursiveBind,
-      );
+      return await this.parts.recursive?.sourceTree(source);
     } catch (error) {
-      this.abandon();
-      options.onMountFailure?.("mount");
-      throw commandFailed(`bind-mounting ${quote(socketDir)} at ${quote(targetPath)}`, error);
+      this.abandon(volume, source, created);
+      throw error;
     }
-    const bound = await this.verify(target);
-    if (sourceTree && sourceTree.peerGroups.length > 0) {
-      await makeSlave(options, volume, targetPath, bound);
-    }
-    if (sourceTree && !options.allowWritableSubmounts) await this.checkBoundTree(bound);
   }
 
   /**
-   * With --recursive-bind: the tree the bind copied, checked again. A read-write file system
-   * mounted in the directory between the check of its tree and the bind was copied too, and would
-   * reach pods writable: the bind is taken back. It is a slave by now (or was never a peer), so
-   * unmounting it unmounts nothing of the agent's.
+   * Binds the Workload API directory at the target. The host-side mount stays read-write: the
+   * agent may re-create its socket in the directory, and the driver may have to label it. Pods
+   * get it read-only, because validation insists on a read-only volume, which the kubelet mounts
+   * read-only into the pod's containers.
    */
-  private async checkBoundTree(bound: DirectoryState): Promise<void> {
-    const { options, volume, targetPath, source } = this;
-    const location = join(volume.location, TARGET_NAME);
-    const [tree] = await mountTrees({ mountId: bound.handle.mountId, location });
-    const writable = tree?.writable ?? [];
-    if (writable.length === 0) return;
+  private async bind(
+    volume: Volume,
+    targetPath: string,
+    source: Directory,
+    target: Directory,
+    created: boolean,
+  ): Promise<void> {
+    const { mounter, workloadApiSocketDir: socketDir, recursive } = this.parts;
+    checkInPlace(volume, target, targetPath);
     try {
-      await options.mounter.unmount({ fd: bound.handle.fd, path: targetPath });
+      await mounter.bindMount(
+        { fd: source.fd, path: socketDir },
+        { fd: target.fd, path: targetPath },
+        recursive !== undefined,
+      );
     } catch (error) {
-      options.onMountFailure?.("umount");
-      throw commandFailed(`taking back the bind at ${quote(targetPath)}`, error);
+      this.abandon(volume, source, created);
+      this.parts.events.mountFailed("mount");
+      throw commandFailed(`bind-mounting ${quote(socketDir)} at ${quote(targetPath)}`, error);
     }
-    this.abandon();
-    // Named as in the directory, where they have to be changed.
-    const inSource = writable.map((path) => source.location() + path.slice(location.length));
-    throw failedPrecondition(
-      `read-write mounts (${inSource.map(quote).join(", ")}) appeared in the Workload API directory ${quote(options.workloadApiSocketDir)} while it was being bound at ${quote(targetPath)}; the bind is taken back: with --recursive-bind pods would get them writable, since a pod's readOnly covers only the top of the volume: mount them read-only, or start the driver with --allow-writable-submounts`,
-    );
-  }
-
-  /** The target after the bind: where the walk found it, and showing the directory. */
-  private async verify(target: DirectoryState): Promise<DirectoryState> {
-    const { volume, targetPath, source } = this;
-    if (!volume.holdsTarget(target.handle)) {
+    if (!fs(`locating ${quote(targetPath)}`, () => volume.holds(target))) {
       // Moved while `mount` ran: the mount went wherever the directory is now. Take it back.
-      await this.options.mounter.unmount({ fd: target.handle.fd, path: targetPath });
+      await mounter.unmount({ fd: target.fd, path: targetPath });
       throw failedPrecondition(
         `target_path ${quote(targetPath)} was moved while it was being published; refusing to use it`,
       );
     }
-    release(target);
-    this.target = directoryAt(volume, targetPath, "publish");
-    if (!sameInode(this.target.handle, source)) {
-      this.abandon();
+  }
+
+  /** The target after the bind, looked at again: it must show the Workload API directory. */
+  private checkBound(
+    volume: Volume,
+    targetPath: string,
+    source: Directory,
+    created: boolean,
+  ): TargetDirectory {
+    const bound = targetDirectory(volume, targetPath, "publish");
+    if (!sameInode(bound.dir, source)) {
+      bound[Symbol.dispose]();
+      this.abandon(volume, source, created);
       throw internal(
-        `mount reported success, but target_path ${quote(targetPath)} does not show ${quote(this.options.workloadApiSocketDir)}`,
+        `mount reported success, but target_path ${quote(targetPath)} does not show ${quote(this.parts.workloadApiSocketDir)}`,
       );
     }
-    return this.target;
+    return bound;
+  }
+
+  /**
+   * With --recursive-bind: the copied tree made a slave of the directory's peer groups, and
+   * checked again. A read-write file system mounted in the directory between the check of its
+   * tree and the bind was copied too, and would reach pods writable: the bind is taken back. It
+   * is a slave by now (or was never a peer), so unmounting it unmounts nothing of the agent's.
+   */
+  private async settleTree(
+    volume: Volume,
+    targetPath: string,
+    source: Directory,
+    bound: TargetDirectory,
+    tree: MountTree,
+    created: boolean,
+  ): Promise<void> {
+    const recursive = this.parts.recursive;
+    if (!recursive) return;
+    if (tree.peerGroups.length > 0) await recursive.makeSlave(volume, targetPath, bound.dir);
+    const writable = await recursive.writableAt(volume, bound.dir, source);
+    if (writable.length === 0) return;
+    try {
+      await this.parts.mounter.unmount({ fd: bound.dir.fd, path: targetPath });
+    } catch (error) {
+      this.parts.events.mountFailed("umount");
+      throw commandFailed(`taking back the bind at ${quote(targetPath)}`, error);
+    }
+    bound[Symbol.dispose]();
+    this.abandon(volume, source, created);
+    throw failedPrecondition(
+      `read-write mounts (${writable.map(quote).join(", ")}) appeared in the Workload API directory ${quote(this.parts.workloadApiSocketDir)} while it was being bound at ${quote(targetPath)}; the bind is taken back: with --recursive-bind pods would get them writable, since a pod's readOnly covers only the top of the volume: mount them read-only, or start the driver with --allow-writable-submounts`,
+    );
   }
 
   /** After a failed mount: keep a mount that did happen, remove a directory this call made. */
-  private abandon(): void {
-    this.release();
-    if (!this.created) return;
-    let state: TargetState | undefined;
+  private abandon(volume: Volume, source: Directory, created: boolean): void {
+    if (!created) return;
     try {
-      state = inspectEntry(this.volume.handle, TARGET_NAME);
-      if (
-        state.kind === "directory" &&
-        !state.mountPoint &&
-        !sameInode(state.handle, this.source)
-      ) {
-        rmdirSync(this.volume.handle.entry(TARGET_NAME));
+      using state = volume.target();
+      if (state.kind === "directory" && !state.mountPoint && !sameInode(state.dir, source)) {
+        volume.removeTarget();
       }
     } catch {
       // The kubelet removes the directory after a final error anyway.
-    } finally {
-      release(state);
     }
   }
-
-  /** Closes the target's handle (once; closing again does nothing). */
-  release(): void {
-    release(this.target);
-  }
-}
-
-function isEmptyDirectory(directory: DirectoryHandle, path: string): boolean {
-  return fs(`listing ${quote(path)}`, () => readdirSync(directory.path)).length === 0;
 }

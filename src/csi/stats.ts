@@ -4,28 +4,28 @@ import {
   VolumeUsage_Unit as UsageUnit,
   type VolumeConditionSchema,
 } from "../gen/csi/v1/csi_pb.ts";
-import type { DirectoryHandle } from "../linux/descriptors.ts";
-import type { FileSystemUsage } from "../linux/file-operations.ts";
-import { type DirectoryState, type Inode, inspectEntry, sameInode } from "../linux/inspect.ts";
-import { InspectionError } from "../linux/inspector.ts";
+import type { FileOperations, FileSystemUsage } from "../linux/file-operations.ts";
+import { type Directory, type Inode, sameInode, type TargetDirectory } from "../linux/inspect.ts";
+import { type Inspect, InspectionError } from "../linux/inspector.ts";
 import { fs, internal, notFound, quote, unavailable } from "./errors.ts";
-import { TARGET_NAME, type VolumeDirectory } from "./kubelet.ts";
-import type { NodeServiceOptions } from "./node.ts";
-import { inspectSource } from "./source.ts";
-import { release, volumeRecord } from "./target.ts";
+import type { NodeHost, Volume } from "./host.ts";
+import { volumeRecord } from "./target.ts";
 
 type Condition = MessageInitShape<typeof VolumeConditionSchema>;
+type StatsResponse = MessageInitShape<typeof NodeGetVolumeStatsResponseSchema>;
 
 /** NodeGetVolumeStats: the volume's condition and the usage of the file system under it. */
-export async function volumeStats(
-  options: NodeServiceOptions,
-  volumePath: string,
-  volume: VolumeDirectory,
-): Promise<MessageInitShape<typeof NodeGetVolumeStatsResponseSchema>> {
-  const state = fs(`volume stats: inspecting ${quote(volumePath)}`, () =>
-    inspectEntry(volume.handle, TARGET_NAME),
-  );
-  try {
+export class VolumeStats {
+  constructor(
+    private readonly host: NodeHost,
+    /** Runs the looks at a target that shows the agent's directory off the event loop. */
+    private readonly inspector: Inspect<Pick<FileOperations, "statfs" | "listable">>,
+    private readonly pluginName: string,
+    private readonly workloadApiSocketDir: string,
+  ) {}
+
+  async stats(volumePath: string, volume: Volume): Promise<StatsResponse> {
+    using state = fs(`volume stats: inspecting ${quote(volumePath)}`, () => volume.target());
     switch (state.kind) {
       case "missing":
         throw notFound(volumePath, "it does not exist");
@@ -35,15 +35,59 @@ export async function volumeStats(
         throw notFound(volumePath, "it is not a directory");
     }
     const driverName = (await volumeRecord(volume, volumePath))?.driverName;
-    if (driverName !== undefined && driverName !== options.pluginName) {
+    if (driverName !== undefined && driverName !== this.pluginName) {
       throw notFound(volumePath, `it is a volume of driver ${quote(driverName)}`);
     }
     return {
-      usage: await usageOf(options, state.handle, volumePath),
-      volumeCondition: await condition(options, volumePath, state),
+      usage: await this.usageOf(state.dir, volumePath),
+      volumeCondition: await this.condition(volumePath, state),
     };
-  } finally {
-    release(state);
+  }
+
+  private async condition(volumePath: string, state: TargetDirectory): Promise<Condition> {
+    const socketDir = this.workloadApiSocketDir;
+    const abnormal = (message: string): Condition => ({ abnormal: true, message });
+    if (!state.mountPoint) {
+      return abnormal(
+        `${volumePath} is not a mount point: the Workload API directory is not mounted`,
+      );
+    }
+    {
+      const found = this.host.openSource();
+      if (!found.ok) return abnormal(found.problem);
+      using source = found.dir;
+      if (!sameInode(state.dir, source)) {
+        return abnormal(
+          `${volumePath} no longer shows the Workload API directory ${socketDir} (it was removed or replaced after the volume was published); publishing the volume again repairs it`,
+        );
+      }
+    }
+    try {
+      // The target shows the agent's directory: listing it runs off the event loop.
+      await this.inspector.run("listable", { path: state.dir.sharedPath }, "listing");
+    } catch (error) {
+      if (!(error instanceof InspectionError)) throw error;
+      return abnormal(`cannot list ${volumePath}: ${error.message}`);
+    }
+    return { abnormal: false, message: `the Workload API directory ${socketDir} is mounted` };
+  }
+
+  /** Bytes and inodes of the file system under the directory; older kubelets require both. */
+  private async usageOf(directory: Directory, path: string) {
+    let usage: FileSystemUsage;
+    try {
+      usage = await this.inspector.run(
+        "statfs",
+        { path: directory.sharedPath },
+        `statfs ${quote(path)}`,
+      );
+    } catch (error) {
+      if (!(error instanceof InspectionError)) throw error;
+      // Hung: the kubelet asks again at its next round.
+      if (error.code === "ETIMEDOUT" || error.code === "EAGAIN") throw unavailable(error.message);
+      throw internal(error.message, error);
+    }
+    return usageReport(usage);
   }
 }
 
@@ -83,55 +127,7 @@ export function mountProblem(
   return undefined;
 }
 
-async function condition(
-  options: NodeServiceOptions,
-  volumePath: string,
-  state: DirectoryState,
-): Promise<Condition> {
-  const socketDir = options.workloadApiSocketDir;
-  const abnormal = (message: string): Condition => ({ abnormal: true, message });
-  if (!state.mountPoint) {
-    return abnormal(
-      `${volumePath} is not a mount point: the Workload API directory is not mounted`,
-    );
-  }
-  const found = inspectSource(options);
-  if (!found.ok) return abnormal(found.problem);
-  const source = found.handle;
-  try {
-    if (!sameInode(state.handle, source)) {
-      return abnormal(
-        `${volumePath} no longer shows the Workload API directory ${socketDir} (it was removed or replaced after the volume was published); publishing the volume again repairs it`,
-      );
-    }
-  } finally {
-    source.close();
-  }
-  try {
-    // The target shows the agent's directory: listing it runs off the event loop.
-    await options.inspector.run("listable", { path: state.handle.sharedPath }, "listing");
-  } catch (error) {
-    if (!(error instanceof InspectionError)) throw error;
-    return abnormal(`cannot list ${volumePath}: ${error.message}`);
-  }
-  return { abnormal: false, message: `the Workload API directory ${socketDir} is mounted` };
-}
-
-/** Bytes and inodes of the file system under the directory; older kubelets require both. */
-async function usageOf(options: NodeServiceOptions, directory: DirectoryHandle, path: string) {
-  let usage: FileSystemUsage;
-  try {
-    usage = await options.inspector.run(
-      "statfs",
-      { path: directory.sharedPath },
-      `statfs ${quote(path)}`,
-    );
-  } catch (error) {
-    if (!(error instanceof InspectionError)) throw error;
-    // Hung: the kubelet asks again at its next round.
-    if (error.code === "ETIMEDOUT" || error.code === "EAGAIN") throw unavailable(error.message);
-    throw internal(error.message, error);
-  }
+function usageReport(usage: FileSystemUsage) {
   const stats = {
     bsize: BigInt(usage.bsize),
     blocks: BigInt(usage.blocks),

@@ -1,22 +1,14 @@
-import type { DirectoryHandle } from "../linux/descriptors.ts";
-import { type DirectoryState, inspectEntry, type TargetState } from "../linux/inspect.ts";
+import type { Directory, TargetDirectory } from "../linux/inspect.ts";
 import { failedPrecondition, fs, internal, quote } from "./errors.ts";
-import { readVolumeData, TARGET_NAME, type VolumeData, type VolumeDirectory } from "./kubelet.ts";
-
-/** Closes the handle a directory state holds, if it holds one. */
-export function release(state: TargetState | undefined): void {
-  if (state?.kind === "directory") state.handle.close();
-}
+import type { Volume, VolumeData } from "./host.ts";
 
 /** The target as a directory, held open; anything else there is refused. */
-export function directoryAt(
-  volume: VolumeDirectory,
+export function targetDirectory(
+  volume: Volume,
   targetPath: string,
   operation: string,
-): DirectoryState {
-  const state = fs(`${operation}: inspecting ${quote(targetPath)}`, () =>
-    inspectEntry(volume.handle, TARGET_NAME),
-  );
+): TargetDirectory {
+  const state = fs(`${operation}: inspecting ${quote(targetPath)}`, () => volume.target());
   switch (state.kind) {
     case "directory":
       return state;
@@ -33,12 +25,8 @@ export function directoryAt(
 }
 
 /** Refuses to go on when the target is no longer where the walk found it. */
-export function checkInPlace(
-  volume: VolumeDirectory,
-  target: DirectoryHandle,
-  targetPath: string,
-): void {
-  const inPlace = fs(`locating ${quote(targetPath)}`, () => volume.holdsTarget(target));
+export function checkInPlace(volume: Volume, target: Directory, targetPath: string): void {
+  const inPlace = fs(`locating ${quote(targetPath)}`, () => volume.holds(target));
   if (!inPlace) {
     throw failedPrecondition(
       `target_path ${quote(targetPath)} was moved or removed while in use; refusing to use it`,
@@ -48,11 +36,11 @@ export function checkInPlace(
 
 /** The kubelet's record in the volume directory, if it left one that can be read. */
 export async function volumeRecord(
-  volume: VolumeDirectory,
+  volume: Volume,
   targetPath: string,
 ): Promise<VolumeData | undefined> {
   try {
-    return await readVolumeData(volume.handle);
+    return await volume.record();
   } catch (error) {
     throw internal(
       `reading the kubelet's record beside ${quote(targetPath)}: ${(error as Error).message}`,

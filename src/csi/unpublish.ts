@@ -1,63 +1,142 @@
-import { rmdirSync } from "node:fs";
-import { dirname } from "node:path";
-import type { DirectoryHandle } from "../linux/descriptors.ts";
 import { isErrno } from "../linux/errno.ts";
-import {
-  type DirectoryState,
-  directoryInode,
-  type Inode,
-  inspectEntry,
-  sameInode,
-} from "../linux/inspect.ts";
-import { findMount } from "../linux/mountinfo.ts";
+import { type Directory, type Inode, sameInode, type TargetDirectory } from "../linux/inspect.ts";
+import type { Mounter } from "../linux/mounter.ts";
 import { commandFailed, failedPrecondition, fs, internal, quote } from "./errors.ts";
-import { TARGET_NAME, type VolumeData, type VolumeDirectory } from "./kubelet.ts";
-import type { NodeServiceOptions } from "./node.ts";
-import { disentangle } from "./recursive.ts";
-import { openSourceIfThere } from "./source.ts";
-import { directoryAt, release, volumeRecord } from "./target.ts";
+import type { NodeEvents, NodeHost, Volume, VolumeData } from "./host.ts";
+import type { RecursiveBinds } from "./recursive.ts";
+import { targetDirectory, volumeRecord } from "./target.ts";
 
 /**
  * NodeUnpublishVolume: removes every mount of this driver's at the target, including duplicates
  * stacked by older drivers, then the target directory itself (never recursively). After a node
- * reboot there is no mount, and the directory is simply removed.
+ * reboot there is no mount, and the directory is simply removed. A publish uses unmountAll to
+ * clear a stale bind before binding again.
  */
-export async function unpublish(
-  options: NodeServiceOptions,
-  targetPath: string,
-  volume: VolumeDirectory,
-): Promise<void> {
-  const state = fs(`unpublish: inspecting ${quote(targetPath)}`, () =>
-    inspectEntry(volume.handle, TARGET_NAME),
-  );
-  switch (state.kind) {
-    // Never published, or already unpublished: CSI asks for OK.
-    case "missing":
-      return;
-    case "symlink":
-      throw failedPrecondition(
-        `target_path ${quote(targetPath)} is a symbolic link; refusing to unmount or remove it`,
-      );
-    case "not-directory":
-      throw failedPrecondition(
-        `target_path ${quote(targetPath)} is not a directory; refusing to remove it`,
-      );
+export class Unpublisher {
+  constructor(
+    private readonly host: NodeHost,
+    private readonly mounter: Mounter,
+    private readonly events: NodeEvents,
+    private readonly pluginName: string,
+    /** With --recursive-bind. */
+    private readonly recursive: RecursiveBinds | undefined,
+  ) {}
+
+  async unpublish(targetPath: string, volume: Volume): Promise<void> {
+    const state = fs(`unpublish: inspecting ${quote(targetPath)}`, () => volume.target());
+    switch (state.kind) {
+      // Never published, or already unpublished: CSI asks for OK.
+      case "missing":
+        return;
+      case "symlink":
+        throw failedPrecondition(
+          `target_path ${quote(targetPath)} is a symbolic link; refusing to unmount or remove it`,
+        );
+      case "not-directory":
+        throw failedPrecondition(
+          `target_path ${quote(targetPath)} is not a directory; refusing to remove it`,
+        );
+    }
+    {
+      // The source answers "is this mount ours?" at once; without it, the kubelet's record does.
+      const found = this.host.openSource();
+      using source = found.ok ? found.dir : undefined;
+      using _unmounted = await this.unmountAll(volume, targetPath, state, source);
+    }
+    removeTarget(volume, targetPath);
   }
-  const source = openSourceIfThere(options);
-  try {
-    release(await unmountAll(options, volume, targetPath, state, source));
-  } finally {
-    source?.close();
+
+  /**
+   * Unmounts the target for as long as it is a mount point of this driver's. Takes `state` (its
+   * handle is the callee's to close) and returns the final state, which the caller disposes of.
+   */
+  async unmountAll(
+    volume: Volume,
+    targetPath: string,
+    state: TargetDirectory,
+    source: Directory | undefined,
+    knownRecord?: VolumeData,
+  ): Promise<TargetDirectory> {
+    let current = state;
+    let record = knownRecord;
+    let recordRead = knownRecord !== undefined;
+    try {
+      while (current.mountPoint) {
+        if (!(source && sameInode(current.dir, source)) && !recordRead) {
+          record = await volumeRecord(volume, targetPath);
+          recordRead = true;
+        }
+        if (!this.owns(current.dir, source, record)) {
+          throw failedPrecondition(
+            `target_path ${quote(targetPath)} is a mount point (${await this.host.describeMount(current.dir.mountId)}) that is not this driver's; refusing to unmount it`,
+          );
+        }
+        // A stale bind of a re-created directory can still share a peer group with it too.
+        if (source) await this.recursive?.disentangle(volume, targetPath, current, source);
+        // `umount` of the handle removes the topmost mount there: if another was stacked on the
+        // one checked meanwhile, check that one first. What remains is the moment it takes to
+        // start `umount`.
+        const top = targetDirectory(volume, targetPath, "unmount");
+        if (top.dir.mountId !== current.dir.mountId) {
+          current[Symbol.dispose]();
+          current = top;
+          continue;
+        }
+        top[Symbol.dispose]();
+        current = await this.unmountTop(volume, targetPath, current);
+      }
+      return current;
+    } catch (error) {
+      current[Symbol.dispose]();
+      throw error;
+    }
   }
-  removeTarget(volume, targetPath);
+
+  /** Runs `umount` on the topmost mount at the target; takes the state and returns the next one. */
+  private async unmountTop(
+    volume: Volume,
+    targetPath: string,
+    current: TargetDirectory,
+  ): Promise<TargetDirectory> {
+    const { dir } = current;
+    try {
+      // The mounter may close the handle first: a descriptor on the mount keeps it busy.
+      await this.mounter.unmount({ fd: dir.fd, path: targetPath, close: () => dir.close() });
+    } catch (error) {
+      this.events.mountFailed("umount");
+      throw commandFailed(`unmounting ${quote(targetPath)}`, error);
+    }
+    const previousMountId = dir.mountId;
+    current[Symbol.dispose]();
+    const next = targetDirectory(volume, targetPath, "unmount");
+    if (next.mountPoint && next.dir.mountId === previousMountId) {
+      next[Symbol.dispose]();
+      throw internal(`umount reported success, but ${quote(targetPath)} is still the same mount`);
+    }
+    return next;
+  }
+
+  /**
+   * Whether a mount at the target may be removed. The fast answer: it shows the Workload API
+   * directory. Otherwise the kubelet's record beside the target says whose volume this is: this
+   * driver's volumes may hold a stale bind of a directory since replaced (whatever file system
+   * it was on), and everything at them is this driver's to remove. Without a record, only a
+   * bind of a removed directory on the Workload API directory's device is taken for a stale one
+   * of ours.
+   */
+  private owns(target: Directory, source: Inode | undefined, record: VolumeData | undefined) {
+    if (source && sameInode(target, source)) return true;
+    const driverName = record?.driverName;
+    if (driverName !== undefined) return driverName === this.pluginName;
+    const device = source?.dev ?? this.host.sourceParentDevice();
+    return target.nlink === 0 && target.dev === device;
+  }
 }
 
 /** Removes the (now unmounted) target directory; it must be empty. */
-function removeTarget(volume: VolumeDirectory, targetPath: string): void {
+function removeTarget(volume: Volume, targetPath: string): void {
   try {
-    // Only the last name is looked up again, inside the volume directory held open; rmdir
-    // never follows a link there.
-    rmdirSync(volume.handle.entry(TARGET_NAME));
+    volume.removeTarget();
   } catch (error) {
     if (isErrno(error, "ENOENT")) return;
     if (isErrno(error, "ENOTEMPTY") || isErrno(error, "EEXIST")) {
@@ -72,109 +151,4 @@ function removeTarget(volume: VolumeDirectory, targetPath: string): void {
     }
     throw internal(`removing target_path ${quote(targetPath)}: ${(error as Error).message}`, error);
   }
-}
-
-/**
- * Unmounts the target for as long as it is a mount point of this driver's. Takes the state's
- * handle and returns the final state, whose handle the caller closes.
- */
-export async function unmountAll(
-  options: NodeServiceOptions,
-  volume: VolumeDirectory,
-  targetPath: string,
-  state: DirectoryState,
-  source: DirectoryHandle | undefined,
-  knownRecord?: VolumeData,
-): Promise<DirectoryState> {
-  let current = state;
-  let record = knownRecord;
-  let recordRead = knownRecord !== undefined;
-  try {
-    while (current.mountPoint) {
-      if (!(source && sameInode(current.handle, source)) && !recordRead) {
-        record = await volumeRecord(volume, targetPath);
-        recordRead = true;
-      }
-      if (!ownsMount(options, current.handle, source, record)) {
-        throw failedPrecondition(
-          `target_path ${quote(targetPath)} is a mount point (${await describeMount(current.handle.mountId)}) that is not this driver's; refusing to unmount it`,
-        );
-      }
-      // A stale bind of a re-created directory can still share a peer group with it too.
-      if (source) await disentangle(options, volume, targetPath, current, source);
-      // `umount` of the handle removes the topmost mount there: if another was stacked on the
-      // one checked meanwhile, check that one first. What remains is the moment it takes to
-      // start `umount`.
-      const top = directoryAt(volume, targetPath, "unmount");
-      if (top.handle.mountId !== current.handle.mountId) {
-        release(current);
-        current = top;
-        continue;
-      }
-      release(top);
-      current = await unmountTop(options, volume, targetPath, current);
-    }
-    return current;
-  } catch (error) {
-    release(current);
-    throw error;
-  }
-}
-
-/** Runs `umount` on the topmost mount at the target; takes the state and returns the next one. */
-async function unmountTop(
-  options: NodeServiceOptions,
-  volume: VolumeDirectory,
-  targetPath: string,
-  current: DirectoryState,
-): Promise<DirectoryState> {
-  const { handle } = current;
-  try {
-    // The mounter may close the handle first: a descriptor on the mount keeps it busy.
-    await options.mounter.unmount({ fd: handle.fd, path: targetPath, close: () => handle.close() });
-  } catch (error) {
-    options.onMountFailure?.("umount");
-    throw commandFailed(`unmounting ${quote(targetPath)}`, error);
-  }
-  const previousMountId = current.handle.mountId;
-  release(current);
-  const next = directoryAt(volume, targetPath, "unmount");
-  if (next.mountPoint && next.handle.mountId === previousMountId) {
-    release(next);
-    throw internal(`umount reported success, but ${quote(targetPath)} is still the same mount`);
-  }
-  return next;
-}
-
-/**
- * Whether a mount at the target may be removed. The fast answer: it shows the Workload API
- * directory. Otherwise the kubelet's record beside the target says whose volume this is: this
- * driver's volumes may hold a stale bind of a directory since replaced (whatever file system it
- * was on), and everything at them is this driver's to remove. Without a record, only a bind of
- * a removed directory on the Workload API directory's device is taken for a stale one of ours.
- */
-function ownsMount(
-  options: NodeServiceOptions,
-  target: DirectoryHandle,
-  source: Inode | undefined,
-  record: VolumeData | undefined,
-): boolean {
-  if (source && sameInode(target, source)) return true;
-  const driverName = record?.driverName;
-  if (driverName !== undefined) return driverName === options.pluginName;
-  const parent = dirname(options.workloadApiSocketDir);
-  const device =
-    source?.dev ?? fs(`inspecting ${quote(parent)}`, () => directoryInode(parent))?.dev;
-  return target.nlink === 0 && target.dev === device;
-}
-
-/** What is mounted, for an error message: the one place unpublish reads the mount table. */
-async function describeMount(mountId: number): Promise<string> {
-  try {
-    const mount = await findMount(mountId);
-    if (mount) return `${mount.fsType} ${mount.source}, root ${mount.root}, device ${mount.device}`;
-  } catch {
-    // Only an error message is at stake.
-  }
-  return `mount id ${mountId}`;
 }

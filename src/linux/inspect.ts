@@ -1,5 +1,5 @@
 import { lstatSync, statSync } from "node:fs";
-import { type DirectoryHandle, openDirectory, openEntry } from "./descriptors.ts";
+import { type DirectoryHandle, openEntry } from "./descriptors.ts";
 import { isErrno } from "./errno.ts";
 
 /**
@@ -19,19 +19,32 @@ import { isErrno } from "./errno.ts";
  *   holds the old, now unlinked, inode: the pair no longer matches, and the old inode has a
  *   link count of zero.
  */
-export type TargetState =
-  | { kind: "missing" }
-  | { kind: "symlink" }
-  | { kind: "not-directory" }
-  | DirectoryState;
 
-export interface DirectoryState {
-  kind: "directory";
-  /** The directory, held open: the caller closes it. */
-  handle: DirectoryHandle;
-  /** The root of a mount (its mount id differs from its parent's). */
-  mountPoint: boolean;
-}
+/**
+ * A directory held open (DirectoryHandle, ./descriptors.ts, is the one the driver opens): what
+ * the CSI rules look at and hand to the mounter.
+ */
+export type Directory = Pick<
+  DirectoryHandle,
+  "fd" | "dev" | "ino" | "nlink" | "mountId" | "path" | "sharedPath" | "location" | "close"
+> &
+  Disposable;
+
+/** What is at a target; a directory there is held open until the state is disposed of. */
+export type TargetState = Disposable &
+  (
+    | { kind: "missing" | "symlink" | "not-directory" }
+    | {
+        kind: "directory";
+        /** The directory, held open. */
+        dir: Directory;
+        /** The root of a mount (its mount id differs from its parent's). */
+        mountPoint: boolean;
+      }
+  );
+
+/** What is at a target when it is a directory. */
+export type TargetDirectory = Extract<TargetState, { kind: "directory" }>;
 
 export interface Inode {
   dev: number;
@@ -40,25 +53,25 @@ export interface Inode {
   nlink: number;
 }
 
+/** A target state with nothing held open. */
+export function nothingAt(kind: "missing" | "symlink" | "not-directory"): TargetState {
+  return { kind, [Symbol.dispose]() {} };
+}
+
+/** A directory at a target, held open until disposed of. */
+export function directoryAt(dir: Directory, mountPoint: boolean): TargetDirectory {
+  return { kind: "directory", dir, mountPoint, [Symbol.dispose]: () => dir.close() };
+}
+
 /** What is at the entry `name` of `parent`; a symbolic link there is reported, never followed. */
 export function inspectEntry(parent: DirectoryHandle, name: string): TargetState {
   let handle: DirectoryHandle;
   try {
     handle = openEntry(parent, name);
   } catch (error) {
-    return classifyOpenError(parent.entry(name), error);
+    return nothingAt(classifyOpenError(parent.entry(name), error));
   }
-  return { kind: "directory", handle, mountPoint: handle.mountId !== parent.mountId };
-}
-
-/** The directory at a path the operator configured, held open; undefined when missing. */
-export function openConfiguredDirectory(path: string): DirectoryHandle | undefined {
-  try {
-    return openDirectory(path);
-  } catch (error) {
-    if (isErrno(error, "ENOENT") || isErrno(error, "ENOTDIR")) return undefined;
-    throw error;
-  }
+  return directoryAt(handle, handle.mountId !== parent.mountId);
 }
 
 /** Device, inode and link count of a directory, following symbolic links; undefined when missing. */
@@ -77,15 +90,18 @@ export function sameInode(a: Omit<Inode, "nlink">, b: Omit<Inode, "nlink">): boo
 }
 
 /** `path` ends in the name that failed to open; only that name is looked at again. */
-export function classifyOpenError(path: string, error: unknown): TargetState {
-  if (isErrno(error, "ENOENT")) return { kind: "missing" };
+export function classifyOpenError(
+  path: string,
+  error: unknown,
+): "missing" | "symlink" | "not-directory" {
+  if (isErrno(error, "ENOENT")) return "missing";
   // O_NOFOLLOW|O_DIRECTORY fails with ELOOP or ENOTDIR on a symbolic link, and with ENOTDIR
   // on any other non-directory: lstat tells them apart.
   if (isErrno(error, "ELOOP") || isErrno(error, "ENOTDIR")) {
     try {
-      return lstatSync(path).isSymbolicLink() ? { kind: "symlink" } : { kind: "not-directory" };
+      return lstatSync(path).isSymbolicLink() ? "symlink" : "not-directory";
     } catch (lstatError) {
-      if (isErrno(lstatError, "ENOENT")) return { kind: "missing" };
+      if (isErrno(lstatError, "ENOENT")) return "missing";
       throw lstatError;
     }
   }

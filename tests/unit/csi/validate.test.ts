@@ -82,6 +82,9 @@ describe("NodeService validation", () => {
     nodeId: "node-1",
     pluginName: "csi.spiffe.io",
     workloadApiSocketDir: socketDir,
+    allowSymlinkedSocketDir: false,
+    recursiveBind: false,
+    allowWritableSubmounts: false,
     mounter,
     inspector,
   }).handlers();
@@ -171,6 +174,9 @@ describe("NodeService validation", () => {
       nodeId: "node-1",
       pluginName: "csi.spiffe.io",
       workloadApiSocketDir: join(root, "no-agent"),
+      allowSymlinkedSocketDir: false,
+      recursiveBind: false,
+      allowWritableSubmounts: false,
       mounter,
       inspector,
     }).handlers();
@@ -210,6 +216,9 @@ describe("NodeService concurrency", () => {
       nodeId: "node-1",
       pluginName: "csi.spiffe.io",
       workloadApiSocketDir: socketDir,
+      allowSymlinkedSocketDir: false,
+      recursiveBind: false,
+      allowWritableSubmounts: false,
       mounter,
       inspector,
     }).handlers();
