@@ -1,7 +1,6 @@
 import { status } from "@grpc/grpc-js";
 import { MountCommandError } from "../linux/mounter.ts";
 import { RpcError } from "../rpc/status.ts";
-import type { VolumePathError } from "./host.ts";
 
 /**
  * The errors the CSI services answer with, built in one place. Each message names the field or
@@ -70,16 +69,4 @@ export function commandFailed(what: string, error: unknown): RpcError {
     );
   }
   return internal(`${what}: ${(error as Error).message}`, error);
-}
-
-/** What stopped the walk to a volume directory, for a message about the target. */
-export function volumePathProblem(error: VolumePathError): string {
-  switch (error.kind) {
-    case "missing":
-      return `it does not exist (${quote(error.path)} is missing)`;
-    case "symlink":
-      return `passes through a symbolic link below the kubelet root (${quote(error.path)})`;
-    case "not-directory":
-      return `passes through ${quote(error.path)}, which is not a directory`;
-  }
 }

@@ -2,6 +2,7 @@ import type { status } from "@grpc/grpc-js";
 import type { DirectoryHandle } from "../linux/descriptors.ts";
 import type { Directory, TargetState } from "../linux/inspect.ts";
 import type { AuditRecord } from "./audit.ts";
+import { quote } from "./errors.ts";
 
 /**
  * What the node service works on and with, as interfaces: the machine (a real one in
@@ -52,6 +53,18 @@ export class VolumePathError extends Error {
     readonly path: string,
   ) {
     super(`${path}: ${kind}`);
+  }
+
+  /** What stopped the walk, for a message about the target. */
+  get problem(): string {
+    switch (this.kind) {
+      case "missing":
+        return `it does not exist (${quote(this.path)} is missing)`;
+      case "symlink":
+        return `passes through a symbolic link below the kubelet root (${quote(this.path)})`;
+      case "not-directory":
+        return `passes through ${quote(this.path)}, which is not a directory`;
+    }
   }
 }
 

@@ -10,15 +10,7 @@ import type { ServiceHandlers } from "../rpc/adapter.ts";
 import { adoptPublished } from "./adoption.ts";
 import { type AuditSink, audited } from "./audit.ts";
 import { PublishedVolumes, type VolumeCounts } from "./census.ts";
-import {
-  failedPrecondition,
-  internal,
-  invalid,
-  notFound,
-  quote,
-  refused,
-  volumePathProblem,
-} from "./errors.ts";
+import { failedPrecondition, internal, invalid, notFound, quote, refused } from "./errors.ts";
 import {
   type Labeller,
   NO_EVENTS,
@@ -251,11 +243,9 @@ export class NodeService {
           error,
         );
       }
-      if (operation === "volume stats") throw notFound(targetPath, volumePathProblem(error));
+      if (operation === "volume stats") throw notFound(targetPath, error.problem);
       if (error.kind !== "missing") {
-        throw invalid(
-          `target_path ${quote(targetPath)} ${volumePathProblem(error)}; refusing to use it`,
-        );
+        throw invalid(`target_path ${quote(targetPath)} ${error.problem}; refusing to use it`);
       }
       // Never published, or already cleaned up: CSI asks unpublish for OK.
       if (operation === "unpublish") return undefined;
