@@ -115,6 +115,12 @@ describe("every render follows the rules", () => {
     );
     expect(driverSets(renders.standalone)[0]?.spec.template.spec.priorityClassName).toBeUndefined();
   });
+  test("the CSIDriver object: seLinuxMount false; preventPodSchedulingIfMissing left to 1.37 overlays", () => {
+    const spec = (one(renders.standalone, "CSIDriver") as Doc & { spec: Record<string, unknown> })
+      .spec;
+    expect(spec.seLinuxMount).toBe(false);
+    expect(spec).not.toHaveProperty("preventPodSchedulingIfMissing");
+  });
 });
 
 describe("each rule fails on a render that breaks it", () => {
