@@ -25,6 +25,7 @@ import {
   kustomize,
   openshiftAdmits,
   type PodSpec,
+  parentChart,
   podFindsSocket,
   renderChart,
   renderParent,
@@ -202,7 +203,7 @@ describe("the defaults", () => {
     expect(chart.appVersion).toBe(version);
     expect(driver.image).toBe(`spiffe-csi-driver:${version}`);
     expect(registrarOf(docs).image).toBe(
-      "registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.15.0",
+      "registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.18.0",
     );
   });
   test("the driver's exact arguments; health on 9808, the registrar on 9809", () => {
@@ -343,7 +344,7 @@ describe("each value set lands where it belongs", () => {
       "mirror.example.org/spiffe-csi-driver@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
     );
     expect(registrarOf(docs).image).toBe(
-      "mirror.example.org/sig-storage/csi-node-driver-registrar:v2.15.0",
+      "mirror.example.org/sig-storage/csi-node-driver-registrar:v2.18.0",
     );
     expect(testPods(docs)[0]?.spec.containers[0]?.image).toBe(
       "mirror.example.org/spiffe/spire-agent:1.13.3",
@@ -416,7 +417,11 @@ describe("values refused", () => {
     ["an unknown SELinux mode", { selinux: { label: "maybe" } }, "selinux"],
     ["a malformed SELinux context", { selinux: { context: "a:b" } }, "selinux"],
     ["an unknown update strategy", { updateStrategy: { type: "Recreate" } }, "updateStrategy"],
-    ["a misspelt value", { pluginname: "csi.spiffe.io" }, "pluginname"],
+    [
+      "a port that is not a number",
+      { healthChecks: { port: "notaport" } },
+      "at '/healthChecks/port': got string, want integer",
+    ],
     ["a flag that is not one", { extraArgs: ["max-connections=5"] }, "extraArgs"],
     ["a mount timeout of 0", { mountTimeoutSeconds: 0 }, "mountTimeoutSeconds"],
     [
@@ -539,7 +544,6 @@ describe("the values, the schema and the chart's README agree", () => {
       "nodeDriverRegistrar.image.registry": "registry.k8s.io",
       "nodeDriverRegistrar.image.repository": "sig-storage/csi-node-driver-registrar",
       "nodeDriverRegistrar.image.pullPolicy": "IfNotPresent",
-      "nodeDriverRegistrar.image.tag": "v2.15.0",
       "nodeDriverRegistrar.extraEnvVars": [],
       agentSocketPath: "/run/spire/agent-sockets/spire-agent.sock",
       kubeletPath: "/var/lib/kubelet",
@@ -552,8 +556,14 @@ describe("the values, the schema and the chart's README agree", () => {
     };
     for (const [name, fallback] of Object.entries(spire)) expect(dig(name), name).toEqual(fallback);
     // What means something else here: the image is this driver's, and resources are the driver
-    // container's alone (the registrar has its own), sized for it.
-    for (const name of ["image.registry", "image.repository", "resources"]) {
+    // container's alone (the registrar has its own), sized for it. The registrar is a newer
+    // release than SPIRE's v2.15.0.
+    for (const name of [
+      "image.registry",
+      "image.repository",
+      "resources",
+      "nodeDriverRegistrar.image.tag",
+    ]) {
       expect(described.some(([n]) => n === name)).toBe(true);
     }
   });
@@ -669,5 +679,116 @@ describe("as SPIRE's spiffe-csi-driver subchart, with values shaped like SPIRE's
       requests: { cpu: "50m", memory: "64Mi" },
       limits: { memory: "256Mi" },
     });
+  });
+});
+
+describe("values the chart does not know are accepted and ignored; the known ones stay typed", () => {
+  // One SPIRE's chart may add (SPIFFEFS), a made-up one, and a made-up key inside a known object.
+  const unknown = {
+    spiffefs: { enabled: true },
+    madeUpValue: "anything",
+    image: { digest: "sha256:0123" },
+  };
+  const strip = (docs: Doc[]) => JSON.stringify(docs);
+
+  test("the chart renders as with its defaults, and `helm lint --strict` passes", () => {
+    expect(strip(renderChart(unknown))).toBe(strip(renders.defaults));
+    const lint = helm("lint", "--strict", chartDir, "-f", valuesFile(unknown));
+    expect(`${lint.stdout}${lint.stderr}`).toContain("0 chart(s) failed");
+    expect(lint.code).toBe(0);
+  });
+
+  test("the install notes name the unknown top-level values", () => {
+    const notes = helm(
+      "install",
+      "spiffe-csi-driver",
+      chartDir,
+      "-n",
+      "spire",
+      "--dry-run=client",
+      "-f",
+      valuesFile(unknown),
+    );
+    expect(notes.code).toBe(0);
+    expect(notes.stdout).toContain(
+      "Values this chart version does not know, accepted and ignored: madeUpValue, spiffefs.",
+    );
+    const plain = helm("install", "spiffe-csi-driver", chartDir, "-n", "spire", "--dry-run=client");
+    expect(plain.stdout).not.toContain("does not know");
+  });
+
+  test("the notes' list of known values is the schema's", () => {
+    const schema = JSON.parse(readFileSync(join(chartDir, "values.schema.json"), "utf8")) as {
+      properties: Record<string, unknown>;
+    };
+    const helpers = readFileSync(join(chartDir, "templates", "_helpers.tpl"), "utf8");
+    const known = /define "spiffe-csi\.knownValues" -\}\}\n(.*)\n/.exec(helpers)?.[1];
+    expect(known?.split(" ")).toEqual(Object.keys(schema.properties));
+  });
+
+  test("SPIRE's layout renders with unknown values in the subchart's section (`--set`)", () => {
+    const docs = renderParent(
+      ["production.yaml"],
+      "--set",
+      "spiffe-csi-driver.spiffefs.enabled=true",
+      "--set",
+      "spiffe-csi-driver.madeUpValue=anything",
+      "--set",
+      "spiffe-csi-driver.nodeDriverRegistrar.madeUpValue=1",
+    );
+    expectValid(docs);
+    expect(strip(docs)).toBe(strip(parentRenders.parentProduction));
+  });
+
+  test("a known value of the wrong type still fails, naming it: healthChecks.port=notaport", () => {
+    const standalone = helm(
+      "template",
+      "spiffe-csi-driver",
+      chartDir,
+      "--set",
+      "healthChecks.port=notaport",
+    );
+    expect(standalone.code).not.toBe(0);
+    expect(standalone.stderr).toContain("at '/healthChecks/port': got string, want integer");
+    const parent = helm(
+      "template",
+      "spire",
+      parentChart(),
+      "--set",
+      "spiffe-csi-driver.spiffefs.enabled=true",
+      "--set",
+      "spiffe-csi-driver.healthChecks.port=notaport",
+    );
+    expect(parent.code).not.toBe(0);
+    expect(parent.stderr).toContain("at '/healthChecks/port': got string, want integer");
+  });
+});
+
+describe("the CSIDriver object by Kubernetes version", () => {
+  const csiDriverOf = (docs: Doc[]) =>
+    all(docs, "CSIDriver")[0] as Doc & { spec: Record<string, unknown> };
+
+  test("1.37.0: preventPodSchedulingIfMissing: true; seLinuxMount: false", () => {
+    const docs = renderChart({}, "--kube-version", "1.37.0");
+    expectValid(docs);
+    expect(csiDriverOf(docs).spec.preventPodSchedulingIfMissing).toBe(true);
+    expect(csiDriverOf(docs).spec.seLinuxMount).toBe(false);
+  });
+  test("1.33.0: no preventPodSchedulingIfMissing; seLinuxMount: false", () => {
+    const docs = renderChart({}, "--kube-version", "1.33.0");
+    expect(csiDriverOf(docs).spec).not.toHaveProperty("preventPodSchedulingIfMissing");
+    expect(csiDriverOf(docs).spec.seLinuxMount).toBe(false);
+  });
+  test("1.37.0 with the value off (for the cluster autoscaler): no preventPodSchedulingIfMissing", () => {
+    const docs = renderChart({ preventPodSchedulingIfMissing: false }, "--kube-version", "1.37.0");
+    expect(csiDriverOf(docs).spec).not.toHaveProperty("preventPodSchedulingIfMissing");
+  });
+  test("SPIRE's layout on 1.37.0: both drivers of nested SPIRE set it", () => {
+    const docs = renderParent(["production.yaml", "nested.yaml"], "--kube-version", "1.37.0");
+    expect(
+      all(docs, "CSIDriver").map(
+        (d) => (d as Doc & { spec: Record<string, unknown> }).spec.preventPodSchedulingIfMissing,
+      ),
+    ).toEqual([true, true]);
   });
 });

@@ -80,7 +80,7 @@ describe("every rendered manifest validates against the Kubernetes API schema", 
 
 describe("every render follows the rules", () => {
   // The agent's pods are the agent's: a NetworkPolicy for them is the agent deployment's choice
-  // (see the README: Deployment, the health port).
+  // (see docs/installing.md: the health port).
   // Nor are its service account and token: the agent needs its own to reach the API.
   const notFor: Record<string, string[]> = { healthPortPolicy: ["agent"], noToken: ["agent"] };
   for (const [name, rule] of Object.entries(rules)) {
@@ -114,6 +114,12 @@ describe("every render follows the rules", () => {
       "system-node-critical",
     );
     expect(driverSets(renders.standalone)[0]?.spec.template.spec.priorityClassName).toBeUndefined();
+  });
+  test("the CSIDriver object: seLinuxMount false; preventPodSchedulingIfMissing left to 1.37 overlays", () => {
+    const spec = (one(renders.standalone, "CSIDriver") as Doc & { spec: Record<string, unknown> })
+      .spec;
+    expect(spec.seLinuxMount).toBe(false);
+    expect(spec).not.toHaveProperty("preventPodSchedulingIfMissing");
   });
 });
 

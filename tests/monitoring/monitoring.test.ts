@@ -1,7 +1,7 @@
 // The monitoring component (deploy/kubernetes/monitoring: alerts, scrape objects, dashboard) as
 // kustomize renders it: valid for the Prometheus Operator, every PromQL expression parses, every
 // series it names is one the real binary serves, with the labels and values it matches on, and
-// every alert's runbook is an entry of the README's Troubleshooting section.
+// every alert's runbook_url names a section of docs/runbooks.md that exists.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
@@ -227,11 +227,9 @@ describe("the Prometheus Operator's objects", () => {
 });
 
 describe("alerts", () => {
-  const readme = readFileSync(join(repo, "README.md"), "utf8");
-  const troubleshooting =
-    /^## Troubleshooting\n([\s\S]*?)(?=^## |(?![\s\S]))/m.exec(readme)?.[1] ?? "";
+  const runbooks = readFileSync(join(repo, "docs", "runbooks.md"), "utf8");
   // GitHub's anchors: the heading in lower case, spaces as dashes, other punctuation dropped.
-  const anchors = [...troubleshooting.matchAll(/^#{3,6} (.+)$/gm)].map((m) =>
+  const anchors = [...runbooks.matchAll(/^#{2,6} (.+)$/gm)].map((m) =>
     (m[1] as string)
       .toLowerCase()
       .replace(/[^\p{L}\p{N} _-]/gu, "")
@@ -260,17 +258,22 @@ describe("alerts", () => {
   });
 
   test.each(rules.map((rule) => [rule.alert, rule] as const))(
-    "%s: a severity, a summary, a description, and a runbook in the README's Troubleshooting",
+    "%s: a severity, a summary, a description, and a runbook_url naming its section of docs/runbooks.md",
     (_, rule) => {
       expect(["critical", "warning"]).toContain(rule.labels?.severity as string);
       expect(rule.annotations?.summary).toBeTruthy();
       expect(rule.annotations?.description?.length).toBeGreaterThan(40);
       expect(source).toBeTruthy();
       const url = rule.annotations?.runbook_url ?? "";
-      expect(url.startsWith(`${source}/blob/main/README.md#`)).toBe(true);
+      expect(url.startsWith(`${source}/blob/main/docs/runbooks.md#`)).toBe(true);
       expect(anchors).toContain(url.slice(url.indexOf("#") + 1));
     },
   );
+
+  test("docs/runbooks.md has one section per alert, and no other", () => {
+    const sections = [...runbooks.matchAll(/^## (.+)$/gm)].map((m) => m[1]);
+    expect(sections.sort()).toEqual(rules.map((rule) => rule.alert).sort());
+  });
 
   test("the memory bound is the driver container's memory limit", () => {
     const rule = rules.find((r) => r.alert === "SpiffeCsiMemoryNearLimit") as Rule;

@@ -50,3 +50,25 @@ test("the Helm chart's version and appVersion are it (so is the image tag it dep
   // An empty tag deploys the appVersion.
   expect(values.image.tag).toBe("");
 });
+
+// node-driver-registrar: one release wherever the registrar is deployed, named here once.
+const registrar = "registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.18.0";
+
+test.each([
+  "deploy/kubernetes/daemonset.yaml",
+  "deploy/kubernetes/agent-daemonset/daemonset-patch.yaml",
+])("%s runs node-driver-registrar's release", (path) => {
+  const images = [...readFileSync(join(repo, path), "utf8").matchAll(/image: (\S*registrar\S*)/g)];
+  expect(images.map((m) => m[1])).toEqual([registrar]);
+});
+
+test("the Helm chart's default registrar is that release, in its values and its schema", () => {
+  const chart = join(repo, "deploy", "helm", "spiffe-csi-driver");
+  const values = parse(readFileSync(join(chart, "values.yaml"), "utf8")) as {
+    nodeDriverRegistrar: { image: { registry: string; repository: string; tag: string } };
+  };
+  const { registry, repository, tag } = values.nodeDriverRegistrar.image;
+  expect(`${registry}/${repository}:${tag}`).toBe(registrar);
+  const schema = JSON.parse(readFileSync(join(chart, "values.schema.json"), "utf8"));
+  expect(schema.properties.nodeDriverRegistrar.properties.image.properties.tag.default).toBe(tag);
+});

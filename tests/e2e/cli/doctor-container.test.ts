@@ -1,5 +1,5 @@
-// The doctor where the README says to run it, in the driver's container: what only the registrar
-// sees is skipped, saying why; the agent's socket is checked against the workloads' user; the
+// The doctor where docs/operating.md says to run it, in the driver's container: what only the
+// registrar sees is skipped, saying why; the agent's socket is checked against the workloads' user; the
 // pod policy in force is printed.
 import { afterAll, describe, expect, test } from "bun:test";
 import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";

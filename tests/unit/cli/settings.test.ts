@@ -1,57 +1,47 @@
-// The README's Flags table says what the settings table holds: the same flags in the same order,
-// each with the spellings it takes and the same default.
+// docs/configuration.md says what the settings table holds: its flags table is the one
+// scripts/configuration-doc.ts generates from the table (the same flags in the same order, each
+// with the spellings it takes, the same default and the same help), every flag `--help` prints is
+// on the page, and each has a section of its own, in the same order.
 import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
-import { join } from "node:path";
+import {
+  BEGIN,
+  documentedDefault,
+  END,
+  flagsTable,
+  pagePath,
+  spellings,
+} from "../../../scripts/configuration-doc.ts";
 import { argsOf, flagOf, SETTINGS, type Setting } from "../../../src/cli/settings.ts";
 
-const readme = readFileSync(join(import.meta.dir, "../../../README.md"), "utf8");
+const page = readFileSync(pagePath, "utf8");
+const settings = Object.entries(SETTINGS) as [string, Setting][];
 
-/** The rows of the README's Flags table, but the last (--help, --version): its cells. */
-function flagRows(): string[][] {
-  const section = readme.slice(readme.indexOf("\n## Flags\n"));
-  const lines = section.slice(section.indexOf("| flag | default | meaning |")).split("\n");
-  const end = lines.findIndex((line) => !line.startsWith("|"));
-  return lines
-    .slice(2, end)
-    .map((row) =>
-      row
-        .replaceAll("\\|", "\0")
-        .slice(1, -1)
-        .split("|")
-        .map((cell) => cell.replaceAll("\0", "|").trim()),
-    )
-    .filter(([flags]) => !flags?.startsWith("`--help`"));
-}
+describe("docs/configuration.md", () => {
+  test("holds exactly the flags table generated from the settings table", () => {
+    const table = page.slice(page.indexOf(BEGIN), page.indexOf(END) + END.length);
+    expect(table).toBe(flagsTable());
+  });
 
-/** What the README's default column must say for a setting. */
-function documentedDefault(setting: Setting): string {
-  if (setting.kind === "text" && setting.default !== undefined) return `\`${setting.default}\``;
-  return setting.unset ?? "";
-}
+  test("has a row for every flag --help prints, with its spellings and default", () => {
+    for (const flag of Object.keys(argsOf(SETTINGS))) {
+      const [name, setting] = settings.find(([n]) => flagOf(n) === flag) as [string, Setting];
+      expect(page).toContain(`| ${spellings(name, setting)} | ${documentedDefault(setting)} |`);
+    }
+  });
 
-describe("the README's Flags table", () => {
-  const rows = flagRows();
-  const settings = Object.entries(SETTINGS) as [string, Setting][];
+  test("gives the -name spelling exactly where the Go reference has the flag", () => {
+    expect(spellings("csiSocketPath", SETTINGS.csiSocketPath)).toBe(
+      "`--csi-socket-path`, `-csi-socket-path`",
+    );
+    expect(spellings("allow", SETTINGS.allow)).toBe("`--allow`");
+  });
 
-  test("lists every setting, and nothing else, in the table's order", () => {
-    expect(rows.map(([flags]) => flags?.split("`")[1])).toEqual(
+  test("describes every flag in a section of its own, in the table's order, and nothing else", () => {
+    const each = page.slice(page.indexOf("\n## Each flag\n"));
+    expect([...each.matchAll(/^### `(--[a-z-]+)`$/gm)].map((m) => m[1])).toEqual(
       settings.map(([name]) => `--${flagOf(name)}`),
     );
-  });
-
-  test("gives each flag its spellings: also -name where the Go reference has the flag", () => {
-    for (const [index, [name, setting]] of settings.entries()) {
-      const flag = flagOf(name);
-      const spellings = setting.reference ? `\`--${flag}\`, \`-${flag}\`` : `\`--${flag}\``;
-      expect(rows[index]?.[0]).toBe(spellings);
-    }
-  });
-
-  test("states each default as the settings table has it", () => {
-    for (const [index, [, setting]] of settings.entries()) {
-      expect(rows[index]?.[1]).toBe(documentedDefault(setting));
-    }
   });
 });
 

@@ -195,3 +195,24 @@ relabelings:
     sourceLabels: [__meta_kubernetes_pod_node_name]
     targetLabel: node
 {{- end }}
+
+{{/*
+The chart's values at the top level, as values.schema.json declares them (a test keeps the two
+equal). Others are accepted, so that a parent chart may pass values this version does not know,
+and the install notes name them.
+*/}}
+{{- define "spiffe-csi.knownValues" -}}
+global enabled pluginName image resources extraEnvVars allow extraArgs healthChecks updateStrategy livenessProbe readinessProbe imagePullSecrets nameOverride namespaceOverride serverNamespaceOverride validatingAdmissionPolicy fullnameOverride csiDriverLabels csiDriverAnnotations preventPodSchedulingIfMissing syncWave initContainers serviceAccount podAnnotations podLabels podSecurityContext securityContext hostNetwork nodeSelector tolerations affinity nodeDriverRegistrar agentSocketPath agentSocketParentPath kubeletPath priorityClassName priorityQuota terminationGracePeriodSeconds logLevel logFormat mountTimeoutSeconds recursiveBind restrictedScc selinux networkPolicy tests telemetry
+{{- end }}
+
+{{/* The top-level values the chart does not know, sorted. */}}
+{{- define "spiffe-csi.unknownValues" -}}
+{{- $known := splitList " " (include "spiffe-csi.knownValues" .) }}
+{{- $unknown := list }}
+{{- range $key, $_ := .Values }}
+{{- if not (has $key $known) }}
+{{- $unknown = append $unknown $key }}
+{{- end }}
+{{- end }}
+{{- sortAlpha $unknown | join ", " }}
+{{- end }}
