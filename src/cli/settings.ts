@@ -14,7 +14,7 @@ import {
 /**
  * Every flag of the driver, declared once. This table makes citty's arguments (and so `--help`),
  * reads and checks each value for the Config, gives `probe` and `doctor` the flags they share
- * with the driver, and is what the README's Flags table is checked against.
+ * with the driver, and is what docs/configuration.md's flags table is generated from.
  */
 
 /** A setting that is missing or wrong: the program says so in one line and exits with status 2. */
@@ -26,7 +26,7 @@ interface SettingBase {
   /** The Go reference driver has this flag: its manifests spell it `-name`, with one dash. */
   reference?: boolean;
   help: string;
-  /** What it means to leave the flag out, for the README (when it has no default value). */
+  /** What it means to leave the flag out, for docs/configuration.md (when it has no default value). */
   unset?: string;
   valueHint?: string;
 }

@@ -9,7 +9,7 @@ import { checkInPlace } from "./target.ts";
 /**
  * What --recursive-bind adds to publishing and unpublishing: the Workload API directory is bound
  * with the mounts below it, and the copy at a target is made a slave of the directory's peer
- * groups. See "File systems inside the directory" in ../../docs/.
+ * groups. See ../../docs/spiffefs.md.
  */
 export class RecursiveBinds {
   constructor(

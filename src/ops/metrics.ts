@@ -225,7 +225,7 @@ function methodLabels(method: DescMethod): Record<MethodLabel, string> {
  * collectDefaultMetrics(): under Bun its CPU counter misses the time spent before it was
  * loaded, and it brings nodejs_* metrics that Bun answers with made-up values (V8 heap spaces,
  * a Node.js version), one of which walks the heap on each scrape; its event-loop monitor alone
- * took the idle driver from 1 to 6 ms of CPU a second (README: Watching the driver).
+ * took the idle driver from 1 to 6 ms of CPU a second (docs/operating.md: Metrics).
  */
 function registerProcessMetrics(registry: Registry): void {
   const registers = [registry];

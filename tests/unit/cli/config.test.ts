@@ -41,7 +41,7 @@ describe("configFromArgs", () => {
     expect(config({ "node-id": "node-c" }, { MY_NODE_NAME: "node-a" }).nodeId).toBe("node-c");
   });
 
-  test("keeps the reference's defaults, and the README's", () => {
+  test("keeps the reference's defaults, and docs/configuration.md's", () => {
     // Literal values, not the table's: a changed default must fail here.
     const { policy, ...resolved } = config({}, { MY_NODE_NAME: "n" });
     expect(policy.enforcing).toBe(false);

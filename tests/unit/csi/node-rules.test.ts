@@ -115,6 +115,28 @@ function emptyTarget(machine: StandInMachine, entries = 0): StandInVolume {
   };
 }
 
+/** The kubelet's record says ours; at the target is nothing, a link, or a file. */
+function targetIs(kind: "missing" | "symlink" | "not-directory") {
+  return (machine: StandInMachine) => machine.volume(TARGET, { record: OURS, target: { kind } });
+}
+
+/** The walk to the volume directory stops at `path`. */
+function walkStopsAt(kind: "symlink" | "not-directory", path: string) {
+  return (machine: StandInMachine) =>
+    machine.volume(TARGET, { walk: new VolumePathError(kind, path), target: { kind: "missing" } });
+}
+
+/** A published volume. */
+function published(machine: StandInMachine) {
+  machine.volume(TARGET, mountedTarget(machine, SOURCE));
+}
+
+/** A published volume, and the Workload API directory gone since. */
+function publishedWithoutSource(machine: StandInMachine) {
+  machine.source = SOURCE_MISSING;
+  machine.volume(TARGET, mountedTarget(machine, SOURCE));
+}
+
 const FAILED = new MountCommandError(["mount", "--bind"], 32, "mount: permission denied", false);
 const HUNG = new MountCommandError(["mount", "--bind"], null, "", true);
 const REMOVED_SOURCE = { dev: DEV, ino: 999, nlink: 0 };
@@ -135,7 +157,7 @@ interface PublishCase {
 const publishCases: PublishCase[] = [
   {
     name: "a new volume: the target is created and bound",
-    given: (m) => m.volume(TARGET, { record: OURS, target: { kind: "missing" } }),
+    given: targetIs("missing"),
     code: status.OK,
     calls: ["bind"],
     after: "published",
@@ -156,7 +178,7 @@ const publishCases: PublishCase[] = [
   },
   {
     name: "published already (a kubelet restart): nothing is mounted again",
-    given: (m) => m.volume(TARGET, mountedTarget(m, SOURCE)),
+    given: published,
     code: status.OK,
     calls: [],
     after: "published",
@@ -183,35 +205,27 @@ const publishCases: PublishCase[] = [
   },
   {
     name: "a symbolic link below the kubelet root",
-    given: (m) =>
-      m.volume(TARGET, {
-        walk: new VolumePathError("symlink", "/var/lib/kubelet/pods"),
-        target: { kind: "missing" },
-      }),
+    given: walkStopsAt("symlink", "/var/lib/kubelet/pods"),
     code: status.INVALID_ARGUMENT,
     message: 'passes through a symbolic link below the kubelet root ("/var/lib/kubelet/pods")',
     calls: [],
   },
   {
     name: "a file on the way to the volume directory",
-    given: (m) =>
-      m.volume(TARGET, {
-        walk: new VolumePathError("not-directory", "/var/lib/kubelet/pods"),
-        target: { kind: "missing" },
-      }),
+    given: walkStopsAt("not-directory", "/var/lib/kubelet/pods"),
     code: status.INVALID_ARGUMENT,
     message: 'passes through "/var/lib/kubelet/pods", which is not a directory',
   },
   {
     name: "a target that is a symbolic link",
-    given: (m) => m.volume(TARGET, { record: OURS, target: { kind: "symlink" } }),
+    given: targetIs("symlink"),
     code: status.FAILED_PRECONDITION,
     message: "is a symbolic link; refusing to use it",
     calls: [],
   },
   {
     name: "a target that is a file",
-    given: (m) => m.volume(TARGET, { record: OURS, target: { kind: "not-directory" } }),
+    given: targetIs("not-directory"),
     code: status.FAILED_PRECONDITION,
     message: "exists and is not a directory",
     calls: [],
@@ -288,7 +302,7 @@ const publishCases: PublishCase[] = [
   {
     name: "a pod the policy does not allow",
     config: { policy: PodPolicy.parse(["spire-workloads"]) },
-    given: (m) => m.volume(TARGET, { record: OURS, target: { kind: "missing" } }),
+    given: targetIs("missing"),
     code: status.PERMISSION_DENIED,
     message: "default",
     calls: [],
@@ -297,7 +311,7 @@ const publishCases: PublishCase[] = [
   {
     name: "a pod the policy cannot judge: no pod information",
     config: { policy: PodPolicy.parse(["spire-workloads"]) },
-    given: (m) => m.volume(TARGET, { record: OURS, target: { kind: "missing" } }),
+    given: targetIs("missing"),
     request: (request) => {
       request.volumeContext = { "csi.storage.k8s.io/ephemeral": "true" };
     },
@@ -309,7 +323,7 @@ const publishCases: PublishCase[] = [
     config: {
       labeller: labellerAnswering({ kind: "refused", problem: "cannot label: read-only" }),
     },
-    given: (m) => m.volume(TARGET, { record: OURS, target: { kind: "missing" } }),
+    given: targetIs("missing"),
     code: status.FAILED_PRECONDITION,
     message: "cannot label: read-only",
     calls: [],
@@ -317,7 +331,7 @@ const publishCases: PublishCase[] = [
   {
     name: "labelling best effort on a permissive node: bound",
     config: { labeller: labellerAnswering({ kind: "best-effort", problem: "not labelled" }) },
-    given: (m) => m.volume(TARGET, { record: OURS, target: { kind: "missing" } }),
+    given: targetIs("missing"),
     code: status.OK,
     calls: ["bind"],
     after: "published",
@@ -325,7 +339,7 @@ const publishCases: PublishCase[] = [
   {
     name: "labelling did not answer",
     config: { labeller: labellerAnswering({ kind: "unknown", problem: "no answer within 5 s" }) },
-    given: (m) => m.volume(TARGET, { record: OURS, target: { kind: "missing" } }),
+    given: targetIs("missing"),
     code: status.UNAVAILABLE,
     message: "no answer within 5 s",
     calls: [],
@@ -377,14 +391,7 @@ describe("NodePublishVolume", () => {
       const { machine, handlers, events } = setUp(c.config, c.given);
       const request = publishRequest(volume);
       c.request?.(request);
-      const [code, message] = await outcome(handlers.nodePublishVolume(request));
-      expect({ code: status[code], message }).toMatchObject({
-        code: status[c.code],
-        message: expect.stringContaining(c.message ?? ""),
-      });
-      if (c.calls) expect(machine.calls.map(([call]) => call)).toEqual(c.calls);
-      if (c.after) expect(targetAfter(machine)).toBe(c.after === "unchanged" ? before(c) : c.after);
-      expect(machine.openHandles).toBe(0);
+      expectAnswer(c, machine, await outcome(handlers.nodePublishVolume(request)));
       expect(events.seen.at(-1)).toStartWith("audit:publish:");
     });
   }
@@ -417,6 +424,24 @@ describe("NodePublishVolume", () => {
   });
 });
 
+/**
+ * The call answered the case's code and message, asked the mounter what the case says, left the
+ * target as the case says, and closed every handle it opened.
+ */
+function expectAnswer(
+  c: PublishCase | UnpublishCase,
+  machine: StandInMachine,
+  [code, message]: [status, string],
+): void {
+  expect({ code: status[code], message }).toMatchObject({
+    code: status[c.code],
+    message: expect.stringContaining(c.message ?? ""),
+  });
+  if (c.calls) expect(machine.calls.map(([call]) => call)).toEqual(c.calls);
+  if (c.after) expect(targetAfter(machine)).toBe(c.after === "unchanged" ? before(c) : c.after);
+  expect(machine.openHandles).toBe(0);
+}
+
 /** What the target held before the case, for "unchanged". */
 function before(c: PublishCase | UnpublishCase): string {
   const machine = new StandInMachine();
@@ -446,7 +471,7 @@ interface UnpublishCase {
 const unpublishCases: UnpublishCase[] = [
   {
     name: "a published volume: unmounted and removed",
-    given: (m) => m.volume(TARGET, mountedTarget(m, SOURCE)),
+    given: published,
     code: status.OK,
     calls: ["unmount"],
     after: "missing",
@@ -474,10 +499,7 @@ const unpublishCases: UnpublishCase[] = [
   },
   {
     name: "the Workload API directory gone: the bind still goes",
-    given: (m) => {
-      m.source = SOURCE_MISSING;
-      m.volume(TARGET, mountedTarget(m, SOURCE));
-    },
+    given: publishedWithoutSource,
     code: status.OK,
     calls: ["unmount"],
     after: "missing",
@@ -496,31 +518,27 @@ const unpublishCases: UnpublishCase[] = [
   },
   {
     name: "already unpublished: no target",
-    given: (m) => m.volume(TARGET, { record: OURS, target: { kind: "missing" } }),
+    given: targetIs("missing"),
     code: status.OK,
     calls: [],
     after: "missing",
   },
   {
     name: "a symbolic link below the kubelet root",
-    given: (m) =>
-      m.volume(TARGET, {
-        walk: new VolumePathError("symlink", "/var/lib/kubelet/pods"),
-        target: { kind: "missing" },
-      }),
+    given: walkStopsAt("symlink", "/var/lib/kubelet/pods"),
     code: status.INVALID_ARGUMENT,
     message: "passes through a symbolic link below the kubelet root",
   },
   {
     name: "a target that is a symbolic link",
-    given: (m) => m.volume(TARGET, { record: OURS, target: { kind: "symlink" } }),
+    given: targetIs("symlink"),
     code: status.FAILED_PRECONDITION,
     message: "is a symbolic link; refusing to unmount or remove it",
     calls: [],
   },
   {
     name: "a target that is a file",
-    given: (m) => m.volume(TARGET, { record: OURS, target: { kind: "not-directory" } }),
+    given: targetIs("not-directory"),
     code: status.FAILED_PRECONDITION,
     message: "is not a directory; refusing to remove it",
     calls: [],
@@ -579,14 +597,8 @@ describe("NodeUnpublishVolume", () => {
   for (const c of unpublishCases) {
     test(`${c.name}: ${status[c.code]}`, async () => {
       const { machine, handlers, events } = setUp({}, c.given);
-      const [code, message] = await outcome(handlers.nodeUnpublishVolume(unpublishRequest(volume)));
-      expect({ code: status[code], message }).toMatchObject({
-        code: status[c.code],
-        message: expect.stringContaining(c.message ?? ""),
-      });
-      if (c.calls) expect(machine.calls.map(([call]) => call)).toEqual(c.calls);
-      if (c.after) expect(targetAfter(machine)).toBe(c.after === "unchanged" ? before(c) : c.after);
-      expect(machine.openHandles).toBe(0);
+      const answer = await outcome(handlers.nodeUnpublishVolume(unpublishRequest(volume)));
+      expectAnswer(c, machine, answer);
       expect(events.seen.at(-1)).toBe(
         `audit:unpublish:${c.code === status.OK ? "removed" : "failed"}`,
       );
@@ -607,7 +619,7 @@ interface StatsCase {
 const statsCases: StatsCase[] = [
   {
     name: "a published volume",
-    given: (m) => m.volume(TARGET, mountedTarget(m, SOURCE)),
+    given: published,
     code: status.OK,
     condition: `the Workload API directory ${SOCKET_DIR} is mounted`,
   },
@@ -625,16 +637,13 @@ const statsCases: StatsCase[] = [
   },
   {
     name: "the Workload API directory missing",
-    given: (m) => {
-      m.source = SOURCE_MISSING;
-      m.volume(TARGET, mountedTarget(m, SOURCE));
-    },
+    given: publishedWithoutSource,
     code: status.OK,
     condition: "!does not exist",
   },
   {
     name: "the target cannot be listed",
-    given: (m) => m.volume(TARGET, mountedTarget(m, SOURCE)),
+    given: published,
     inspector: { listable: new InspectionError("EACCES: permission denied", "EACCES") },
     code: status.OK,
     condition: "!cannot list",
@@ -646,19 +655,19 @@ const statsCases: StatsCase[] = [
   },
   {
     name: "no target",
-    given: (m) => m.volume(TARGET, { record: OURS, target: { kind: "missing" } }),
+    given: targetIs("missing"),
     code: status.NOT_FOUND,
     message: "it does not exist",
   },
   {
     name: "a target that is a symbolic link",
-    given: (m) => m.volume(TARGET, { record: OURS, target: { kind: "symlink" } }),
+    given: targetIs("symlink"),
     code: status.NOT_FOUND,
     message: "it is a symbolic link",
   },
   {
     name: "a target that is a file",
-    given: (m) => m.volume(TARGET, { record: OURS, target: { kind: "not-directory" } }),
+    given: targetIs("not-directory"),
     code: status.NOT_FOUND,
     message: "it is not a directory",
   },
@@ -671,14 +680,14 @@ const statsCases: StatsCase[] = [
   },
   {
     name: "statfs does not answer in time",
-    given: (m) => m.volume(TARGET, mountedTarget(m, SOURCE)),
+    given: published,
     inspector: { statfs: new InspectionTimeout("statfs", 5000, []) },
     code: status.UNAVAILABLE,
     message: "no answer within 5 s",
   },
   {
     name: "statfs fails",
-    given: (m) => m.volume(TARGET, mountedTarget(m, SOURCE)),
+    given: published,
     inspector: { statfs: new InspectionError("EIO: i/o error", "EIO") },
     code: status.INTERNAL,
     message: "EIO: i/o error",
