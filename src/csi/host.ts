@@ -57,14 +57,12 @@ export class VolumePathError extends Error {
 
   /** What stopped the walk, for a message about the target. */
   get problem(): string {
-    switch (this.kind) {
-      case "missing":
-        return `it does not exist (${quote(this.path)} is missing)`;
-      case "symlink":
-        return `passes through a symbolic link below the kubelet root (${quote(this.path)})`;
-      case "not-directory":
-        return `passes through ${quote(this.path)}, which is not a directory`;
+    const at = quote(this.path);
+    if (this.kind === "missing") return `it does not exist (${at} is missing)`;
+    if (this.kind === "symlink") {
+      return `passes through a symbolic link below the kubelet root (${at})`;
     }
+    return `passes through ${at}, which is not a directory`;
   }
 }
 
