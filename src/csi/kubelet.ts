@@ -1,7 +1,15 @@
-import { closeSync, constants, fstatSync, mkdirSync, openSync, rmdirSync } from "node:fs";
+import {
+  closeSync,
+  constants,
+  fstatSync,
+  mkdirSync,
+  openSync,
+  readlinkSync,
+  rmdirSync,
+} from "node:fs";
 import { open } from "node:fs/promises";
 import { join } from "node:path";
-import { type DirectoryHandle, O_PATH, openDirectory, openEntry } from "../linux/descriptors.ts";
+import { DirectoryHandle, O_PATH, openDirectory } from "../linux/descriptors.ts";
 import { isErrno } from "../linux/errno.ts";
 import {
   classifyOpenError,
@@ -24,6 +32,10 @@ export function podUidOf(targetPath: string): string | undefined {
   return KUBELET_CSI_VOLUME_PATH.exec(targetPath)?.[1];
 }
 
+// The kubelet root is opened as the kubelet names it (links followed); every name below it
+// without following a link.
+const WALK_ROOT = O_PATH | constants.O_DIRECTORY;
+const WALK_STEP = O_PATH | constants.O_DIRECTORY | constants.O_NOFOLLOW;
 // pods, <pod-uid>, volumes, kubernetes.io~csi, <volume-name>, mount
 const TAIL_SEGMENTS = 6;
 
@@ -100,31 +112,35 @@ export function openVolumeDir(targetPath: string): VolumeDirectory {
   const segments = targetPath.split("/");
   const kubeletRoot = segments.slice(0, -TAIL_SEGMENTS).join("/") || "/";
   const names = segments.slice(-TAIL_SEGMENTS, -1);
-  let current: DirectoryHandle;
+  let fd: number;
   try {
-    current = openDirectory(kubeletRoot);
+    fd = openSync(kubeletRoot, WALK_ROOT);
   } catch (error) {
     if (isErrno(error, "ENOENT")) throw new VolumePathError("missing", kubeletRoot);
     if (isErrno(error, "ENOTDIR")) throw new VolumePathError("not-directory", kubeletRoot);
     throw error;
   }
   try {
-    const location = join(current.location(), ...names);
+    const location = join(readlinkSync(`/proc/self/fd/${fd}`), ...names);
+    // The directories on the way are only passed through: a bare descriptor each, nothing read
+    // of them. The one at the end is held, with what it is.
     for (const [index, name] of names.entries()) {
-      let next: DirectoryHandle;
+      const entry = `/proc/self/fd/${fd}/${name}`;
+      let next: number;
       try {
-        next = openEntry(current, name);
+        next = openSync(entry, WALK_STEP);
       } catch (error) {
         const at = join(kubeletRoot, ...names.slice(0, index + 1));
-        throw new VolumePathError(classifyOpenError(current.entry(name), error), at);
+        throw new VolumePathError(classifyOpenError(entry, error), at);
       }
-      current.close();
-      current = next;
+      closeSync(fd);
+      fd = next;
     }
-    return new VolumeDirectory(current, location);
-  } catch (error) {
-    current.close();
-    throw error;
+    const volume = new VolumeDirectory(new DirectoryHandle(fd), location);
+    fd = -1;
+    return volume;
+  } finally {
+    if (fd !== -1) closeSync(fd);
   }
 }
 
