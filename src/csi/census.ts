@@ -1,14 +1,12 @@
-import { opendir } from "node:fs/promises";
-import { type DirectoryHandle, viewDirectory } from "../linux/descriptors.ts";
+import { closeSync, constants, openSync } from "node:fs";
+import { dirname } from "node:path";
+import { type DirectoryHandle, O_PATH } from "../linux/descriptors.ts";
 import { isErrno } from "../linux/errno.ts";
-import type { Inode } from "../linux/inspect.ts";
+import { type MountInfo, readMountTable } from "../linux/mountinfo.ts";
+import { openTrustedDirectory } from "../linux/trusted-path.ts";
 import { TARGET_NAME } from "./kubelet.ts";
-import { ABNORMAL_REASONS, type AbnormalReason, mountProblem } from "./stats.ts";
-
-// A census gives up on what has not answered by then: those volumes count as unresponsive.
-const CENSUS_TIMEOUT_MS = 1_000;
-// Volumes looked at together: the thread pool also serves the CSI calls' file reads.
-const CONCURRENCY = 4;
+import { type BindOrigin, bindOrigin, type SourceOptions } from "./source.ts";
+import { ABNORMAL_REASONS, type AbnormalReason } from "./stats.ts";
 
 export interface VolumeCounts {
   /** Targets that show the Workload API directory now. */
@@ -24,21 +22,30 @@ interface Held {
   dropped: boolean;
 }
 
-const TIMEOUT = Symbol("timeout");
+/** The Workload API directory as a census sees it. */
+type Source =
+  | { kind: "directory"; origin: BindOrigin | undefined }
+  | { kind: "missing" | "removed" | "refused" };
 
 /**
  * The published volumes, each by its volume directory held open (a descriptor each), and their
- * census: what each target shows now, looked at through that descriptor and off the event loop,
- * in at most a second, as the stats code judges a volume.
+ * census: what each target shows now, as the stats code judges a volume, told from the mount
+ * table alone. No target is opened for a look inside, stat'ed or listed: a target with a file
+ * system mounted over it that hangs (or any mount that is not a bind of the Workload API
+ * directory) counts as such without a request to it, and no census holds a thread that the
+ * calls' file reads need.
  */
 export class PublishedVolumes {
   private readonly held = new Map<string, Held>();
-  // Volumes whose last check has not returned (a hung file system): not checked again until it
-  // does, so that no census adds to the threads it holds.
-  private readonly checking = new Set<string>();
-  private sourceCheck: Promise<Inode | undefined> | undefined;
+  private readonly source: SourceOptions;
 
-  constructor(private readonly socketDir: string) {}
+  /** `source`: the Workload API directory, as the driver was told it (or its path alone). */
+  constructor(source: string | SourceOptions) {
+    this.source =
+      typeof source === "string"
+        ? { workloadApiSocketDir: source, allowSymlinkedSocketDir: true }
+        : source;
+  }
 
   has(key: string): boolean {
     return this.held.has(key);
@@ -67,95 +74,114 @@ export class PublishedVolumes {
         number
       >,
     };
-    const tally = (reason: AbnormalReason | undefined) => {
-      if (reason) counts.abnormal[reason]++;
-      else counts.published++;
-    };
-    const queue = [...this.held].map(([key, held]) => {
+    const volumes: { held: Held; target: string | undefined }[] = [];
+    for (const held of this.held.values()) {
       held.users++;
-      return { key, held };
-    });
-    const deadline = performance.now() + CENSUS_TIMEOUT_MS;
-    const expired = new Promise<typeof TIMEOUT>((resolve) =>
-      setTimeout(resolve, CENSUS_TIMEOUT_MS, TIMEOUT).unref(),
-    );
-    let source: Inode | undefined | typeof TIMEOUT;
-    try {
-      this.sourceCheck ??= sourceInode(this.socketDir).finally(() => {
-        this.sourceCheck = undefined;
-      });
-      source = await Promise.race([this.sourceCheck, expired]);
-    } catch {
-      // The directory is there but cannot be looked at: nor can what the targets show of it.
-      for (const { held } of queue.splice(0)) {
-        release(held, 1);
-        tally("unreadable");
-      }
+      volumes.push({ held, target: targetPoint(held.handle) });
     }
-    const look = async () => {
-      for (let next = queue.shift(); next; next = queue.shift()) {
-        const { key, held } = next;
-        if (source === TIMEOUT || this.checking.has(key) || performance.now() >= deadline) {
-          release(held, 1);
-          tally("unresponsive");
-          continue;
-        }
-        this.checking.add(key);
-        const check = targetProblem(held.handle, source).finally(() => {
-          this.checking.delete(key);
-          release(held, 1);
+    try {
+      const sourceHandle = this.openSource();
+      let source: Source = sourceHandle.kind === "directory" ? { kind: "refused" } : sourceHandle;
+      let table: MountInfo[] = [];
+      try {
+        table = await readMountTable({
+          mountIds: sourceHandle.kind === "directory" ? [sourceHandle.handle.mountId] : [],
+          // Mounts inside the volume directories: the targets, and what is below them.
+          directories: volumes.flatMap(({ target }) => (target ? [dirname(target)] : [])),
         });
-        const reason = await Promise.race([check, expired]);
-        tally(reason === TIMEOUT ? "unresponsive" : reason);
+        if (sourceHandle.kind === "directory") {
+          source = { kind: "directory", origin: bindOrigin(sourceHandle.handle, table) };
+        }
+      } finally {
+        if (sourceHandle.kind === "directory") sourceHandle.handle.close();
       }
-    };
-    await Promise.all(Array.from({ length: CONCURRENCY }, look));
+      const tops = topMounts(table);
+      for (const { held, target } of volumes) {
+        const reason = target === undefined ? "target_gone" : judge(held, tops.get(target), source);
+        if (reason) counts.abnormal[reason]++;
+        else counts.published++;
+      }
+    } catch {
+      // The mount table could not be read: nothing can be told of any volume.
+      for (const _ of volumes) counts.abnormal.unreadable++;
+    } finally {
+      for (const { held } of volumes) release(held, 1);
+    }
     return counts;
+  }
+
+  /** The Workload API directory, opened the trusted way (never waits on a file system there). */
+  private openSource():
+    | { kind: "directory"; handle: DirectoryHandle }
+    | { kind: "missing" | "removed" | "refused" } {
+    try {
+      const found = openTrustedDirectory(this.source.workloadApiSocketDir, {
+        followLinks: this.source.allowSymlinkedSocketDir === true,
+      });
+      if (found.kind === "directory") return { kind: "directory", handle: found.handle };
+      return { kind: found.kind === "removed" ? "removed" : "missing" };
+    } catch {
+      return { kind: "refused" };
+    }
+  }
+}
+
+/** Where the target of the volume directory `volume` is, as the mount table names it. */
+function targetPoint(volume: DirectoryHandle): string | undefined {
+  try {
+    const location = volume.location();
+    return location.endsWith(" (deleted)") ? undefined : `${location}/${TARGET_NAME}`;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The topmost mount at each mount point of `table`: the one no other there is stacked on. */
+function topMounts(table: MountInfo[]): Map<string, MountInfo> {
+  const tops = new Map<string, MountInfo>();
+  for (const mount of table) {
+    const below = tops.get(mount.mountPoint);
+    if (!below || mount.parentId === below.mountId) tops.set(mount.mountPoint, mount);
+  }
+  return tops;
+}
+
+/** What is wrong with a volume whose target's topmost mount is `top`; undefined when nothing. */
+function judge(held: Held, top: MountInfo | undefined, source: Source): AbnormalReason | undefined {
+  if (!top) return targetThere(held.handle) ? "not_mounted" : "target_gone";
+  switch (source.kind) {
+    case "missing":
+      return "source_missing";
+    case "removed":
+      return "source_stale";
+    case "refused":
+      return "unreadable";
+  }
+  const origin = source.origin;
+  if (!origin || top.device !== origin.device || top.root !== origin.root) return "replaced";
+  return undefined;
+}
+
+/**
+ * Whether the volume directory holds a directory named as the target, told by an O_PATH open
+ * in it (the volume directory is the kubelet's, and the target is no mount: nothing else is
+ * asked).
+ */
+function targetThere(volume: DirectoryHandle): boolean {
+  try {
+    closeSync(
+      openSync(volume.entry(TARGET_NAME), O_PATH | constants.O_DIRECTORY | constants.O_NOFOLLOW),
+    );
+    return true;
+  } catch (error) {
+    if (isErrno(error, "ENOENT") || isErrno(error, "ELOOP") || isErrno(error, "ENOTDIR")) {
+      return false;
+    }
+    return true;
   }
 }
 
 function release(held: Held, uses: number): void {
   held.users -= uses;
   if (held.dropped && held.users === 0) held.handle.close();
-}
-
-/** The Workload API directory's identity now; undefined when it does not exist. */
-async function sourceInode(socketDir: string): Promise<Inode | undefined> {
-  try {
-    return await viewDirectory(socketDir, true, async ({ dev, ino, nlink }) => ({
-      dev,
-      ino,
-      nlink,
-    }));
-  } catch (error) {
-    if (isErrno(error, "ENOENT") || isErrno(error, "ENOTDIR")) return undefined;
-    throw error;
-  }
-}
-
-/** What is wrong with the target in the volume directory `volume`; undefined when nothing is. */
-async function targetProblem(
-  volume: DirectoryHandle,
-  source: Inode | undefined,
-): Promise<AbnormalReason | undefined> {
-  try {
-    return await viewDirectory(volume.entry(TARGET_NAME), false, async (target) => {
-      const problem = mountProblem(target.mountId !== volume.mountId, target, source);
-      if (problem) return problem;
-      // Listable: one entry read, however many the directory holds.
-      const listing = await opendir(target.path);
-      try {
-        await listing.read();
-      } finally {
-        await listing.close();
-      }
-      return undefined;
-    });
-  } catch (error) {
-    // Nothing there, a link, or not a directory: not a target this driver published.
-    if (isErrno(error, "ENOENT") || isErrno(error, "ELOOP") || isErrno(error, "ENOTDIR")) {
-      return "target_gone";
-    }
-    return "unreadable";
-  }
 }

@@ -1,4 +1,5 @@
 import { status } from "@grpc/grpc-js";
+import { UntrustedMountError } from "../linux/gate.ts";
 import { MountCommandError } from "../linux/mounter.ts";
 import { RpcError } from "../rpc/status.ts";
 
@@ -49,21 +50,33 @@ export function notFound(volumePath: string, why: string): RpcError {
   );
 }
 
-/** Runs a file-system call; a failure becomes INTERNAL saying what was done and to which path. */
+/**
+ * Runs a file-system call; a failure becomes INTERNAL saying what was done and to which path,
+ * except a mount the driver does not look into (../linux/gate.ts): UNAVAILABLE, with the fix,
+ * for it may be unmounted.
+ */
 export function fs<T>(what: string, call: () => T): T {
   try {
     return call();
   } catch (error) {
     if (error instanceof RpcError) throw error;
+    if (error instanceof UntrustedMountError) {
+      throw unavailable(`${what}: ${error.message}; ${error.fix}`);
+    }
     throw internal(`${what}: ${(error as Error).message}`, error);
   }
 }
 
-/** A failed `mount`/`umount`: DEADLINE_EXCEEDED (which the kubelet retries) when it hung. */
+/**
+ * A failed `mount`/`umount`: DEADLINE_EXCEEDED (which the kubelet retries) when it hung;
+ * UNAVAILABLE when what it was given was removed meanwhile (the agent's directory removed while
+ * a publish was under way: the next try finds it, or says it is missing).
+ */
 export function commandFailed(what: string, error: unknown): RpcError {
   if (error instanceof MountCommandError) {
+    const gone = !error.timedOut && /No such file or directory/.test(error.stderr);
     return new RpcError(
-      error.timedOut ? status.DEADLINE_EXCEEDED : status.INTERNAL,
+      error.timedOut ? status.DEADLINE_EXCEEDED : gone ? status.UNAVAILABLE : status.INTERNAL,
       `${what}: ${error.message}`,
       { cause: error },
     );

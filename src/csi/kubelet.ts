@@ -11,6 +11,7 @@ import { open } from "node:fs/promises";
 import { join } from "node:path";
 import { DirectoryHandle, O_PATH, openDirectory } from "../linux/descriptors.ts";
 import { isErrno } from "../linux/errno.ts";
+import { type FdMount, fdMount, gate } from "../linux/gate.ts";
 import {
   classifyOpenError,
   type Directory,
@@ -36,6 +37,8 @@ export function podUidOf(targetPath: string): string | undefined {
 // without following a link.
 const WALK_ROOT = O_PATH | constants.O_DIRECTORY;
 const WALK_STEP = O_PATH | constants.O_DIRECTORY | constants.O_NOFOLLOW;
+const VOLUME_MOUNT_FIX =
+  "unmount what was mounted over the volume directory; the driver looks only into local file systems";
 // pods, <pod-uid>, volumes, kubernetes.io~csi, <volume-name>, mount
 const TAIL_SEGMENTS = 6;
 
@@ -123,7 +126,9 @@ export function openVolumeDir(targetPath: string): VolumeDirectory {
   try {
     const location = join(readlinkSync(`/proc/self/fd/${fd}`), ...names);
     // The directories on the way are only passed through: a bare descriptor each, nothing read
-    // of them. The one at the end is held, with what it is.
+    // of them. The one at the end is held, with what it is; should it be the root of a mount,
+    // that mount is judged before it is stat'ed (../linux/gate.ts).
+    let parentMount: FdMount | undefined;
     for (const [index, name] of names.entries()) {
       const entry = `/proc/self/fd/${fd}/${name}`;
       let next: number;
@@ -133,10 +138,15 @@ export function openVolumeDir(targetPath: string): VolumeDirectory {
         const at = join(kubeletRoot, ...names.slice(0, index + 1));
         throw new VolumePathError(classifyOpenError(entry, error), at);
       }
+      if (index === names.length - 1) parentMount = fdMount(fd);
       closeSync(fd);
       fd = next;
     }
-    const volume = new VolumeDirectory(new DirectoryHandle(fd), location);
+    const mount = fdMount(fd);
+    if (mount.mountId !== parentMount?.mountId) {
+      gate.judge(mount, true, { at: location, fix: VOLUME_MOUNT_FIX, open: false });
+    }
+    const volume = new VolumeDirectory(new DirectoryHandle(fd, mount), location);
     fd = -1;
     return volume;
   } finally {

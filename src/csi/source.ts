@@ -1,5 +1,7 @@
+import { posix, relative } from "node:path";
 import { status } from "@grpc/grpc-js";
 import type { DirectoryHandle } from "../linux/descriptors.ts";
+import type { MountInfo } from "../linux/mountinfo.ts";
 import { openTrustedDirectory, UnsafePathError } from "../linux/trusted-path.ts";
 import { RpcError } from "../rpc/status.ts";
 import { internal, quote } from "./errors.ts";
@@ -23,8 +25,9 @@ export type SourceState =
 
 /**
  * The Workload API directory as the driver sees it now, opened the way the kubelet's paths are
- * (../linux/trusted-path.ts): a symbolic link on the way, or a directory on the way that anyone
- * but root could change, is refused (FAILED_PRECONDITION). Missing, or removed while a mount still
+ * (../linux/trusted-path.ts): a symbolic link on the way, a directory on the way that anyone
+ * but root could change, or a file system mounted over it or on its way that could stop
+ * answering (FUSE, NFS, ...), is refused (FAILED_PRECONDITION). Missing, or removed while a mount still
  * shows it, it is UNAVAILABLE, which the kubelet retries.
  */
 export function inspectSource(options: SourceOptions): SourceState {
@@ -86,13 +89,48 @@ export function openSource(options: SourceOptions): DirectoryHandle {
   return source.handle;
 }
 
-/** The Workload API directory held open, or undefined whatever the reason. */
+/**
+ * The Workload API directory held open, or undefined whatever the reason: never throws, and
+ * never waits on a file system mounted over the directory (which is refused, see
+ * ../linux/gate.ts).
+ */
 export function openSourceIfThere(options: SourceOptions): DirectoryHandle | undefined {
-  const source = inspectSource(options);
-  return source.ok ? source.handle : undefined;
+  try {
+    const source = inspectSource(options);
+    return source.ok ? source.handle : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** A refusal of the directory's path, with what to change. */
 export function unsafeProblem(socketDir: string, error: UnsafePathError): string {
   return `the Workload API socket directory ${quote(socketDir)} is refused: ${error.message}; ${error.fix}`;
+}
+
+/** Where a bind of a directory comes from, as the mount table says of the bind. */
+export interface BindOrigin {
+  /** major:minor of its file system. */
+  device: string;
+  /** The directory, from its file system's root. */
+  root: string;
+}
+
+/**
+ * What the mount table shows for a bind of the directory `source` (held open): the device of
+ * its mount and its place in that file system. Undefined when its mount is not in `table` or
+ * its place cannot be told (a removed directory).
+ */
+export function bindOrigin(source: DirectoryHandle, table: MountInfo[]): BindOrigin | undefined {
+  const mount = table.find((entry) => entry.mountId === source.mountId);
+  if (!mount) return undefined;
+  let location: string;
+  try {
+    location = source.location();
+  } catch {
+    return undefined;
+  }
+  const inside = relative(mount.mountPoint, location);
+  if (inside.startsWith("..") || location.endsWith(" (deleted)")) return undefined;
+  return { device: mount.device, root: posix.join(mount.root, inside) };
 }

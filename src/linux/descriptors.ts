@@ -1,5 +1,7 @@
-import { closeSync, constants, fstatSync, openSync, readFileSync, readlinkSync } from "node:fs";
+import { closeSync, constants, fstatSync, openSync, readlinkSync, type Stats } from "node:fs";
 import { open, readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { type FdMount, fdMount, gate, UntrustedMountError } from "./gate.ts";
 
 /**
  * Directories held open by descriptor, so that what was checked is what gets used.
@@ -32,12 +34,20 @@ export class DirectoryHandle implements Disposable {
   readonly mountId: number;
   private open = true;
 
-  constructor(readonly fd: number) {
-    const stat = fstatSync(fd);
+  /**
+   * Holds `fd`. `mount`, what fdinfo says of it, is read when not given; `stat` is taken when
+   * not given: a caller that has not judged the directory's mount (./gate.ts) must know it is
+   * one the driver may stat.
+   */
+  constructor(
+    readonly fd: number,
+    mount?: FdMount,
+    stat: Pick<Stats, "dev" | "ino" | "nlink"> = fstatSync(fd),
+  ) {
     this.dev = stat.dev;
     this.ino = stat.ino;
     this.nlink = stat.nlink;
-    this.mountId = readMountId(fd);
+    this.mountId = (mount ?? fdMount(fd)).mountId;
   }
 
   /** A path that resolves to this very directory, for this process. */
@@ -79,12 +89,33 @@ export function openDirectory(path: string): DirectoryHandle {
   return handle(openSync(path, DIRECTORY_HANDLE));
 }
 
+const MOUNT_FIX =
+  "unmount what was mounted there; the driver looks only into local file systems and its own binds of the Workload API directory";
+
 /**
  * Opens the directory `name` inside `parent` without following a symbolic link at `name`:
- * a link fails with ELOOP or ENOTDIR, anything but a directory with ENOTDIR.
+ * a link fails with ELOOP or ENOTDIR, anything but a directory with ENOTDIR. Should it be the
+ * root of a mount (a volume's target), its mount is judged before it is stat'ed (./gate.ts):
+ * one that is not a bind of a directory the trusted walk vouched for, nor a local file
+ * system, is UntrustedMountError.
  */
 export function openEntry(parent: DirectoryHandle, name: string): DirectoryHandle {
-  return handle(openSync(parent.entry(name), DIRECTORY_HANDLE | constants.O_NOFOLLOW));
+  const fd = openSync(parent.entry(name), DIRECTORY_HANDLE | constants.O_NOFOLLOW);
+  try {
+    const mount = fdMount(fd);
+    if (mount.mountId !== parent.mountId) {
+      try {
+        gate.judgeTarget(mount, { at: name, fix: MOUNT_FIX, open: true });
+      } catch (error) {
+        if (!(error instanceof UntrustedMountError)) throw error;
+        throw new UntrustedMountError(join(parent.location(), name), error.mount, error.fix);
+      }
+    }
+    return new DirectoryHandle(fd, mount);
+  } catch (error) {
+    closeSync(fd);
+    throw error;
+  }
 }
 
 function handle(fd: number): DirectoryHandle {
@@ -99,7 +130,7 @@ function handle(fd: number): DirectoryHandle {
 /** The kernel's id of the mount an open file is on, from /proc/self/fdinfo. */
 export function readMountId(fd: number): number {
   // A few lines that procfs makes up on the spot: no blocking read, no size to bound.
-  return mountIdIn(readFileSync(`/proc/self/fdinfo/${fd}`, "latin1"), fd);
+  return fdMount(fd).mountId;
 }
 
 /** What a directory is, read through a descriptor open while it is looked at. */

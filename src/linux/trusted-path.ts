@@ -1,15 +1,8 @@
-import {
-  closeSync,
-  constants,
-  fstatSync,
-  lstatSync,
-  openSync,
-  readlinkSync,
-  type Stats,
-} from "node:fs";
+import { closeSync, constants, fstatSync, openSync, readlinkSync, type Stats } from "node:fs";
 import { join } from "node:path";
 import { DirectoryHandle, O_PATH } from "./descriptors.ts";
 import { isErrno } from "./errno.ts";
+import { type FdMount, fdMount, gate, UntrustedMountError } from "./gate.ts";
 
 /**
  * A directory the operator named, opened the way the kubelet's paths are: one name at a time from
@@ -24,6 +17,10 @@ import { isErrno } from "./errno.ts";
  * sticky (as /tmp is) and the entry the path takes in it belongs to root: there, nobody else may
  * rename or remove that entry, while an entry of another user's could have been put there by
  * anyone. The directory at the end belongs to whoever runs the agent, and is not judged.
+ *
+ * Nothing on the way is asked anything before its mount is judged (./gate.ts): a directory
+ * that is the root of a mount whose file system could stop answering (FUSE, NFS, ...) is
+ * refused as unsafe, without a stat or a lookup in it reaching that file system.
  */
 export type TrustedDirectory =
   | { kind: "directory"; handle: DirectoryHandle }
@@ -72,6 +69,22 @@ export function openTrustedDirectory(path: string, options: TrustedPathOptions):
   return first.kind === "removed" ? walk(path, options) : first;
 }
 
+const MOUNT_FIX =
+  "mount nothing over the Workload API directory or a directory on its path: keep the agent's sockets on a local file system (unmount what is mounted there)";
+
+/** Judges the mount of the directory `fd` at `at` (./gate.ts); a refusal is UnsafePathError. */
+function judged(fd: number, at: string, below: FdMount | undefined, last: boolean): FdMount {
+  const found = fdMount(fd);
+  if (below !== undefined && found.mountId === below.mountId) return found;
+  try {
+    gate.judge(found, true, { at, fix: MOUNT_FIX, open: last });
+  } catch (error) {
+    if (!(error instanceof UntrustedMountError)) throw error;
+    throw new UnsafePathError(at, error.message, error.fix);
+  }
+  return found;
+}
+
 function walk(path: string, options: TrustedPathOptions): TrustedDirectory {
   const uid = options.uid ?? process.getuid?.() ?? 0;
   const pending = names(path);
@@ -79,6 +92,7 @@ function walk(path: string, options: TrustedPathOptions): TrustedDirectory {
   let at = "/";
   let fd = openSync("/", O_PATH | constants.O_DIRECTORY);
   try {
+    let mount = judged(fd, at, undefined, false);
     let stat = fstatSync(fd);
     for (let name = pending.shift(); name !== undefined; name = pending.shift()) {
       checkSearched(stat, at, uid);
@@ -93,7 +107,7 @@ function walk(path: string, options: TrustedPathOptions): TrustedDirectory {
           return stat.nlink === 0 ? { kind: "removed", at } : { kind: "missing", at: next };
         }
         if (!isErrno(error, "ELOOP") && !isErrno(error, "ENOTDIR")) throw error;
-        const entry = lstatIfThere(entryPath);
+        const entry = lstatIfThere(entryPath, next, mount, pending.length === 0);
         if (!entry) return { kind: "missing", at: next };
         if (!entry.isSymbolicLink()) return { kind: "not-directory", at: next };
         checkPlaced(entry, stat, at, next, uid);
@@ -117,19 +131,22 @@ function walk(path: string, options: TrustedPathOptions): TrustedDirectory {
           closeSync(fd);
           fd = openSync("/", O_PATH | constants.O_DIRECTORY);
           at = "/";
+          mount = judged(fd, at, undefined, false);
           stat = fstatSync(fd);
         }
         continue;
       }
       closeSync(fd);
       fd = nextFd;
+      mount = judged(fd, next, mount, pending.length === 0);
       const parent = stat;
       stat = fstatSync(fd);
       checkPlaced(stat, parent, at, next, uid);
       at = next;
     }
     if (stat.nlink === 0) return { kind: "removed", at };
-    const handle = new DirectoryHandle(fd);
+    const handle = new DirectoryHandle(fd, mount, stat);
+    gate.vouch(handle.ino);
     fd = -1;
     return { kind: "directory", handle };
   } finally {
@@ -141,12 +158,23 @@ function names(path: string): string[] {
   return path.split("/").filter((name) => name !== "" && name !== ".");
 }
 
-function lstatIfThere(path: string): Stats | undefined {
+/**
+ * What is at `path` (an entry of a directory on the mount `below`), a link not followed: held
+ * by an O_PATH descriptor, and judged should it be the root of a mount (a file can be one).
+ */
+function lstatIfThere(path: string, at: string, below: FdMount, last: boolean): Stats | undefined {
+  let fd: number;
   try {
-    return lstatSync(path);
+    fd = openSync(path, O_PATH | constants.O_NOFOLLOW);
   } catch (error) {
     if (isErrno(error, "ENOENT")) return undefined;
     throw error;
+  }
+  try {
+    judged(fd, at, below, last);
+    return fstatSync(fd);
+  } finally {
+    closeSync(fd);
   }
 }
 

@@ -2,7 +2,7 @@
 // that answers at first and, told to on stdin, stops answering. What a hung FUSE server (a
 // deadlocked SPIFFEFS, say) looks like to whoever calls into it.
 //
-//   bun tests/helpers/fuse-server.ts <mount point> [ro|rw] [no-labels|no-xattrs]
+//   bun tests/helpers/fuse-server.ts <mount point> [ro|rw] [no-labels|no-xattrs] [owner=UID]
 //
 // Mounts with `mount -i -t fuse -o fd=3,...` (the descriptor of /dev/fuse passed as fd 3 to
 // mount; -i: no /sbin/mount.fuse helper), prints "mounted" once the kernel's INIT is answered,
@@ -18,13 +18,19 @@
 import { closeSync, openSync, read, writeSync } from "node:fs";
 import { constants } from "node:os";
 
-const [mountPoint, access = "rw", xattrs = "no-labels"] = process.argv.slice(2);
+// owner=UID: mounted as that user's, without allow_other (fuse.conf's default for users): the
+// kernel refuses every other user's access, root's included (EACCES).
+const [mountPoint, access = "rw", xattrs = "no-labels", owner = ""] = process.argv.slice(2);
+const ownerUid = /^owner=(\d+)$/.exec(owner)?.[1];
 if (
   !mountPoint ||
   (access !== "rw" && access !== "ro") ||
-  (xattrs !== "no-labels" && xattrs !== "no-xattrs")
+  (xattrs !== "no-labels" && xattrs !== "no-xattrs") ||
+  (owner !== "" && ownerUid === undefined)
 ) {
-  process.stderr.write("usage: fuse-server.ts <mount point> [ro|rw] [no-labels|no-xattrs]\n");
+  process.stderr.write(
+    "usage: fuse-server.ts <mount point> [ro|rw] [no-labels|no-xattrs] [owner=UID]\n",
+  );
   process.exit(2);
 }
 
@@ -67,7 +73,9 @@ const mount = Bun.spawnSync(
     "-t",
     "fuse",
     "-o",
-    `fd=3,rootmode=40000,user_id=0,group_id=0,allow_other,${access}`,
+    ownerUid === undefined
+      ? `fd=3,rootmode=40000,user_id=0,group_id=0,allow_other,${access}`
+      : `fd=3,rootmode=40000,user_id=${ownerUid},group_id=${ownerUid},${access}`,
     "stuck-fuse",
     mountPoint,
   ],

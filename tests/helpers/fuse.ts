@@ -22,11 +22,12 @@ export class FuseMount {
 
   /**
    * Mounts an empty, answering file system at `mountPoint` (an existing directory). Its files
-   * have no labels (ENODATA), or with `noXattrs` no extended attributes at all (ENOTSUP).
+   * have no labels (ENODATA), or with `noXattrs` no extended attributes at all (ENOTSUP). With
+   * `owner`, the mount is that user's, without allow_other: root gets EACCES from it.
    */
   static async start(
     mountPoint: string,
-    options: { readOnly?: boolean; noXattrs?: boolean } = {},
+    options: { readOnly?: boolean; noXattrs?: boolean; owner?: number } = {},
   ): Promise<FuseMount> {
     const proc = Bun.spawn(
       [
@@ -35,6 +36,7 @@ export class FuseMount {
         mountPoint,
         options.readOnly ? "ro" : "rw",
         options.noXattrs ? "no-xattrs" : "no-labels",
+        ...(options.owner === undefined ? [] : [`owner=${options.owner}`]),
       ],
       { stdin: "pipe", stdout: "pipe", stderr: "pipe" },
     );

@@ -1,6 +1,20 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { constants, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  closeSync,
+  constants,
+  openSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
+import {
+  fdMount,
+  isLocalFileSystem,
+  MountGate,
+  UntrustedMountError,
+} from "../../../src/linux/gate.ts";
 import {
   MountTableReader,
   MountTableTooLarge,
@@ -125,5 +139,72 @@ describe("MountTableReader", () => {
     expect(await Promise.all(writers)).toEqual([0, 0, 0]);
     // No read is left waiting on the FIFO: opening it to write finds no reader.
     expect(() => openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK)).toThrow(/ENXIO/);
+  });
+});
+
+describe("MountGate: the mount of a directory judged from the table alone", () => {
+  const dir = tempDir("gate");
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const line = (id: number, type: string, at: string) =>
+    `${id} 1 0:${id} / ${at} rw,relatime shared:1 - ${type} src-${id} rw`;
+  const where = { at: "/run/x", fix: "unmount it", open: true };
+
+  test("local kernel file systems pass; FUSE, NFS, CIFS, 9p and unknown types are refused, naming the mount", () => {
+    const table = join(dir, "types");
+    const types = ["ext4", "xfs", "btrfs", "tmpfs", "overlay", "proc"];
+    const refused = ["fuse", "fuse.sshfs", "fuseblk", "nfs", "nfs4", "cifs", "9p", "autofs", "x"];
+    writeFileSync(
+      table,
+      [...types, ...refused].map((type, index) => line(100 + index, type, `/m/${type}`)).join("\n"),
+    );
+    const gate = new MountGate(table);
+    types.forEach((type, index) => {
+      expect(gate.judge({ mountId: 100 + index, ino: 2 }, true, where).fsType).toBe(type);
+      expect(isLocalFileSystem(type)).toBe(true);
+    });
+    refused.forEach((type, index) => {
+      const id = 100 + types.length + index;
+      const judged = () => gate.judge({ mountId: id, ino: 1 }, true, where);
+      expect(judged).toThrow(UntrustedMountError);
+      expect(judged).toThrow(`/run/x is on a ${type} mount (source "src-${id}", at "/m/${type}")`);
+    });
+    // A mount that is not in the table is not trusted either.
+    expect(() => gate.judge({ mountId: 999, ino: 2 }, true, where)).toThrow(
+      "is on a mount that is not in the mount table",
+    );
+  });
+
+  test("the table is read again for a mount id it does not hold, not for one it does", () => {
+    const table = join(dir, "ids");
+    writeFileSync(table, line(10, "ext4", "/"));
+    const gate = new MountGate(table);
+    gate.judge({ mountId: 10, ino: 2 }, true, where);
+    gate.judge({ mountId: 10, ino: 2 }, true, where);
+    expect(gate.reads).toBe(1);
+    writeFileSync(table, [line(10, "ext4", "/"), line(11, "fuse", "/run/x")].join("\n"));
+    expect(() => gate.judge({ mountId: 11, ino: 1 }, true, where)).toThrow(UntrustedMountError);
+    expect(gate.reads).toBe(2);
+  });
+
+  test("a target whose root is a directory the trusted walk vouched for needs no table; FUSE's root is never one", () => {
+    const table = join(dir, "targets");
+    writeFileSync(table, line(20, "fuse", "/k/mount"));
+    const gate = new MountGate(table);
+    gate.vouch(4242);
+    gate.judgeTarget({ mountId: 30, ino: 4242 }, where);
+    expect(gate.reads).toBe(0);
+    gate.vouch(1);
+    expect(() => gate.judgeTarget({ mountId: 20, ino: 1 }, where)).toThrow(UntrustedMountError);
+  });
+
+  test("fdMount reads the mount id and inode number of an open file from fdinfo", () => {
+    const fd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+    try {
+      const found = fdMount(fd);
+      expect(found.mountId).toBeGreaterThan(0);
+      expect(found.ino).toBe(statSync(dir).ino);
+    } finally {
+      closeSync(fd);
+    }
   });
 });

@@ -13,6 +13,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { join } from "node:path";
+import { gate } from "../../../src/linux/gate.ts";
 import {
   openTrustedDirectory,
   type TrustedDirectory,
@@ -20,6 +21,7 @@ import {
   UnsafePathError,
 } from "../../../src/linux/trusted-path.ts";
 import { assertPrivateMountNamespace, tempDir } from "../../helpers/driver.ts";
+import { FuseMount } from "../../helpers/fuse.ts";
 import { mountsUnder } from "../../helpers/kubelet.ts";
 
 const AGENT_UID = 1000;
@@ -214,6 +216,88 @@ describe("a removed directory a mount still holds", () => {
       expect(open(join(view, "agent-sockets"))).toBe(`removed ${view}`);
     } finally {
       run("umount", view);
+    }
+  });
+});
+
+describe("file systems mounted on the way", () => {
+  const run = (...argv: string[]) => {
+    const result = Bun.spawnSync(argv, { stderr: "pipe" });
+    if (result.exitCode !== 0) throw new Error(`${argv.join(" ")}: ${result.stderr}`);
+  };
+
+  test("a FUSE file system over the directory, or over one on its way, is refused without a request reaching it", async () => {
+    assertPrivateMountNamespace();
+    const { b, c } = tree("fuse");
+    chownSync(c, AGENT_UID, AGENT_UID);
+    const overDirectory = await FuseMount.start(c);
+    try {
+      const before = await overDirectory.counts();
+      const error = refusal(c);
+      expect(error.at).toBe(c);
+      expect(error.message).toContain(`${c} is on a fuse mount (source "stuck-fuse", at "${c}")`);
+      expect(error.fix).toContain("keep the agent's sockets on a local file system");
+      // Silent from now on: a walk that asked anything would hang here.
+      await overDirectory.hang();
+      expect(refusal(c, links).at).toBe(c);
+      expect(await overDirectory.answer().then(() => overDirectory.counts())).toEqual(before);
+    } finally {
+      await overDirectory.stop();
+    }
+    const onTheWay = await FuseMount.start(b);
+    try {
+      await onTheWay.hang();
+      expect(refusal(c).at).toBe(b);
+    } finally {
+      await onTheWay.stop();
+    }
+    expect(open(c)).toBe(inode(c));
+  }, 60_000);
+
+  test("local file systems mounted on the way and over the directory open as before", () => {
+    assertPrivateMountNamespace();
+    const { base, b, c } = tree("local");
+    const node = join(base, "node");
+    mkdirSync(node);
+    // A container's view: the directory is a bind of a local directory, then a tmpfs over it.
+    run("mount", "--bind", node, c);
+    try {
+      expect(open(c)).toBe(inode(node));
+      run("mount", "-t", "tmpfs", "local-test", c);
+      try {
+        expect(open(c)).toBe(inode(c));
+        expect(open(join(b, "c"))).toBe(inode(c));
+      } finally {
+        run("umount", c);
+      }
+    } finally {
+      run("umount", c);
+    }
+  });
+
+  test("the mount table is read again only when what was judged cannot be trusted without it", () => {
+    assertPrivateMountNamespace();
+    const { base, c } = tree("reads");
+    const node = join(base, "node");
+    mkdirSync(node);
+    run("mount", "--bind", node, c);
+    try {
+      expect(open(c)).toBe(inode(node));
+      const reads = gate.reads;
+      expect(open(c)).toBe(inode(node));
+      expect(gate.reads).toBe(reads);
+      // Another mount elsewhere: the bind's root is the one judged, by its inode number.
+      const elsewhere = join(base, "elsewhere");
+      mkdirSync(elsewhere);
+      run("mount", "-t", "tmpfs", "reads-test", elsewhere);
+      try {
+        expect(open(c)).toBe(inode(node));
+        expect(gate.reads).toBe(reads);
+      } finally {
+        run("umount", elsewhere);
+      }
+    } finally {
+      run("umount", c);
     }
   });
 });
