@@ -4,10 +4,10 @@
 import { describe, expect, test } from "bun:test";
 import { chmodSync, chownSync, mkdirSync, rmdirSync, symlinkSync } from "node:fs";
 import { join } from "node:path";
-import { assertPrivateMountNamespace } from "../../helpers/driver.ts";
+import { mountTestFile } from "../../helpers/driver.ts";
 import { inode, links, open, refusal, trees } from "../../helpers/trusted-path.ts";
 
-assertPrivateMountNamespace();
+mountTestFile();
 const AGENT_UID = 1000;
 const tree = trees("trusted-path-root");
 

@@ -235,7 +235,7 @@ describe("the mounter's directories below its binds", () => {
   const base = join(kubeletRoot, "mounter");
   mkdirSync(base);
   const source = openDirectory(socketDir);
-  afterAll(() => source.close());
+  afterAll(() => source.close(), 60_000);
 
   async function bound(name: string): Promise<string> {
     const target = join(base, name);

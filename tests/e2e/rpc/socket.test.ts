@@ -282,9 +282,12 @@ describe("connections", () => {
     } finally {
       flood.end();
     }
-    // Once the flood is gone, a new client is served.
+    // Once the flood is gone, a new client is served. It waits for its channel to be ready, as the
+    // kubelet tries again: a connection that arrives before the driver has seen the flood's
+    // connections close is still over the cap, and closed.
     const fresh = clients(socketPath, { "grpc.use_local_subchannel_pool": 1 });
-    expect((await fresh.identity.probe({}, { deadline: Date.now() + 30_000 })).ready).toBe(true);
+    const ready = { deadline: Date.now() + 30_000, waitForReady: true };
+    expect((await fresh.identity.probe({}, ready)).ready).toBe(true);
     fresh.identity.close();
     const { code } = await driver.stop();
     expect(code).toBe(0);
