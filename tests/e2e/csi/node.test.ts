@@ -62,6 +62,14 @@ async function published(): Promise<PodVolume> {
   return volume;
 }
 
+/** A volume whose target is a directory already, with a file in it: what must be kept. */
+function targetWithData(): PodVolume {
+  const volume = preparedVolume();
+  mkdirSync(volume.targetPath);
+  writeFileSync(join(volume.targetPath, "data"), "keep me");
+  return volume;
+}
+
 describe("NodePublishVolume", () => {
   test("bind-mounts the Workload API directory: the pod reaches the agent through it", async () => {
     const volume = await published();
@@ -120,9 +128,7 @@ describe("NodePublishVolume", () => {
   });
 
   test("a target directory with contents is not mounted over", async () => {
-    const volume = preparedVolume();
-    mkdirSync(volume.targetPath);
-    writeFileSync(join(volume.targetPath, "data"), "keep me");
+    const volume = targetWithData();
     const error = await rpcFailure(node.nodePublishVolume(publishRequest(volume)));
     expect(error.code).toBe(status.FAILED_PRECONDITION);
     expect(error.details).toContain("refusing to mount over it");
@@ -242,9 +248,7 @@ describe("NodeUnpublishVolume", () => {
   });
 
   test("a directory that is not a mount point and not empty is an error, and is kept", async () => {
-    const volume = preparedVolume();
-    mkdirSync(volume.targetPath);
-    writeFileSync(join(volume.targetPath, "data"), "keep me");
+    const volume = targetWithData();
     const error = await rpcFailure(node.nodeUnpublishVolume(unpublishRequest(volume)));
     expect(error.code).toBe(status.FAILED_PRECONDITION);
     expect(error.details).toContain("is not a mount point and is not empty");

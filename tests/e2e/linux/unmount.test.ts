@@ -142,16 +142,22 @@ afterAll(async () => {
 const FAST = "--internal-only --no-mtab /proc/self/fd/3";
 const LAZY = "--no-canonicalize --lazy /proc/self/fd/3";
 
+/** Unpublishes `volume` through `node`; the umount runs it took. Its target is no mount after. */
+async function unpublishRuns(volume: ReturnType<typeof preparedVolume>): Promise<UmountRun[]> {
+  umountRuns();
+  await node.nodeUnpublishVolume(unpublishRequest(volume));
+  const runs = umountRuns();
+  expect(mountsAt(volume.targetPath)).toBe(0);
+  return runs;
+}
+
 describe("unpublishing a volume this driver published", () => {
   test("runs umount without --lazy, which reads no mount table; mount and directory are gone", async () => {
     const volume = preparedVolume(kubeletRoot);
     await node.nodePublishVolume(publishRequest(volume));
-    umountRuns();
-    await node.nodeUnpublishVolume(unpublishRequest(volume));
-    const runs = umountRuns();
+    const runs = await unpublishRuns(volume);
     expect(runs.map((run) => run.argv)).toEqual([FAST]);
     expect(readNoMountTable(runs[0] as UmountRun)).toBe(true);
-    expect(mountsAt(volume.targetPath)).toBe(0);
     expect(existsSync(volume.targetPath)).toBe(false);
   });
 
@@ -161,10 +167,7 @@ describe("unpublishing a volume this driver published", () => {
     // A kubelet restart: nothing new is mounted.
     await node.nodePublishVolume(publishRequest(volume));
     expect(mountsAt(volume.targetPath)).toBe(1);
-    umountRuns();
-    await node.nodeUnpublishVolume(unpublishRequest(volume));
-    expect(umountRuns().map((run) => run.argv)).toEqual([FAST]);
-    expect(mountsAt(volume.targetPath)).toBe(0);
+    expect((await unpublishRuns(volume)).map((run) => run.argv)).toEqual([FAST]);
   });
 
   test("in use: detached lazily after the plain umount is refused; an open file stays readable", async () => {
@@ -172,12 +175,9 @@ describe("unpublishing a volume this driver published", () => {
     await node.nodePublishVolume(publishRequest(volume));
     const file = openSync(join(volume.targetPath, "bundle.pem"), "r");
     try {
-      umountRuns();
-      await node.nodeUnpublishVolume(unpublishRequest(volume));
-      const runs = umountRuns();
+      const runs = await unpublishRuns(volume);
       expect(runs.map((run) => run.argv)).toEqual([FAST, LAZY]);
       expect(runs[0]?.debug.join("\n")).toContain("umount(2) failed");
-      expect(mountsAt(volume.targetPath)).toBe(0);
       expect(existsSync(volume.targetPath)).toBe(false);
       const buffer = Buffer.alloc(64);
       const read = readSync(file, buffer, 0, buffer.length, 0);
@@ -193,20 +193,14 @@ describe("unpublishing a volume this driver published", () => {
     await earlier.node.nodePublishVolume(publishRequest(volume));
     earlier.node.close();
     await earlier.driver.stop();
-    umountRuns();
-    await node.nodeUnpublishVolume(unpublishRequest(volume));
-    expect(umountRuns().map((run) => run.argv)).toEqual([LAZY]);
-    expect(mountsAt(volume.targetPath)).toBe(0);
+    expect((await unpublishRuns(volume)).map((run) => run.argv)).toEqual([LAZY]);
     expect(existsSync(volume.targetPath)).toBe(false);
   });
 
   test("on a kubelet root umount cannot name from statfs (overlay): detached lazily", async () => {
     const volume = preparedVolume(overlayKubeletRoot);
     await node.nodePublishVolume(publishRequest(volume));
-    umountRuns();
-    await node.nodeUnpublishVolume(unpublishRequest(volume));
-    expect(umountRuns().map((run) => run.argv)).toEqual([LAZY]);
-    expect(mountsAt(volume.targetPath)).toBe(0);
+    expect((await unpublishRuns(volume)).map((run) => run.argv)).toEqual([LAZY]);
     expect(existsSync(volume.targetPath)).toBe(false);
   });
 

@@ -4,6 +4,8 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { mkdirSync, renameSync, rmdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
+import { ABNORMAL_REASONS } from "../../../src/csi/stats.ts";
+import { READINESS_KINDS } from "../../../src/ops/readiness.ts";
 import { startAgent } from "../../helpers/agent.ts";
 import {
   clients,
@@ -88,28 +90,8 @@ describe("the volume gauges follow the targets", async () => {
 
   test("three published volumes show, every reason and kind at 0", async () => {
     const body = await metricsShow({ [PUBLISHED]: 3, [readiness("agent_no_socket")]: 0 });
-    for (const reason of [
-      "not_mounted",
-      "source_missing",
-      "source_stale",
-      "replaced",
-      "unreadable",
-      "target_gone",
-      "unresponsive",
-    ]) {
-      expect(sample(body, abnormal(reason))).toBe(0);
-    }
-    for (const kind of [
-      "selinux_labels",
-      "stale_directory",
-      "agent_directory_missing",
-      "agent_directory_unreadable",
-      "agent_no_socket",
-      "agent_refused",
-      "agent_directory_unresponsive",
-    ]) {
-      expect(sample(body, readiness(kind))).toBe(0);
-    }
+    for (const reason of ABNORMAL_REASONS) expect(sample(body, abnormal(reason))).toBe(0);
+    for (const kind of READINESS_KINDS) expect(sample(body, readiness(kind))).toBe(0);
   });
 
   test("a target unmounted behind the driver's back: the gauge drops, it shows as not mounted", async () => {
