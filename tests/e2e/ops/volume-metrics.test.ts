@@ -1,21 +1,14 @@
 // The volume and readiness gauges of the real binary tell what the node shows, not what the driver
 // remembers: targets unmounted or removed behind its back, an agent directory replaced, removed
 // or seen stale, and an agent gone, each show in /metrics as the stats and /readyz tell it.
-import { afterAll, describe, expect, test } from "bun:test";
-import { mkdirSync, renameSync, rmdirSync, rmSync } from "node:fs";
+import { describe, expect, test } from "bun:test";
+import { mkdirSync, renameSync, rmdirSync } from "node:fs";
 import { join } from "node:path";
 import { ABNORMAL_REASONS } from "../../../src/csi/stats.ts";
 import { READINESS_KINDS } from "../../../src/ops/readiness.ts";
 import { startAgent } from "../../helpers/agent.ts";
+import { clients, mountTestFile } from "../../helpers/driver.ts";
 import {
-  clients,
-  type DriverProcess,
-  mountTestFile,
-  startDriver,
-  tempDir,
-} from "../../helpers/driver.ts";
-import {
-  mountsUnder,
   podVolume,
   prepareVolume,
   publishRequest,
@@ -23,24 +16,17 @@ import {
   unpublishRequest,
 } from "../../helpers/kubelet.ts";
 import { freePort } from "../../helpers/port.ts";
+import { testbed } from "../../helpers/testbed.ts";
 import { PATIENCE_MS, waitFor } from "../../helpers/wait.ts";
 
 mountTestFile();
 
-const root = tempDir("volume-metrics");
-const kubelet = join(root, "kubelet");
-const socketDir = join(root, "agent");
-mkdirSync(socketDir);
+const bed = testbed("volume-metrics", { agent: false });
+const { root, socketDir, kubeletRoot: kubelet } = bed;
 const mounted: string[] = [];
-let driver: DriverProcess | undefined;
-
-afterAll(async () => {
-  await driver?.stop("SIGKILL");
+bed.beforeCleanup(() => {
   for (const path of mounted.reverse()) Bun.spawnSync(["umount", "-l", path]);
-  // Never delete through a mount: a test that left one fails here, and its files stay.
-  expect(mountsUnder(root)).toBe(0);
-  rmSync(root, { recursive: true, force: true });
-}, 60_000);
+});
 
 const port = freePort();
 const csiSocketPath = join(root, "csi", "csi.sock");
@@ -71,11 +57,7 @@ const PUBLISHED = "spiffe_csi_published_volumes";
 
 describe("the volume gauges follow the targets", async () => {
   const agent = startAgent(socketDir);
-  driver = await startDriver({
-    workloadApiSocketDir: socketDir,
-    csiSocketPath,
-    args: ["--health-addr", `127.0.0.1:${port}`],
-  });
+  await bed.start(["--health-addr", `127.0.0.1:${port}`], { csiSocketPath });
   const { node } = clients(csiSocketPath);
   const volumes = [podVolume(kubelet), podVolume(kubelet), podVolume(kubelet)];
   for (const volume of volumes) {
