@@ -261,14 +261,8 @@ describe("--recursive-bind, driver in a DaemonSet's namespace", () => {
     mkdirSync(writable);
     run("mount", "-t", "tmpfs", "tmpfs", writable);
     try {
-      const volume = preparedVolume();
-      const error = await rpcFailure(daemonSetNode.nodePublishVolume(publishRequest(volume)));
-      expect(error.code).toBe(status.FAILED_PRECONDITION);
-      expect(error.details).toContain(`read-write mounts ("${writable}")`);
-      expect(error.details).toContain("--allow-writable-submounts");
-      expect(mountsUnder(volume.volumeDir)).toBe(0);
-      expect(existsSync(volume.targetPath)).toBe(false);
-      removeVolume(volume);
+      const details = await refusedForWritable(daemonSetNode, writable);
+      expect(details).toContain("--allow-writable-submounts");
       const check = await submountCheck();
       expect(check?.ok).toBe(false);
       expect(check?.detail).toContain(`read-write: ${writable};`);
@@ -353,6 +347,21 @@ describe("--recursive-bind, driver in the node's namespace (the directory is a s
 });
 
 /**
+ * Publishes a fresh volume through `node`, which must refuse it with FAILED_PRECONDITION for the
+ * read-write mount at `writable`, leaving nothing at the target; the refusal's details.
+ */
+async function refusedForWritable(node: ReturnType<typeof clients>["node"], writable: string) {
+  const volume = preparedVolume();
+  const error = await rpcFailure(node.nodePublishVolume(publishRequest(volume)));
+  expect(error.code).toBe(status.FAILED_PRECONDITION);
+  expect(error.details).toContain(`read-write mounts ("${writable}")`);
+  expect(mountsUnder(volume.volumeDir)).toBe(0);
+  expect(existsSync(volume.targetPath)).toBe(false);
+  removeVolume(volume);
+  return error.details;
+}
+
+/**
  * A driver with --recursive-bind whose `mount` runs `action` first when its arguments match the
  * shell pattern `when`; its node client.
  */
@@ -384,16 +393,10 @@ describe("--recursive-bind, a read-write file system mounted between the check a
     mkdirSync(slipped);
     writeFileSync(slipping, "");
     try {
-      const volume = preparedVolume();
-      const error = await rpcFailure(node.nodePublishVolume(publishRequest(volume)));
+      const details = await refusedForWritable(node, slipped);
       // The stand-in did mount, after the driver's check.
       expect(isMountPoint(slipped)).toBe(true);
-      expect(error.code).toBe(status.FAILED_PRECONDITION);
-      expect(error.details).toContain(`read-write mounts ("${slipped}")`);
-      expect(error.details).toContain("while it was being bound");
-      expect(mountsUnder(volume.volumeDir)).toBe(0);
-      expect(existsSync(volume.targetPath)).toBe(false);
-      removeVolume(volume);
+      expect(details).toContain("while it was being bound");
       // Taking the bind back unmounted nothing of the agent's.
       expect(isMountPoint(spiffefs)).toBe(true);
       expect(readFileSync(join(spiffefs, "svid"), "utf8")).toBe(svid);
