@@ -4,8 +4,9 @@
 // anyone else, it runs the tests as they are.
 //
 // That user must be able to read the checkout. Where it cannot (a clone under /root), the tests
-// run from a copy in a temporary directory: the files git knows (tracked, or untracked and not
-// ignored), and node_modules as hard links where the file system allows, copied where not.
+// run from a copy in a temporary directory, readable by all: the files git knows (tracked, or
+// untracked and not ignored), and node_modules as hard links where the file system allows and
+// that user can read them, copied where not.
 import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -42,10 +43,15 @@ function readableCopy(into: string): string {
     stderr: "pipe",
   });
   if (tar.exitCode !== 0) throw new Error(`copying the checkout: ${tar.stderr}`);
+  // A checkout made under a strict umask: the copy is readable whatever its files' modes.
+  if (run(["chmod", "-R", "a+rX", copy], repo) !== 0) throw new Error("opening up the copy");
+  // Hard links share the files' modes: kept only where that user can read them already.
   const modules = join(repo, "node_modules");
-  if (run(["cp", "-al", modules, copy], repo) !== 0) {
+  if (run(["cp", "-al", modules, copy], repo) !== 0 || !readableByNobody(copy)) {
     rmSync(join(copy, "node_modules"), { recursive: true, force: true });
     if (run(["cp", "-a", modules, copy], repo) !== 0) throw new Error("copying node_modules");
+    const opened = run(["chmod", "-R", "a+rX", join(copy, "node_modules")], repo);
+    if (opened !== 0) throw new Error("opening up node_modules");
   }
   return copy;
 }
