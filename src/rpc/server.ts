@@ -21,7 +21,10 @@ interface RunningServer {
 
 /** Bounds on the connections to one socket. */
 export interface ConnectionLimits {
-  /** Connections open at once; a connection beyond them is closed as soon as it is accepted. */
+  /**
+   * Connections open at once; beyond them, the oldest that has not sent a byte is closed to make
+   * room, or, when each has sent something, the new one as soon as it is accepted.
+   */
   maxConnections: number;
   /** A connection with no call for this long is closed (a GOAWAY; clients reconnect). */
   idleTimeoutMs: number;
@@ -85,9 +88,11 @@ export async function startServer(
  * Listens on the socket with a listener of our own, which hands each connection to grpc-js (its
  * public connection injector): grpc-js has no bound on connections, and every connection costs a
  * file descriptor, so a flood of idle ones would otherwise starve the driver (mount, the health
- * port) of descriptors. Beyond `maxConnections`, a connection is closed as soon as it is accepted;
- * grpc-js closes one that carries no call for `idleTimeoutMs`, including one that never sends a
- * byte.
+ * port) of descriptors. Beyond `maxConnections`, the oldest connection that has not sent a byte
+ * is closed to make room (the kubelet connects for each call, so it is not kept out by clients
+ * that only hold connections), and when every connection has sent something, the new one is
+ * closed as soon as it is accepted. grpc-js closes one that carries no call for `idleTimeoutMs`,
+ * including one that never sends a byte.
  */
 async function listen(
   socket: SocketFile,
@@ -96,26 +101,32 @@ async function listen(
   logger: Logger,
 ): Promise<NetServer> {
   const injector = server.createConnectionInjector(ServerCredentials.createInsecure());
-  let open = 0;
+  // The connections open, oldest first.
+  const open = new Set<Socket>();
   let warned = false;
   const listener = createServer((connection: Socket) => {
     // A client that resets its connection is its own business: the session sees the close.
     connection.on("error", () => {});
-    if (open >= limits.maxConnections) {
-      connection.destroy();
+    if (open.size >= limits.maxConnections) {
       if (!warned) {
         warned = true;
-        logger.warn("too many connections; closing new ones until some close", {
+        logger.warn("too many connections; closing those that sent nothing, else new ones", {
           [LogKey.socketPath]: socket.path,
           [LogKey.maxConnections]: limits.maxConnections,
         });
       }
-      return;
+      const silent = [...open].find((other) => other.bytesRead === 0);
+      if (!silent) {
+        connection.destroy();
+        return;
+      }
+      open.delete(silent);
+      silent.destroy();
     }
-    open++;
+    open.add(connection);
     connection.once("close", () => {
-      open--;
-      if (open <= limits.maxConnections / 2) warned = false;
+      open.delete(connection);
+      if (open.size <= limits.maxConnections / 2) warned = false;
     });
     injector.injectConnection(connection);
   });

@@ -200,6 +200,14 @@ export function assertPrivateMountNamespace(): void {
   );
 }
 
+/**
+ * A command prefix that runs a program in a private mount namespace of its own, after `script`
+ * (run by sh with `args` as $0, $1, ...; it ends with `exec "$@"`, which keeps the pid).
+ */
+export function inPrivateMountNamespace(script: string, ...args: string[]): string[] {
+  return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, ...args];
+}
+
 function parentOf(pid: string): number {
   // /proc/<pid>/stat: "pid (comm) state ppid ..."; comm may hold spaces, so split after ")".
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");

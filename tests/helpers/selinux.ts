@@ -3,7 +3,7 @@
 // process's own context) is faked in a mount namespace of the driver's own.
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { BINARY, DriverProcess, waitServing } from "./driver.ts";
+import { BINARY, DriverProcess, inPrivateMountNamespace, waitServing } from "./driver.ts";
 
 export const CONTAINER_FILE = "system_u:object_r:container_file_t:s0";
 /** What the chart's `chcon -t container_file_t` init container leaves: another user, same type. */
@@ -28,18 +28,7 @@ export function selinuxInputs(scratch: string, enforce: string, current: string)
     "shift 2",
     'exec "$@"',
   ].join("\n");
-  return [
-    "unshare",
-    "--mount",
-    "--propagation",
-    "private",
-    "sh",
-    "-c",
-    script,
-    "sh",
-    enforce,
-    currentFile,
-  ];
+  return inPrivateMountNamespace(script, "sh", enforce, currentFile);
 }
 
 export type SelinuxMode = "enforcing" | "permissive";

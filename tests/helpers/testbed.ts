@@ -100,6 +100,15 @@ export function testbed(prefix: string, { agent = true }: TestbedOptions = {}) {
     /** Clients of the bed's CSI socket. */
     clients: () => clients(bed.csiSocketPath),
 
+    /** Stops the drivers still running, as the kubelet's node does (SIGTERM); their logs. */
+    async stopDrivers(): Promise<string[]> {
+      const logs: string[] = [];
+      for (const driver of drivers) {
+        if (driver.proc.exitCode === null) logs.push((await driver.stop()).stderr);
+      }
+      return logs;
+    },
+
     /** Runs at the end, before the drivers stop (e.g. unpublishing what the tests left). */
     beforeCleanup(cleanup: () => Promise<void> | void): void {
       cleanups.push(cleanup);

@@ -38,4 +38,4 @@ test("the script exits 1 without notes, so the release stops", () => {
   const run = Bun.spawnSync([process.execPath, script, "v9.9.9", "/dev/null"], { stderr: "pipe" });
   expect(run.exitCode).toBe(1);
   expect(run.stderr.toString()).toContain('add a "## 9.9.9" section');
-});
+}, 60_000);

@@ -20,7 +20,7 @@ test("the built binary reports it", async () => {
   const stdout = await new Response(driver.proc.stdout).text();
   expect((await driver.exited()).code).toBe(0);
   expect(stdout.trim()).toBe(version);
-});
+}, 60_000);
 
 test("the Containerfile labels the image with it", () => {
   const containerfile = readFileSync(join(repo, "Containerfile"), "utf8");

@@ -22,9 +22,13 @@ describe("actionlint", () => {
     expect(files.sort()).toEqual(["ci.yml", "release.yml"]);
   });
 
-  test.each(files)("%s has no actionlint error", async (name) => {
-    expect(await runLint(text(name), join(".github", "workflows", name))).toEqual([]);
-  });
+  test.each(files)(
+    "%s has no actionlint error",
+    async (name) => {
+      expect(await runLint(text(name), join(".github", "workflows", name))).toEqual([]);
+    },
+    60_000,
+  );
 
   test("a broken workflow has errors (the linter lints)", async () => {
     const broken = text("ci.yml")
@@ -33,7 +37,7 @@ describe("actionlint", () => {
       .replace("runs-on: ubuntu-24.04", "runs-on: ubuntu-24.04\n    needs: [nothing]");
     const errors = await runLint(broken, ".github/workflows/ci.yml");
     expect(errors.map((error) => error.kind).sort()).toEqual(["events", "expression", "job-needs"]);
-  });
+  }, 60_000);
 });
 
 describe("the workflows", () => {

@@ -2,43 +2,29 @@
 // registrar sees is skipped, saying why; the agent's socket is checked against the workloads' user; the
 // pod policy in force is printed.
 import { afterAll, describe, expect, test } from "bun:test";
-import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Check } from "../../../src/cli/doctor-checks.ts";
-import { AGENT_SOCKET, startAgent } from "../../helpers/agent.ts";
-import {
-  BINARY,
-  DriverProcess,
-  mountTestFile,
-  startDriver,
-  tempDir,
-  waitServing,
-} from "../../helpers/driver.ts";
+import { AGENT_SOCKET } from "../../helpers/agent.ts";
+import { BINARY, DriverProcess, mountTestFile, waitServing } from "../../helpers/driver.ts";
+import { testbed } from "../../helpers/testbed.ts";
 import { waitFor } from "../../helpers/wait.ts";
 
 mountTestFile();
 
-const root = tempDir("doctor");
-const agentDir = join(root, "agent");
-const kubeletDir = join(root, "kubelet");
-mkdirSync(agentDir, { recursive: true });
+const bed = testbed("doctor");
+const { root, socketDir: agentDir, kubeletRoot: kubeletDir } = bed;
 // A kubelet directory on a shared mount, as on a node: the doctor's other checks pass.
 mkdirSync(kubeletDir);
 expect(Bun.spawnSync(["mount", "-t", "tmpfs", "kubelet", kubeletDir]).exitCode).toBe(0);
 expect(Bun.spawnSync(["mount", "--make-shared", kubeletDir]).exitCode).toBe(0);
 mkdirSync(join(kubeletDir, "pods"));
-const agent = startAgent(agentDir);
 const socket = join(agentDir, AGENT_SOCKET);
 // As SPIRE's agent makes it.
 chmodSync(socket, 0o777);
-const running: DriverProcess[] = [];
-
-afterAll(async () => {
-  for (const driver of running) if (driver.proc.exitCode === null) await driver.stop();
-  agent.stop(true);
+bed.beforeCleanup(() => {
   expect(Bun.spawnSync(["umount", kubeletDir]).exitCode).toBe(0);
-  rmSync(root, { recursive: true, force: true });
-}, 60_000);
+});
 
 /** Runs the doctor (after `prefix`, e.g. nsenter); its exit status and checks by name. */
 async function doctor(args: string[], prefix: string[] = []) {
@@ -229,12 +215,7 @@ describe("the pod policy in force", () => {
 
   test("with the driver: its own rules, and a mismatch with --allow fails", async () => {
     const csiSocketPath = join(root, "policy", "csi.sock");
-    const driver = await startDriver({
-      workloadApiSocketDir: agentDir,
-      csiSocketPath,
-      args: ["--allow", "team-a,team-b/web"],
-    });
-    running.push(driver);
+    await bed.start(["--allow", "team-a,team-b/web"], { csiSocketPath });
     const same = await doctor([
       "-csi-socket-path",
       csiSocketPath,

@@ -62,6 +62,20 @@ async function published(): Promise<PodVolume> {
   return volume;
 }
 
+/**
+ * A call on a volume whose target is a directory already, with a file in it: it must answer
+ * FAILED_PRECONDITION with `details`, and keep the file.
+ */
+async function refusedAndKept(call: (volume: PodVolume) => Promise<unknown>, details: string) {
+  const volume = preparedVolume();
+  mkdirSync(volume.targetPath);
+  writeFileSync(join(volume.targetPath, "data"), "keep me");
+  const error = await rpcFailure(call(volume));
+  expect(error.code).toBe(status.FAILED_PRECONDITION);
+  expect(error.details).toContain(details);
+  expect(readdirSync(volume.targetPath)).toEqual(["data"]);
+}
+
 describe("NodePublishVolume", () => {
   test("bind-mounts the Workload API directory: the pod reaches the agent through it", async () => {
     const volume = await published();
@@ -120,13 +134,10 @@ describe("NodePublishVolume", () => {
   });
 
   test("a target directory with contents is not mounted over", async () => {
-    const volume = preparedVolume();
-    mkdirSync(volume.targetPath);
-    writeFileSync(join(volume.targetPath, "data"), "keep me");
-    const error = await rpcFailure(node.nodePublishVolume(publishRequest(volume)));
-    expect(error.code).toBe(status.FAILED_PRECONDITION);
-    expect(error.details).toContain("refusing to mount over it");
-    expect(readdirSync(volume.targetPath)).toEqual(["data"]);
+    await refusedAndKept(
+      (volume) => node.nodePublishVolume(publishRequest(volume)),
+      "refusing to mount over it",
+    );
   });
 
   test("a target recorded for another volume id: ALREADY_EXISTS", async () => {
@@ -242,13 +253,10 @@ describe("NodeUnpublishVolume", () => {
   });
 
   test("a directory that is not a mount point and not empty is an error, and is kept", async () => {
-    const volume = preparedVolume();
-    mkdirSync(volume.targetPath);
-    writeFileSync(join(volume.targetPath, "data"), "keep me");
-    const error = await rpcFailure(node.nodeUnpublishVolume(unpublishRequest(volume)));
-    expect(error.code).toBe(status.FAILED_PRECONDITION);
-    expect(error.details).toContain("is not a mount point and is not empty");
-    expect(readdirSync(volume.targetPath)).toEqual(["data"]);
+    await refusedAndKept(
+      (volume) => node.nodeUnpublishVolume(unpublishRequest(volume)),
+      "is not a mount point and is not empty",
+    );
   });
 
   test.each([

@@ -20,7 +20,13 @@ import { status } from "@grpc/grpc-js";
 import type { Subprocess } from "bun";
 import type { Check } from "../../../src/cli/doctor-checks.ts";
 import { startAgent, talkToAgent } from "../../helpers/agent.ts";
-import { clients, type DriverProcess, mountTestFile, runBinary } from "../../helpers/driver.ts";
+import {
+  clients,
+  type DriverProcess,
+  inPrivateMountNamespace,
+  mountTestFile,
+  runBinary,
+} from "../../helpers/driver.ts";
 import {
   mountsUnder,
   type PodVolume,
@@ -255,14 +261,8 @@ describe("--recursive-bind, driver in a DaemonSet's namespace", () => {
     mkdirSync(writable);
     run("mount", "-t", "tmpfs", "tmpfs", writable);
     try {
-      const volume = preparedVolume();
-      const error = await rpcFailure(daemonSetNode.nodePublishVolume(publishRequest(volume)));
-      expect(error.code).toBe(status.FAILED_PRECONDITION);
-      expect(error.details).toContain(`read-write mounts ("${writable}")`);
-      expect(error.details).toContain("--allow-writable-submounts");
-      expect(mountsUnder(volume.volumeDir)).toBe(0);
-      expect(existsSync(volume.targetPath)).toBe(false);
-      removeVolume(volume);
+      const details = await refusedForWritable(daemonSetNode, writable);
+      expect(details).toContain("--allow-writable-submounts");
       const check = await submountCheck();
       expect(check?.ok).toBe(false);
       expect(check?.detail).toContain(`read-write: ${writable};`);
@@ -346,38 +346,57 @@ describe("--recursive-bind, driver in the node's namespace (the directory is a s
   }, 120_000);
 });
 
-describe("--recursive-bind, a read-write file system mounted between the check and the bind", async () => {
-  // A `mount` that, while the flag file exists, mounts a read-write tmpfs in the directory being
-  // bound just before it binds it: what an agent mounting at that moment does.
-  const slipping = join(root, "slip-before-rbind");
-  const slipped = join(socketDir, "slipped");
-  const PATH = bed.standIn(
-    "mount",
-    `case "$*" in *--rbind*) [ -e ${slipping} ] && { ${Bun.which("mount")} -t tmpfs -o size=64k slipped ${slipped} || exit 99; };; esac\nexec ${Bun.which("mount")} "$@"`,
-  );
-  const csiSocketPath = join(root, "plugin-slip", "csi.sock");
+/**
+ * Publishes a fresh volume through `node`, which must refuse it with FAILED_PRECONDITION for the
+ * read-write mount at `writable`, leaving nothing at the target; the refusal's details.
+ */
+async function refusedForWritable(node: ReturnType<typeof clients>["node"], writable: string) {
+  const volume = preparedVolume();
+  const error = await rpcFailure(node.nodePublishVolume(publishRequest(volume)));
+  expect(error.code).toBe(status.FAILED_PRECONDITION);
+  expect(error.details).toContain(`read-write mounts ("${writable}")`);
+  expect(mountsUnder(volume.volumeDir)).toBe(0);
+  expect(existsSync(volume.targetPath)).toBe(false);
+  removeVolume(volume);
+  return error.details;
+}
+
+/**
+ * A driver with --recursive-bind whose `mount` runs `action` first when its arguments match the
+ * shell pattern `when`; its node client.
+ */
+async function withMountStandIn(name: string, when: string, action: string) {
+  const mount = Bun.which("mount");
+  const PATH = bed.standIn("mount", `case "$*" in ${when}) ${action};; esac\nexec ${mount} "$@"`);
+  const csiSocketPath = join(root, name, "csi.sock");
   await bed.start(["--recursive-bind"], {
     workloadApiSocketDir: socketDir,
     csiSocketPath,
     env: { PATH },
   });
-  const { node } = clients(csiSocketPath);
+  return clients(csiSocketPath).node;
+}
+
+describe("--recursive-bind, a read-write file system mounted between the check and the bind", async () => {
+  // A `mount` that, while the flag file exists, mounts a read-write tmpfs in the directory being
+  // bound just before it binds it: what an agent mounting at that moment does.
+  const slipping = join(root, "slip-before-rbind");
+  const slipped = join(socketDir, "slipped");
+  const node = await withMountStandIn(
+    "plugin-slip",
+    "*--rbind*",
+    `[ -e ${slipping} ] && { ${Bun.which("mount")} -t tmpfs -o size=64k slipped ${slipped} || exit 99; }`,
+  );
 
   test("the published tree is checked again and taken back: FAILED_PRECONDITION, nothing left, the agent's mounts untouched", async () => {
     const svid = readFileSync(join(spiffefs, "svid"), "utf8");
     mkdirSync(slipped);
     writeFileSync(slipping, "");
     try {
-      const volume = preparedVolume();
-      const error = await rpcFailure(node.nodePublishVolume(publishRequest(volume)));
+      const details = await refusedForWritable(node, slipped);
       // The stand-in did mount, after the driver's check.
       expect(isMountPoint(slipped)).toBe(true);
-      expect(error.code).toBe(status.FAILED_PRECONDITION);
-      expect(error.details).toContain(`read-write mounts ("${slipped}")`);
-      expect(error.details).toContain("while it was being bound");
-      expect(mountsUnder(volume.volumeDir)).toBe(0);
-      expect(existsSync(volume.targetPath)).toBe(false);
-      removeVolume(volume);
+      expect(details).toContain("while it was being bound");
       // Taking the bind back unmounted nothing of the agent's.
       expect(isMountPoint(spiffefs)).toBe(true);
       expect(readFileSync(join(spiffefs, "svid"), "utf8")).toBe(svid);
@@ -397,17 +416,11 @@ describe("--recursive-bind, a read-write file system mounted between the check a
 describe("--recursive-bind, a publish stopped between the bind and making it a slave", async () => {
   // A `mount` that fails to change propagation while the flag file exists.
   const failing = join(root, "fail-make-slave");
-  const PATH = bed.standIn(
-    "mount",
-    `case "$*" in *--make-rslave*) [ -e ${failing} ] && exit 1;; esac\nexec ${Bun.which("mount")} "$@"`,
+  const node = await withMountStandIn(
+    "plugin-failing",
+    "*--make-rslave*",
+    `[ -e ${failing} ] && exit 1`,
   );
-  const csiSocketPath = join(root, "plugin-failing", "csi.sock");
-  await bed.start(["--recursive-bind"], {
-    workloadApiSocketDir: socketDir,
-    csiSocketPath,
-    env: { PATH },
-  });
-  const { node } = clients(csiSocketPath);
 
   /** A volume left bound and still a peer of the agent's directory. */
   async function interrupted(): Promise<PodVolume> {
@@ -444,16 +457,9 @@ describe("doctor --recursive-bind", () => {
   test("passes where later mounts reach the directory, fails where its mount is private", async () => {
     expect((await doctorChecks())[RECEIVES_CHECK]?.ok).toBe(true);
     const isolated = (
-      await doctorChecks([
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        'mount --make-rprivate "$0" && exec "$@"',
-        agentMount,
-      ])
+      await doctorChecks(
+        inPrivateMountNamespace('mount --make-rprivate "$0" && exec "$@"', agentMount),
+      )
     )[RECEIVES_CHECK];
     expect(isolated?.ok).toBe(false);
     expect(isolated?.fix).toContain("mountPropagation: HostToContainer");

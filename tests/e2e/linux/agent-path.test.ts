@@ -3,7 +3,7 @@
 // on the way. The attack it stops: an agent run as a non-root user that owns the directory's
 // parent swaps the directory for a link to a host directory, which every pod published afterwards
 // would get.
-import { afterAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import {
   chmodSync,
   chownSync,
@@ -11,7 +11,6 @@ import {
   mkdirSync,
   readdirSync,
   renameSync,
-  rmSync,
   symlinkSync,
   writeFileSync,
 } from "node:fs";
@@ -21,14 +20,7 @@ import type { UnixSocketListener } from "bun";
 import type { Check } from "../../../src/cli/doctor-checks.ts";
 import { getLabel, setLabel } from "../../../src/selinux/xattr.ts";
 import { startAgent, talkToAgent } from "../../helpers/agent.ts";
-import {
-  BINARY,
-  clients,
-  type DriverProcess,
-  mountTestFile,
-  startDriver,
-  tempDir,
-} from "../../helpers/driver.ts";
+import { BINARY, clients, type DriverProcess, mountTestFile } from "../../helpers/driver.ts";
 import {
   mountsUnder,
   preparedVolume,
@@ -38,27 +30,25 @@ import {
 } from "../../helpers/kubelet.ts";
 import { freePort } from "../../helpers/port.ts";
 import { rpcFailure } from "../../helpers/rpc.ts";
+import { testbed } from "../../helpers/testbed.ts";
 
 mountTestFile();
 
 const AGENT_UID = 1000;
 const HOST_LABEL = "system_u:object_r:shadow_t:s0";
-const root = tempDir("agent-path");
+const bed = testbed("agent-path", { agent: false });
+const { root, kubeletRoot } = bed;
 // The agent's user must reach its own directories below the test's root.
 chmodSync(root, 0o755);
-const kubeletRoot = join(root, "kubelet");
 const agents: UnixSocketListener<undefined>[] = [];
 const drivers: DriverProcess[] = [];
 
-afterAll(async () => {
+bed.beforeCleanup(async () => {
   for (const driver of drivers) {
-    const { stderr } = await driver.stop();
-    expect(stderr).not.toContain("code=INTERNAL");
+    expect((await driver.stop()).stderr).not.toContain("code=INTERNAL");
   }
   for (const agent of agents) agent.stop(true);
-  expect(mountsUnder(root)).toBe(0);
-  rmSync(root, { recursive: true, force: true });
-}, 60_000);
+});
 
 /** A directory holding a running agent's socket. */
 function agentDir(path: string): string {
@@ -70,8 +60,7 @@ function agentDir(path: string): string {
 let drivenSockets = 0;
 async function driverFor(socketDir: string, args: string[] = []) {
   const csiSocketPath = join(root, `plugin-${++drivenSockets}`, "csi.sock");
-  const driver = await startDriver({ workloadApiSocketDir: socketDir, csiSocketPath, args });
-  drivers.push(driver);
+  drivers.push(await bed.start(args, { workloadApiSocketDir: socketDir, csiSocketPath }));
   return clients(csiSocketPath).node;
 }
 

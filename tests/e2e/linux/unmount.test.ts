@@ -4,7 +4,6 @@
 // file system `umount` cannot name from statfs) is detached lazily, through a descriptor.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import {
-  chmodSync,
   closeSync,
   existsSync,
   mkdirSync,
@@ -12,37 +11,26 @@ import {
   readFileSync,
   readSync,
   rmdirSync,
-  rmSync,
   writeFileSync,
 } from "node:fs";
 import { join } from "node:path";
 import { openDirectory } from "../../../src/linux/descriptors.ts";
 import { CommandMounter } from "../../../src/linux/mounter.ts";
-import { startAgent } from "../../helpers/agent.ts";
-import {
-  clients,
-  type DriverProcess,
-  mountTestFile,
-  startDriver,
-  tempDir,
-} from "../../helpers/driver.ts";
+import { clients, type DriverProcess, mountTestFile } from "../../helpers/driver.ts";
 import {
   mountsAt,
-  mountsUnder,
   preparedVolume,
   publishRequest,
   unpublishRequest,
 } from "../../helpers/kubelet.ts";
+import { testbed } from "../../helpers/testbed.ts";
 
 mountTestFile();
 
-const root = tempDir("unmount");
-const socketDir = join(root, "agent-sockets");
-mkdirSync(socketDir);
+const bed = testbed("unmount");
+const { root, socketDir, kubeletRoot } = bed;
 writeFileSync(join(socketDir, "bundle.pem"), "trust bundle");
-const agent = startAgent(socketDir);
-// A kubelet root on tmpfs: a file system every `umount` names from statfs.
-const kubeletRoot = join(root, "kubelet");
+// The kubelet root on tmpfs: a file system every `umount` names from statfs.
 // A kubelet root on overlay, which libmount has no statfs name for.
 const overlayRoot = join(root, "overlay");
 const overlayKubeletRoot = join(overlayRoot, "kubelet");
@@ -70,16 +58,14 @@ run(
 // A stand-in for `umount` that records each run (its pid and arguments) and runs the real one
 // with libmount's debug output on, which says whether it read the mount table.
 const realUmount = Bun.which("umount") ?? "/usr/bin/umount";
-const bin = join(root, "bin");
 const runsLog = join(root, "umount-runs.log");
 const debugLog = join(root, "umount-debug.log");
-mkdirSync(bin);
-writeFileSync(
-  join(bin, "umount"),
-  `#!/bin/sh\necho "$$ $*" >> ${runsLog}\nLIBMOUNT_DEBUG=cxt exec ${realUmount} "$@" 2>> ${debugLog}\n`,
-);
-chmodSync(join(bin, "umount"), 0o755);
-const env = { PATH: `${bin}:${process.env.PATH}` };
+const env = {
+  PATH: bed.standIn(
+    "umount",
+    `echo "$$ $*" >> ${runsLog}\nLIBMOUNT_DEBUG=cxt exec ${realUmount} "$@" 2>> ${debugLog}`,
+  ),
+};
 
 interface UmountRun {
   argv: string;
@@ -110,14 +96,12 @@ function readNoMountTable(run: UmountRun): boolean {
   );
 }
 
-const drivers: DriverProcess[] = [];
 let driver: DriverProcess;
 let node: ReturnType<typeof clients>["node"];
 
 async function driverAt(name: string) {
   const csiSocketPath = join(root, name, "csi.sock");
-  const started = await startDriver({ workloadApiSocketDir: socketDir, csiSocketPath, env });
-  drivers.push(started);
+  const started = await bed.start([], { csiSocketPath, env });
   return { driver: started, node: clients(csiSocketPath).node };
 }
 
@@ -125,33 +109,31 @@ beforeAll(async () => {
   ({ driver, node } = await driverAt("driver"));
 }, 60_000);
 
-afterAll(async () => {
-  for (const started of drivers) {
-    if (started.proc.exitCode === null) {
-      const { stderr } = await started.stop();
-      expect(stderr).not.toContain("code=INTERNAL");
-    }
-  }
-  agent.stop(true);
+bed.beforeCleanup(async () => {
+  for (const stderr of await bed.stopDrivers()) expect(stderr).not.toContain("code=INTERNAL");
   run("umount", overlayKubeletRoot);
   run("umount", kubeletRoot);
-  expect(mountsUnder(root)).toBe(0);
-  rmSync(root, { recursive: true, force: true });
-}, 60_000);
+});
 
 const FAST = "--internal-only --no-mtab /proc/self/fd/3";
 const LAZY = "--no-canonicalize --lazy /proc/self/fd/3";
+
+/** Unpublishes `volume` through `node`; the umount runs it took. Its target is no mount after. */
+async function unpublishRuns(volume: ReturnType<typeof preparedVolume>): Promise<UmountRun[]> {
+  umountRuns();
+  await node.nodeUnpublishVolume(unpublishRequest(volume));
+  const runs = umountRuns();
+  expect(mountsAt(volume.targetPath)).toBe(0);
+  return runs;
+}
 
 describe("unpublishing a volume this driver published", () => {
   test("runs umount without --lazy, which reads no mount table; mount and directory are gone", async () => {
     const volume = preparedVolume(kubeletRoot);
     await node.nodePublishVolume(publishRequest(volume));
-    umountRuns();
-    await node.nodeUnpublishVolume(unpublishRequest(volume));
-    const runs = umountRuns();
+    const runs = await unpublishRuns(volume);
     expect(runs.map((run) => run.argv)).toEqual([FAST]);
     expect(readNoMountTable(runs[0] as UmountRun)).toBe(true);
-    expect(mountsAt(volume.targetPath)).toBe(0);
     expect(existsSync(volume.targetPath)).toBe(false);
   });
 
@@ -161,10 +143,7 @@ describe("unpublishing a volume this driver published", () => {
     // A kubelet restart: nothing new is mounted.
     await node.nodePublishVolume(publishRequest(volume));
     expect(mountsAt(volume.targetPath)).toBe(1);
-    umountRuns();
-    await node.nodeUnpublishVolume(unpublishRequest(volume));
-    expect(umountRuns().map((run) => run.argv)).toEqual([FAST]);
-    expect(mountsAt(volume.targetPath)).toBe(0);
+    expect((await unpublishRuns(volume)).map((run) => run.argv)).toEqual([FAST]);
   });
 
   test("in use: detached lazily after the plain umount is refused; an open file stays readable", async () => {
@@ -172,12 +151,9 @@ describe("unpublishing a volume this driver published", () => {
     await node.nodePublishVolume(publishRequest(volume));
     const file = openSync(join(volume.targetPath, "bundle.pem"), "r");
     try {
-      umountRuns();
-      await node.nodeUnpublishVolume(unpublishRequest(volume));
-      const runs = umountRuns();
+      const runs = await unpublishRuns(volume);
       expect(runs.map((run) => run.argv)).toEqual([FAST, LAZY]);
       expect(runs[0]?.debug.join("\n")).toContain("umount(2) failed");
-      expect(mountsAt(volume.targetPath)).toBe(0);
       expect(existsSync(volume.targetPath)).toBe(false);
       const buffer = Buffer.alloc(64);
       const read = readSync(file, buffer, 0, buffer.length, 0);
@@ -193,20 +169,14 @@ describe("unpublishing a volume this driver published", () => {
     await earlier.node.nodePublishVolume(publishRequest(volume));
     earlier.node.close();
     await earlier.driver.stop();
-    umountRuns();
-    await node.nodeUnpublishVolume(unpublishRequest(volume));
-    expect(umountRuns().map((run) => run.argv)).toEqual([LAZY]);
-    expect(mountsAt(volume.targetPath)).toBe(0);
+    expect((await unpublishRuns(volume)).map((run) => run.argv)).toEqual([LAZY]);
     expect(existsSync(volume.targetPath)).toBe(false);
   });
 
   test("on a kubelet root umount cannot name from statfs (overlay): detached lazily", async () => {
     const volume = preparedVolume(overlayKubeletRoot);
     await node.nodePublishVolume(publishRequest(volume));
-    umountRuns();
-    await node.nodeUnpublishVolume(unpublishRequest(volume));
-    expect(umountRuns().map((run) => run.argv)).toEqual([LAZY]);
-    expect(mountsAt(volume.targetPath)).toBe(0);
+    expect((await unpublishRuns(volume)).map((run) => run.argv)).toEqual([LAZY]);
     expect(existsSync(volume.targetPath)).toBe(false);
   });
 
@@ -231,11 +201,12 @@ function descriptorsOn(pid: number, path: string): number {
 
 describe("the mounter's directories below its binds", () => {
   // The mounter alone, with the real mount and the recording umount, and room for two.
-  const mounter = new CommandMounter("mount", join(bin, "umount"), 30_000, 2);
+  const recordingUmount = Bun.which("umount", { PATH: env.PATH }) as string;
+  const mounter = new CommandMounter("mount", recordingUmount, 30_000, 2);
   const base = join(kubeletRoot, "mounter");
   mkdirSync(base);
   const source = openDirectory(socketDir);
-  afterAll(() => source.close());
+  afterAll(() => source.close(), 60_000);
 
   async function bound(name: string): Promise<string> {
     const target = join(base, name);

@@ -7,7 +7,7 @@
 // as it is at that moment, is bound read-only at the container's path, with the kubelet root a
 // peer of the node's (Bidirectional). The standalone DaemonSet mounts the parent instead; a
 // re-created parent strands the driver the same way, and the driver heals the same way.
-import { afterAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, rmdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
@@ -19,12 +19,10 @@ import {
   DriverProcess,
   mountTestFile,
   startDriver,
-  tempDir,
   waitServing,
 } from "../../helpers/driver.ts";
 import {
   mountsAt,
-  mountsUnder,
   podVolume,
   preparedVolume,
   prepareVolume,
@@ -33,6 +31,7 @@ import {
   unpublishRequest,
 } from "../../helpers/kubelet.ts";
 import { rpcFailure } from "../../helpers/rpc.ts";
+import { testbed } from "../../helpers/testbed.ts";
 import { waitFor } from "../../helpers/wait.ts";
 
 mountTestFile();
@@ -40,21 +39,19 @@ mountTestFile();
 // The exit status of a driver that stops so that its container restarts.
 const EXIT_RESTART = 75;
 
-const root = tempDir("heal");
-const kubeletRoot = join(root, "kubelet");
+const bed = testbed("heal", { agent: false });
+const { root, kubeletRoot } = bed;
 mkdirSync(kubeletRoot);
 run("mount", "-t", "tmpfs", "tmpfs", kubeletRoot);
 run("mount", "--make-shared", kubeletRoot);
 const agents: UnixSocketListener<undefined>[] = [];
 const drivers: DriverProcess[] = [];
 
-afterAll(async () => {
+bed.beforeCleanup(async () => {
   for (const driver of drivers) if (driver.proc.exitCode === null) await driver.stop();
   for (const agent of agents) agent.stop(true);
   run("umount", "--recursive", "--lazy", kubeletRoot);
-  expect(mountsUnder(root)).toBe(0);
-  rmSync(root, { recursive: true, force: true });
-}, 60_000);
+});
 
 function run(...argv: string[]): void {
   const result = Bun.spawnSync(argv, { stdout: "pipe", stderr: "pipe" });

@@ -1,19 +1,14 @@
 // The volume and readiness gauges of the real binary tell what the node shows, not what the driver
 // remembers: targets unmounted or removed behind its back, an agent directory replaced, removed
 // or seen stale, and an agent gone, each show in /metrics as the stats and /readyz tell it.
-import { afterAll, describe, expect, test } from "bun:test";
-import { mkdirSync, renameSync, rmdirSync, rmSync } from "node:fs";
+import { describe, expect, test } from "bun:test";
+import { mkdirSync, renameSync, rmdirSync } from "node:fs";
 import { join } from "node:path";
+import { ABNORMAL_REASONS } from "../../../src/csi/stats.ts";
+import { READINESS_KINDS } from "../../../src/ops/readiness.ts";
 import { startAgent } from "../../helpers/agent.ts";
+import { clients, mountTestFile } from "../../helpers/driver.ts";
 import {
-  clients,
-  type DriverProcess,
-  mountTestFile,
-  startDriver,
-  tempDir,
-} from "../../helpers/driver.ts";
-import {
-  mountsUnder,
   podVolume,
   prepareVolume,
   publishRequest,
@@ -21,24 +16,17 @@ import {
   unpublishRequest,
 } from "../../helpers/kubelet.ts";
 import { freePort } from "../../helpers/port.ts";
+import { testbed } from "../../helpers/testbed.ts";
 import { PATIENCE_MS, waitFor } from "../../helpers/wait.ts";
 
 mountTestFile();
 
-const root = tempDir("volume-metrics");
-const kubelet = join(root, "kubelet");
-const socketDir = join(root, "agent");
-mkdirSync(socketDir);
+const bed = testbed("volume-metrics", { agent: false });
+const { root, socketDir, kubeletRoot: kubelet } = bed;
 const mounted: string[] = [];
-let driver: DriverProcess | undefined;
-
-afterAll(async () => {
-  await driver?.stop("SIGKILL");
+bed.beforeCleanup(() => {
   for (const path of mounted.reverse()) Bun.spawnSync(["umount", "-l", path]);
-  // Never delete through a mount: a test that left one fails here, and its files stay.
-  expect(mountsUnder(root)).toBe(0);
-  rmSync(root, { recursive: true, force: true });
-}, 60_000);
+});
 
 const port = freePort();
 const csiSocketPath = join(root, "csi", "csi.sock");
@@ -69,11 +57,7 @@ const PUBLISHED = "spiffe_csi_published_volumes";
 
 describe("the volume gauges follow the targets", async () => {
   const agent = startAgent(socketDir);
-  driver = await startDriver({
-    workloadApiSocketDir: socketDir,
-    csiSocketPath,
-    args: ["--health-addr", `127.0.0.1:${port}`],
-  });
+  await bed.start(["--health-addr", `127.0.0.1:${port}`], { csiSocketPath });
   const { node } = clients(csiSocketPath);
   const volumes = [podVolume(kubelet), podVolume(kubelet), podVolume(kubelet)];
   for (const volume of volumes) {
@@ -88,28 +72,8 @@ describe("the volume gauges follow the targets", async () => {
 
   test("three published volumes show, every reason and kind at 0", async () => {
     const body = await metricsShow({ [PUBLISHED]: 3, [readiness("agent_no_socket")]: 0 });
-    for (const reason of [
-      "not_mounted",
-      "source_missing",
-      "source_stale",
-      "replaced",
-      "unreadable",
-      "target_gone",
-      "unresponsive",
-    ]) {
-      expect(sample(body, abnormal(reason))).toBe(0);
-    }
-    for (const kind of [
-      "selinux_labels",
-      "stale_directory",
-      "agent_directory_missing",
-      "agent_directory_unreadable",
-      "agent_no_socket",
-      "agent_refused",
-      "agent_directory_unresponsive",
-    ]) {
-      expect(sample(body, readiness(kind))).toBe(0);
-    }
+    for (const reason of ABNORMAL_REASONS) expect(sample(body, abnormal(reason))).toBe(0);
+    for (const kind of READINESS_KINDS) expect(sample(body, readiness(kind))).toBe(0);
   });
 
   test("a target unmounted behind the driver's back: the gauge drops, it shows as not mounted", async () => {

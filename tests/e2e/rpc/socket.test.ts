@@ -265,7 +265,7 @@ describe("connections", () => {
 
     const flood = await idleConnections(socketPath, 1500);
     try {
-      // The connections beyond the cap (256) are closed as soon as they are accepted.
+      // Beyond the cap (256), a connection is closed for each one accepted.
       await waitFor(
         () => `the driver to close the connections over its cap (closed ${flood.closed})`,
         () => flood.closed >= 1500 - 256,
@@ -275,6 +275,11 @@ describe("connections", () => {
       expect(mountsAt(volume.targetPath)).toBe(1);
       await node.nodeUnpublishVolume(unpublishRequest(volume), { deadline: Date.now() + 30_000 });
       expect(mountsAt(volume.targetPath)).toBe(0);
+      // The kubelet connects for each call: a new connection is served, in place of a silent one.
+      const dialled = clients(socketPath, { "grpc.use_local_subchannel_pool": 1 });
+      const probed = await dialled.identity.probe({}, { deadline: Date.now() + 30_000 });
+      expect(probed.ready).toBe(true);
+      dialled.identity.close();
       const health = await fetch(`http://127.0.0.1:${healthPort}/healthz`);
       expect(health.status).toBe(200);
       expect(driver.proc.exitCode).toBeNull();

@@ -153,31 +153,23 @@ test(`${PER_METHOD.toLocaleString("en")} hostile requests to every method`, asyn
       })),
     ),
   ];
+  const encoded = <S extends DescMessage>(schema: S, init: MessageInitShape<S>) =>
+    toBinary(schema, create(schema, init));
   for (const method of methods) {
     if (method.path.endsWith("NodePublishVolume")) {
-      method.hostile = () =>
-        toBinary(
-          NodePublishVolumeRequestSchema,
-          create(NodePublishVolumeRequestSchema, publishVariants()),
-        );
+      method.hostile = () => encoded(NodePublishVolumeRequestSchema, publishVariants());
     } else if (method.path.endsWith("NodeUnpublishVolume")) {
       method.hostile = () =>
-        toBinary(
-          NodeUnpublishVolumeRequestSchema,
-          create(NodeUnpublishVolumeRequestSchema, {
-            volumeId: hostileString(),
-            targetPath: pick(paths),
-          }),
-        );
+        encoded(NodeUnpublishVolumeRequestSchema, {
+          volumeId: hostileString(),
+          targetPath: pick(paths),
+        });
     } else if (method.path.endsWith("NodeGetVolumeStats")) {
       method.hostile = () =>
-        toBinary(
-          NodeGetVolumeStatsRequestSchema,
-          create(NodeGetVolumeStatsRequestSchema, {
-            volumeId: hostileString(),
-            volumePath: pick(paths),
-          }),
-        );
+        encoded(NodeGetVolumeStatsRequestSchema, {
+          volumeId: hostileString(),
+          volumePath: pick(paths),
+        });
     }
   }
 

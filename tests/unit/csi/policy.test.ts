@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import {
   AllowRuleError,
+  type Decision,
   type PodIdentity,
   PodPolicy,
   podIdentity,
@@ -12,6 +13,13 @@ const pod = (namespace: string, serviceAccount: string, name = "web-0"): PodIden
   uid: "6f1d6a3e-93b2-4a1a-9d2c-0d9c5c1a2b3c",
   serviceAccount,
 });
+
+/** The message of a refusal; fails the test when `decision` admits the pod. */
+function refusal(decision: Decision): string {
+  expect(decision.allowed).toBe(false);
+  if (decision.allowed) throw new Error("the pod was admitted");
+  return decision.message;
+}
 
 describe("podIdentity", () => {
   test("reads the four keys the kubelet sends with podInfoOnMount", () => {
@@ -134,27 +142,21 @@ describe("PodPolicy.decide", () => {
 
   test("a refusal names at most 8 rules and counts the rest", () => {
     const policy = PodPolicy.parse(Array.from({ length: 20 }, (_, i) => `ns-${i}`));
-    const decision = policy.decide(pod("team-a", "web"));
-    expect(decision.allowed).toBe(false);
-    if (decision.allowed) return;
-    expect(decision.message).toContain("ns-7/* and 12 more)");
-    expect(decision.message).not.toContain("ns-8/");
+    const message = refusal(policy.decide(pod("team-a", "web")));
+    expect(message).toContain("ns-7/* and 12 more)");
+    expect(message).not.toContain("ns-8/");
   });
 
   test("names that are no Kubernetes names are quoted, and no rule is suggested for them", () => {
     const hostile = pod('x" ERROR forged\n', "web");
-    const decision = PodPolicy.parse(["team-a"]).decide(hostile);
-    expect(decision.allowed).toBe(false);
-    if (decision.allowed) return;
-    expect(decision.message).toContain('pod "x\\" ERROR forged\\n/web-0"');
-    expect(decision.message).toContain(
+    const message = refusal(PodPolicy.parse(["team-a"]).decide(hostile));
+    expect(message).toContain('pod "x\\" ERROR forged\\n/web-0"');
+    expect(message).toContain(
       'no rule but "*" can admit it: "x\\" ERROR forged\\n" is not a namespace name',
     );
-    expect(decision.message).not.toContain("\n");
-    const badAccount = PodPolicy.parse(["team-b"]).decide(pod("team-a", "Web!"));
-    expect(badAccount.allowed).toBe(false);
-    if (badAccount.allowed) return;
-    expect(badAccount.message).toContain(
+    expect(message).not.toContain("\n");
+    const badAccount = refusal(PodPolicy.parse(["team-b"]).decide(pod("team-a", "Web!")));
+    expect(badAccount).toContain(
       'only --allow team-a would admit it: "Web!" is not a service account name',
     );
   });

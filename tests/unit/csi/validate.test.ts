@@ -19,7 +19,7 @@ import { waitFor } from "../../helpers/wait.ts";
 
 // The node service looks into the agent's directory through one; these tests never need it to.
 const inspector = startInspector(10_000);
-afterAll(() => inspector.close());
+afterAll(() => inspector.close(), 30_000);
 
 /** Records calls; validation must reject bad requests before any reaches it. */
 class RecordingMounter implements Mounter {
@@ -242,7 +242,7 @@ describe("NodeService concurrency", () => {
     const volume = prepared();
     await Promise.all(Array.from({ length: 10 }, () => publish(handlers, volume)));
     expect(mounter.most).toBe(1);
-  });
+  }, 60_000);
 
   test("calls for different targets run in parallel", async () => {
     // Each call is held until all ten are inside at once, however slowly they arrive.

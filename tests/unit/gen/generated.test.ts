@@ -14,12 +14,21 @@ function files(dir: string): string[] {
 
 test("src/gen is exactly what buf generate makes from proto/", () => {
   const out = tempDir("gen");
+  // A home of its own: buf reads its configuration from the user's, which another user may not
+  // be able to read (root's, for the unprivileged run).
+  const home = tempDir("gen-home");
   try {
     const run = Bun.spawnSync(["node_modules/.bin/buf", "generate", "--output", out], {
       cwd: root,
       stderr: "pipe",
       // buf runs the protoc-gen-es plugin from node_modules/.bin, as `npm run generate` does.
-      env: { ...process.env, PATH: `${join(root, "node_modules/.bin")}:${process.env.PATH}` },
+      env: {
+        ...process.env,
+        HOME: home,
+        XDG_CONFIG_HOME: join(home, ".config"),
+        XDG_CACHE_HOME: join(home, ".cache"),
+        PATH: `${join(root, "node_modules/.bin")}:${process.env.PATH}`,
+      },
     });
     expect(run.stderr.toString()).toBe("");
     expect(run.exitCode).toBe(0);
@@ -33,5 +42,6 @@ test("src/gen is exactly what buf generate makes from proto/", () => {
     }
   } finally {
     rmSync(out, { recursive: true, force: true });
+    rmSync(home, { recursive: true, force: true });
   }
 }, 120_000);

@@ -139,7 +139,7 @@ describe("MountTableReader", () => {
     expect(await Promise.all(writers)).toEqual([0, 0, 0]);
     // No read is left waiting on the FIFO: opening it to write finds no reader.
     expect(() => openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK)).toThrow(/ENXIO/);
-  });
+  }, 60_000);
 });
 
 describe("MountGate: the mount of a directory judged from the table alone", () => {

@@ -55,7 +55,7 @@ beforeEach(() => {
   records.length = 0;
   logged.length = 0;
   failObserver = false;
-});
+}, 30_000);
 
 test("answers with the handler's message", async () => {
   const info = await client.getPluginInfo({});
