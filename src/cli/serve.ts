@@ -265,9 +265,9 @@ async function labelSource(config: Config, labeller: Labeller): Promise<LabelOut
   const source = inspectSource(config);
   if (!source.ok) return { kind: "usable" };
   try {
-    return await labeller.ensure(source.handle.sharedPath);
+    return await labeller.ensure(source.dir.sharedPath);
   } finally {
-    source.handle.close();
+    source.dir.close();
   }
 }
 
@@ -300,7 +300,7 @@ function readiness(driver: Driver): () => Promise<Readiness> {
  */
 function refusedPath(config: Config): string | undefined {
   const source = inspectSource(config);
-  if (source.ok) source.handle.close();
+  if (source.ok) source.dir.close();
   return !source.ok && source.code === status.FAILED_PRECONDITION ? source.problem : undefined;
 }
 

@@ -37,15 +37,9 @@ type Source =
  */
 export class PublishedVolumes {
   private readonly held = new Map<string, Held>();
-  private readonly source: SourceOptions;
 
-  /** `source`: the Workload API directory, as the driver was told it (or its path alone). */
-  constructor(source: string | SourceOptions) {
-    this.source =
-      typeof source === "string"
-        ? { workloadApiSocketDir: source, allowSymlinkedSocketDir: true }
-        : source;
-  }
+  /** `source`: the Workload API directory, as the driver was told it. */
+  constructor(private readonly source: SourceOptions) {}
 
   has(key: string): boolean {
     return this.held.has(key);

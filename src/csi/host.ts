@@ -41,7 +41,9 @@ export interface Volume extends Disposable {
 }
 
 /** The Workload API directory held open, or the status and message that say why not. */
-export type Source = { ok: true; dir: Directory } | { ok: false; code: status; problem: string };
+export type Source<D extends Directory = Directory> =
+  | { ok: true; dir: D }
+  | { ok: false; code: status; problem: string };
 
 /** The walk to a target's volume directory stopped early: at `path` is nothing, a link, or a file. */
 export class VolumePathError extends Error {

@@ -17,8 +17,7 @@ export class Machine implements NodeHost {
   }
 
   openSource(): Source {
-    const found = inspectSource(this.source);
-    return found.ok ? { ok: true, dir: found.handle } : found;
+    return inspectSource(this.source);
   }
 
   isEmpty(dir: Directory): boolean {

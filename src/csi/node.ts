@@ -139,7 +139,7 @@ export class NodeService {
       pluginName,
       workloadApiSocketDir,
     );
-    this.published = new PublishedVolumes(workloadApiSocketDir);
+    this.published = new PublishedVolumes(this.source);
   }
 
   handlers(): ServiceHandlers<typeof Node> {

@@ -5,6 +5,7 @@ import type { MountInfo } from "../linux/mountinfo.ts";
 import { openTrustedDirectory, UnsafePathError } from "../linux/trusted-path.ts";
 import { RpcError } from "../rpc/status.ts";
 import { internal, quote } from "./errors.ts";
+import type { Source } from "./host.ts";
 
 /** What the driver knows of the Workload API directory (see NodeServiceOptions). */
 export interface SourceOptions {
@@ -18,10 +19,8 @@ export interface SourceOptions {
   onSourceRemoved?: (problem: string) => void;
 }
 
-/** The Workload API directory held open, or the status and message that say why not. */
-export type SourceState =
-  | { ok: true; handle: DirectoryHandle }
-  | { ok: false; code: status; problem: string };
+/** The Workload API directory held open, or why not (see Source in ./host.ts). */
+export type SourceState = Source<DirectoryHandle>;
 
 /**
  * The Workload API directory as the driver sees it now, opened the way the kubelet's paths are
@@ -58,7 +57,7 @@ export function inspectSource(options: SourceOptions): SourceState {
   const missingPart = (at: string) => (at === socketDir ? "" : ` (${quote(at)} is missing)`);
   switch (found.kind) {
     case "directory":
-      return { ok: true, handle: found.handle };
+      return { ok: true, dir: found.handle };
     case "missing":
       return unavailable(
         `the Workload API socket directory ${quote(socketDir)} does not exist${missingPart(found.at)} (is the SPIFFE agent running?)`,
@@ -86,7 +85,7 @@ export function inspectSource(options: SourceOptions): SourceState {
 export function openSource(options: SourceOptions): DirectoryHandle {
   const source = inspectSource(options);
   if (!source.ok) throw new RpcError(source.code, source.problem);
-  return source.handle;
+  return source.dir;
 }
 
 /**
@@ -97,7 +96,7 @@ export function openSource(options: SourceOptions): DirectoryHandle {
 export function openSourceIfThere(options: SourceOptions): DirectoryHandle | undefined {
   try {
     const source = inspectSource(options);
-    return source.ok ? source.handle : undefined;
+    return source.ok ? source.dir : undefined;
   } catch {
     return undefined;
   }

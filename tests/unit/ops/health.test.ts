@@ -36,7 +36,7 @@ const server = await startHealthServer({
     problemChecks++;
     return { problem, note };
   },
-  metrics: new Metrics("test", () => new PublishedVolumes(root).count()),
+  metrics: new Metrics("test", () => new PublishedVolumes({ workloadApiSocketDir: root }).count()),
   logger: createLogger("info", "json", (line) => lines.push(line)),
 });
 bed.beforeCleanup(() => {
