@@ -3,7 +3,8 @@ import { type Inspect, InspectionError } from "../linux/inspector.ts";
 import type { Logger } from "../ops/log.ts";
 import { LogKey } from "../ops/log-keys.ts";
 import { contextParts } from "./context.ts";
-import { NOT_LABELLED, type Survey, type surveyLabels } from "./survey.ts";
+import type { surveyLabels } from "./survey.ts";
+import { NOT_LABELLED, type Survey } from "./survey-types.ts";
 
 /**
  * Keeps the Workload API directory usable by containers under SELinux (./survey.ts says what it

@@ -11,7 +11,6 @@ import { join } from "node:path";
 import { O_PATH } from "../linux/descriptors.ts";
 import { isErrno } from "../linux/errno.ts";
 import { changedLately } from "../linux/file-operations.ts";
-import { stillWorking } from "../linux/inspector.ts";
 import type { MountInfo } from "../linux/mountinfo.ts";
 import { EntryLabeller } from "./entry-labeller.ts";
 import {
@@ -22,8 +21,9 @@ import {
   readEnforce,
   writable,
 } from "./survey-reads.ts";
+import type { Survey, SurveyArgs, Unusable } from "./survey-types.ts";
 
-export { NOT_LABELLED } from "./entry-labeller.ts";
+export type { Survey } from "./survey-types.ts";
 
 /**
  * What the Workload API directory holds for pods, and its SELinux labels: read, and with
@@ -47,67 +47,12 @@ export { NOT_LABELLED } from "./entry-labeller.ts";
  * modification and change times, whether it is writable and (with --recursive-bind) the mounts
  * in it. An entry that is replaced while it is labelled (the agent re-creating its socket) is
  * read again under its name. What is decided for each entry is in ./entry-labeller.ts; what is
- * read of the node besides the entries, in ./survey-reads.ts.
+ * read of the node besides the entries, in ./survey-reads.ts; what it is asked and answers, in
+ * ./survey-types.ts.
+ *
+ * A generator: it yields after each entry, so that the child's runtime can say that it
+ * progresses however many entries there are (../linux/inspector-child.ts).
  */
-
-export interface SurveyArgs {
-  /** The directory as this process can open it: `/proc/<pid>/fd/<n>` of a driver's handle. */
-  dir: string;
-  /** Its name in messages (the configured path). */
-  name: string;
-  /** The label to set; a label with its type and level is usable already. */
-  context: string;
-  /** Set labels (the driver) or only read them (the doctor). */
-  write: boolean;
-  /** Pods see the file systems mounted in the directory (--recursive-bind): check their roots. */
-  recursiveBind: boolean;
-}
-
-/** A file and its label (null: none). */
-export interface Labelled {
-  path: string;
-  label: string | null;
-}
-
-export interface Unusable extends Labelled {
-  /** Why it is not usable: could not be labelled (the errno's code), or NOT_LABELLED. */
-  error: string;
-}
-
-export interface LeftAlone {
-  path: string;
-  why: string;
-}
-
-export interface Survey {
-  /** /sys/fs/selinux/enforce: "1" enforcing, "0" permissive; null when it cannot be read. */
-  enforce: "0" | "1" | null;
-  /** The directory does not exist (the publish says so itself). */
-  missing: boolean;
-  /** What stopped the survey (the directory cannot be listed, say). */
-  problem?: string;
-  /** Answered from the last survey of the unchanged directory. */
-  cached: boolean;
-  /** Entries read. */
-  entries: number;
-  /** Labelled by this survey: a few paths, and how many in all. */
-  labelled: string[];
-  labelledCount: number;
-  /** Made for pods, and not usable by them: a few, and how many in all. */
-  unusable: Unusable[];
-  unusableCount: number;
-  leftAlone: LeftAlone[];
-  leftAloneCount: number;
-  /** With recursiveBind: the roots of the file systems mounted in the directory, and theirs. */
-  mountRoots: (Labelled & { usable: boolean; error?: string })[];
-  /** The directory and its sockets with their labels, as found: a few. */
-  seen: Labelled[];
-  /** The directory's name in messages (the configured path). */
-  name: string;
-  /** Where the directory is, and the mount it is on (the node's path of it can be told from). */
-  location: string;
-  holder?: Pick<MountInfo, "root" | "mountPoint" | "fsType" | "source">;
-}
 
 // Lists in a survey hold this many paths; the counts say how many there were.
 const LISTED = 20;
@@ -117,7 +62,7 @@ export const MAX_ENTRIES = 1_000_000;
 let kept: { key: string; survey: Survey } | undefined;
 
 /** The survey of the Workload API directory (see above). */
-export async function surveyLabels(args: SurveyArgs): Promise<Survey> {
+export async function* surveyLabels(args: SurveyArgs): AsyncGenerator<void, Survey, undefined> {
   const enforce = readEnforce();
   let fd: number;
   try {
@@ -149,7 +94,7 @@ export async function surveyLabels(args: SurveyArgs): Promise<Survey> {
       key = keyOf([...unchanged, writable(handle), mounts.map(mountKey)]);
       if (kept?.key === key) return { ...kept.survey, enforce, cached: true };
     }
-    const survey = surveyDirectory(args, fd, location, mounts, holderOf(table, fd), enforce);
+    const survey = yield* surveyDirectory(args, fd, location, mounts, holderOf(table, fd), enforce);
     const after = fstatSync(fd, { bigint: true });
     const changed = after.mtimeNs !== before.mtimeNs || after.ctimeNs !== before.ctimeNs;
     kept = changed || changedLately(after) ? undefined : { key, survey };
@@ -186,14 +131,14 @@ function emptySurvey(enforce: Survey["enforce"], name: string, location: string)
   };
 }
 
-function surveyDirectory(
+function* surveyDirectory(
   args: SurveyArgs,
   fd: number,
   location: string,
   mounts: MountInfo[],
   holder: Survey["holder"],
   enforce: Survey["enforce"],
-): Survey {
+): Generator<void, Survey, undefined> {
   const survey = emptySurvey(enforce, args.name, location);
   if (holder) survey.holder = holder;
   const owner = fstatSync(fd).uid;
@@ -228,7 +173,7 @@ function surveyDirectory(
   }
   try {
     for (let entry = dir.readSync(); entry !== null; entry = dir.readSync()) {
-      stillWorking();
+      yield;
       if (++survey.entries > MAX_ENTRIES) {
         survey.problem = `${JSON.stringify(args.name)} holds more than ${MAX_ENTRIES} entries; the rest were not looked at`;
         break;
@@ -245,7 +190,7 @@ function surveyDirectory(
   }
   if (args.recursiveBind) {
     for (const mount of mounts) {
-      stillWorking();
+      yield;
       if (survey.mountRoots.length >= LISTED) break;
       survey.mountRoots.push(mountRootLabel(mount.mountPoint, args));
     }
