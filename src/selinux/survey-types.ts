@@ -17,6 +17,8 @@ export interface SurveyArgs {
   write: boolean;
   /** Pods see the file systems mounted in the directory (--recursive-bind): check their roots. */
   recursiveBind: boolean;
+  /** Other callers' handles of the directory, sharing this survey (see Survey.shared). */
+  others?: string[];
 }
 
 /** A file and its label (null: none). */
@@ -63,4 +65,6 @@ export interface Survey {
   /** Where the directory is, and the mount it is on (the node's path of it can be told from). */
   location: string;
   holder?: Pick<MountInfo, "root" | "mountPoint" | "fsType" | "source">;
+  /** For each of SurveyArgs.others: whether it is the directory surveyed. */
+  shared?: boolean[];
 }

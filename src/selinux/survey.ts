@@ -1,4 +1,5 @@
 import {
+  type BigIntStats,
   closeSync,
   constants,
   type Dir,
@@ -6,6 +7,7 @@ import {
   opendirSync,
   openSync,
   readlinkSync,
+  statSync,
 } from "node:fs";
 import { join } from "node:path";
 import { O_PATH } from "../linux/descriptors.ts";
@@ -61,47 +63,74 @@ export const MAX_ENTRIES = 1_000_000;
 
 let kept: { key: string; survey: Survey } | undefined;
 
-/** The survey of the Workload API directory (see above). */
+/**
+ * The survey of the Workload API directory (see above). `others` are other handles of callers
+ * that share it: `shared` says, for each, whether it is the very directory surveyed.
+ */
 export async function* surveyLabels(args: SurveyArgs): AsyncGenerator<void, Survey, undefined> {
   const enforce = readEnforce();
+  const others = args.others ?? [];
   let fd: number;
   try {
     fd = openSync(args.dir, O_PATH | constants.O_DIRECTORY);
   } catch (error) {
-    if (isErrno(error, "ENOENT") || isErrno(error, "ENOTDIR")) {
-      return { ...emptySurvey(enforce, args.name, args.name), missing: true };
-    }
-    return {
+    const empty = {
       ...emptySurvey(enforce, args.name, args.name),
+      shared: others.map(() => false),
+    };
+    if (isErrno(error, "ENOENT") || isErrno(error, "ENOTDIR")) return { ...empty, missing: true };
+    return {
+      ...empty,
       problem: `cannot open ${JSON.stringify(args.name)}: ${(error as Error).message}`,
     };
   }
   try {
-    const handle = `/proc/self/fd/${fd}`;
     const before = fstatSync(fd, { bigint: true });
-    // Not `dir`: a handle's path names another descriptor at each call.
-    const { name, context, write, recursiveBind } = args;
-    const unchanged = [name, context, write, recursiveBind, before.dev, before.ino];
-    unchanged.push(before.mtimeNs, before.ctimeNs);
-    let key = keyOf([...unchanged, writable(handle)]);
-    // Without --recursive-bind, what is mounted in the directory later never reaches pods: the
-    // mount table is read only to keep away from mount roots while entries are read.
-    if (!args.recursiveBind && kept?.key === key) return { ...kept.survey, enforce, cached: true };
-    const table = await mountTable();
-    const location = readlinkSync(handle);
-    const mounts = mountsIn(table, location);
-    if (args.recursiveBind) {
-      key = keyOf([...unchanged, writable(handle), mounts.map(mountKey)]);
-      if (kept?.key === key) return { ...kept.survey, enforce, cached: true };
-    }
-    const survey = yield* surveyDirectory(args, fd, location, mounts, holderOf(table, fd), enforce);
-    const after = fstatSync(fd, { bigint: true });
-    const changed = after.mtimeNs !== before.mtimeNs || after.ctimeNs !== before.ctimeNs;
-    kept = changed || changedLately(after) ? undefined : { key, survey };
-    return survey;
+    const shared = others.map((other) => sameFile(other, before));
+    const survey = yield* surveyHeld(args, fd, before, enforce);
+    return { ...survey, shared };
   } finally {
     closeSync(fd);
   }
+}
+
+function sameFile(path: string, stat: BigIntStats): boolean {
+  try {
+    const other = statSync(path, { bigint: true });
+    return other.dev === stat.dev && other.ino === stat.ino;
+  } catch {
+    return false;
+  }
+}
+
+/** The survey of the directory held as `fd`, or the last one while it is unchanged. */
+async function* surveyHeld(
+  args: SurveyArgs,
+  fd: number,
+  before: BigIntStats,
+  enforce: Survey["enforce"],
+): AsyncGenerator<void, Survey, undefined> {
+  // Not `dir`: a handle's path names another descriptor at each call.
+  const handle = `/proc/self/fd/${fd}`;
+  const { name, context, write, recursiveBind } = args;
+  const unchanged = [name, context, write, recursiveBind, before.dev, before.ino];
+  unchanged.push(before.mtimeNs, before.ctimeNs);
+  let key = keyOf([...unchanged, writable(handle)]);
+  // Without --recursive-bind, what is mounted in the directory later never reaches pods: the
+  // mount table is read only to keep away from mount roots while entries are read.
+  if (!args.recursiveBind && kept?.key === key) return { ...kept.survey, enforce, cached: true };
+  const table = await mountTable();
+  const location = readlinkSync(handle);
+  const mounts = mountsIn(table, location);
+  if (args.recursiveBind) {
+    key = keyOf([...unchanged, writable(handle), mounts.map(mountKey)]);
+    if (kept?.key === key) return { ...kept.survey, enforce, cached: true };
+  }
+  const survey = yield* surveyDirectory(args, fd, location, mounts, holderOf(table, fd), enforce);
+  const after = fstatSync(fd, { bigint: true });
+  const changed = after.mtimeNs !== before.mtimeNs || after.ctimeNs !== before.ctimeNs;
+  kept = changed || changedLately(after) ? undefined : { key, survey };
+  return survey;
 }
 
 function keyOf(parts: unknown[]): string {
