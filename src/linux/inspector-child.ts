@@ -92,6 +92,8 @@ async function perform(operations: Operations, request: Request): Promise<void> 
 
 /** The child's main loop: runs the requests read from stdin, one at a time, until stdin ends. */
 export async function serveInspections(operations: Operations): Promise<void> {
+  // Ready: from now on the parent counts silence against its deadline.
+  send({ progress: true });
   const decoder = new TextDecoder();
   let buffered = "";
   for await (const chunk of Bun.stdin.stream()) {

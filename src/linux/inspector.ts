@@ -29,7 +29,8 @@ import {
  * - The child says it is still working at least every PROGRESS_MS while a request runs. Silent for
  *   the timeout, it is taken for stuck: it is killed, the request fails with an InspectionTimeout
  *   that names the files it held open (where it is stuck), and the next request gets a fresh
- *   child.
+ *   child. A child's start is not counted against the timeout (START_MS more): it touches nothing
+ *   before it says it is ready.
  * - A killed child that waits on an unanswered FUSE request lives on until the file system
  *   answers or goes away, and is forgotten once it ends. Such a child holds only what it was
  *   about: the paths of its request (a descriptor's /proc path read as the file it leads to) and
@@ -53,6 +54,9 @@ export const MAX_WORKING = 2;
 export const DEFAULT_MAX_STUCK = 2;
 /** Stuck children in all beyond which every request is refused at once. */
 export const MAX_STUCK_IN_ALL = 4;
+// A child's start (exec, and its modules loaded) may take this long beyond the timeout on a busy
+// node: it touches nothing untrusted before it says it is ready.
+const START_MS = 10_000;
 // close() waits this long for the killed children to end before naming those that stay.
 const CLOSE_WAIT_MS = 1_000;
 // The end of a child's stderr kept for the message when it dies.
@@ -155,6 +159,8 @@ interface Job {
 
 interface Worker {
   proc: Subprocess<"pipe", "pipe", "pipe">;
+  /** It said something: started. */
+  ready: boolean;
   job?: Job;
   jobId?: number;
   watchdog?: Timer;
@@ -288,7 +294,7 @@ export class Inspector<Ops extends Operations> implements Inspect<Ops> {
       // Nothing of the driver's environment is needed there.
       env: { PATH: process.env.PATH ?? "/usr/bin:/bin" },
     });
-    const worker: Worker = { proc, stderr: "" };
+    const worker: Worker = { proc, ready: false, stderr: "" };
     this.workers.push(worker);
     void this.readLines(worker);
     void (async () => {
@@ -346,6 +352,7 @@ export class Inspector<Ops extends Operations> implements Inspect<Ops> {
       return;
     }
     // Any line is a sign of life.
+    worker.ready = true;
     this.arm(worker);
     if ("progress" in message || message.id !== worker.jobId) return;
     const { job } = worker;
@@ -363,7 +370,9 @@ export class Inspector<Ops extends Operations> implements Inspect<Ops> {
 
   private arm(worker: Worker): void {
     clearTimeout(worker.watchdog);
-    if (worker.job) worker.watchdog = setTimeout(() => this.expire(worker), this.timeoutMs);
+    if (!worker.job) return;
+    const delay = this.timeoutMs + (worker.ready ? 0 : START_MS);
+    worker.watchdog = setTimeout(() => this.expire(worker), delay);
   }
 
   /** Idle for IDLE_EXIT_MS: its stdin is closed, and it ends. */
