@@ -24,7 +24,7 @@ import {
 } from "../../helpers/driver.ts";
 import { FuseMount } from "../../helpers/fuse.ts";
 import { probe } from "../../helpers/http.ts";
-import { podVolume, prepareVolume, publishRequest } from "../../helpers/kubelet.ts";
+import { podVolume, prepareVolume, publishRequest, statsRequest } from "../../helpers/kubelet.ts";
 import { freePort } from "../../helpers/port.ts";
 import { rpcFailure } from "../../helpers/rpc.ts";
 import {
@@ -356,6 +356,44 @@ describe("SPIRE's chart layout: the agent's directory itself, bound read-only in
       setup.socketDir,
     ]);
     expect(checks.find((check) => check.name.includes("labelled for containers"))?.ok).toBe(true);
+  });
+});
+
+describe("a file system in the directory that stops answering, with --recursive-bind", () => {
+  test("publishes that label answer UNAVAILABLE; a published volume's stats still answer; SIGTERM stops the driver and names the checks left stuck in the kernel", async () => {
+    const setup = agentDirectory("stuck");
+    const spiffefs = join(setup.socketDir, "spiffefs");
+    mkdirSync(spiffefs);
+    const fuse = await FuseMount.start(spiffefs, { readOnly: true });
+    stoppers.push(() => fuse.stop());
+    const { driver } = await startDriver("permissive", setup, [
+      "--recursive-bind",
+      "--inspect-timeout",
+      "1",
+    ]);
+    const volume = podVolume(setup.kubeletRoot);
+    prepareVolume(volume);
+    const { node } = clients(setup.csiSocketPath);
+    await node.nodePublishVolume(publishRequest(volume));
+
+    await fuse.hang();
+    // Each change makes the next publish survey the directory, and read the file system's label.
+    for (let round = 0; round < 3; round++) {
+      writeFileSync(join(setup.socketDir, `change-${round}`), "");
+      const failure = await publishFailure(setup);
+      expect(failure.code).toBe(status.UNAVAILABLE);
+      expect(failure.details).toContain(spiffefs);
+    }
+    // The stuck checks were about the directory's labels, not about the volume.
+    const stats = await node.nodeGetVolumeStats(statsRequest(volume));
+    expect(stats.volumeCondition).toMatchObject({ abnormal: false });
+    node.close();
+
+    const { code, stderr } = await driver.stop();
+    expect(code).toBe(0);
+    expect(stderr).toContain("checks stuck in the kernel outlive the driver");
+    expect(stderr).toMatch(new RegExp(`pid \\d+ \\(D [^)]*\\) at [^"]*${spiffefs}`));
+    await fuse.answer();
   });
 });
 
