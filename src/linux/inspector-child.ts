@@ -18,7 +18,9 @@ import {
  * - the steps of a generator operation: a loop of synchronous calls (a hundred thousand entries
  *   labelled, one by one) yields after each, and the runtime signs between steps when a sign is
  *   due. A slow loop that moves is never taken for stuck; a single call that hangs is.
- * Nothing but Node's file-system module is loaded here: the child carries only its operations.
+ * So an operation makes every call that may hang synchronously: an await of a call that hangs on
+ * the thread pool would leave the event loop free, and the timer signing for it. Nothing but
+ * Node's file-system module is loaded here: the child carries only its operations.
  */
 
 let lastSign = 0;
