@@ -281,9 +281,15 @@ export class Inspector<Ops extends Operations> implements Inspect<Ops> {
     const id = this.nextId++;
     worker.job = job;
     worker.jobId = id;
-    worker.proc.stdin.write(`${JSON.stringify({ id, op: job.op, args: job.args })}\n`);
-    void worker.proc.stdin.flush();
     this.arm(worker);
+    try {
+      worker.proc.stdin.write(`${JSON.stringify({ id, op: job.op, args: job.args })}\n`);
+      // A child that died meanwhile fails the request when its exit is seen.
+      Promise.resolve(worker.proc.stdin.flush()).catch(() => {});
+    } catch (error) {
+      const why = (error as Error).message;
+      this.fail(worker, (what) => new InspectionError(`${what}: cannot reach the child: ${why}`));
+    }
   }
 
   private spawn(): Worker {
@@ -379,7 +385,7 @@ export class Inspector<Ops extends Operations> implements Inspect<Ops> {
   private retire(worker: Worker): void {
     if (worker.job || !this.forget(worker)) return;
     try {
-      worker.proc.stdin.end();
+      Promise.resolve(worker.proc.stdin.end()).catch(() => {});
     } catch {
       // Gone already.
     }
