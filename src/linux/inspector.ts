@@ -22,7 +22,7 @@ import {
  *
  * - Lazy and short-lived: a child starts when a request needs one, runs one request at a time,
  *   and exits once idle for IDLE_EXIT_MS, so a driver at rest is one process. Up to MAX_WORKING
- *   children work at once: a check of one volume never waits behind a long survey of another.
+ *   children work at once: a check of a volume does not wait behind a long survey of the directory.
  *   Requests wait in the parent's queue, and an identical request (same operation, same
  *   arguments) that waits there already is shared, not repeated; a running one is not joined, it
  *   started before the caller asked.
@@ -38,7 +38,8 @@ import {
  *   contains it) fails at once with InspectionUnavailable once `maxStuck` children are stuck there
  *   (it would hang at the same place, and each try would leave one more process behind); a request
  *   about anything else gets a fresh child. MAX_STUCK_IN_ALL bounds the stuck children of all
- *   subjects together, and so the processes a broken node can make the driver leave behind.
+ *   subjects together: whatever a broken node does, the driver's children stay bounded
+ *   (MAX_WORKING working, MAX_STUCK_IN_ALL stuck).
  * - Processes, not threads: a thread stuck in the kernel would keep the driver from exiting, a
  *   child does not. close() kills every child and names those that stay (stuck in the kernel).
  *
