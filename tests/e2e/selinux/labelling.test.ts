@@ -359,13 +359,19 @@ describe("SPIRE's chart layout: the agent's directory itself, bound read-only in
   });
 });
 
+/** An agent's directory with a read-only FUSE file system mounted in it, as SPIFFEFS is. */
+async function withFuse(name: string) {
+  const setup = agentDirectory(name);
+  const spiffefs = join(setup.socketDir, "spiffefs");
+  mkdirSync(spiffefs);
+  const fuse = await FuseMount.start(spiffefs, { readOnly: true });
+  stoppers.push(() => fuse.stop());
+  return { setup, spiffefs, fuse };
+}
+
 describe("a file system in the directory that stops answering, with --recursive-bind", () => {
   test("publishes that label answer UNAVAILABLE; a published volume's stats still answer; SIGTERM stops the driver and names the checks left stuck in the kernel", async () => {
-    const setup = agentDirectory("stuck");
-    const spiffefs = join(setup.socketDir, "spiffefs");
-    mkdirSync(spiffefs);
-    const fuse = await FuseMount.start(spiffefs, { readOnly: true });
-    stoppers.push(() => fuse.stop());
+    const { setup, spiffefs, fuse } = await withFuse("stuck");
     const { driver } = await startDriver("permissive", setup, [
       "--recursive-bind",
       "--inspect-timeout",
@@ -399,13 +405,9 @@ describe("a file system in the directory that stops answering, with --recursive-
 
 describe("concurrent publishes", () => {
   test("share the labelling work: a burst of publishes surveys the directory once or twice, not once each", async () => {
-    const setup = agentDirectory("shared");
     // With --recursive-bind every survey reads the label of what is mounted in the directory:
     // the FUSE server counts the surveys.
-    const spiffefs = join(setup.socketDir, "spiffefs");
-    mkdirSync(spiffefs);
-    const fuse = await FuseMount.start(spiffefs, { readOnly: true });
-    stoppers.push(() => fuse.stop());
+    const { setup, fuse } = await withFuse("shared");
     for (let index = 0; index < 10_000; index++) {
       writeFileSync(join(setup.socketDir, `entry-${index}`), "");
     }
