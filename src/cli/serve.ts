@@ -131,12 +131,21 @@ async function setUp(config: Config, mounter: Mounter, logger: Logger): Promise<
     : undefined;
   const logAudit = auditLogger(logger);
   const restart = new SelfRestart(config.selfRestartBackoffMs);
-  const inspector = startInspector(config.inspectTimeoutMs, (timeout) => {
-    metrics?.inspectionTimedOut();
-    logger.warn("a check of the Workload API directory did not answer; it was given up", {
-      [LogKey.error]: timeout.message,
-    });
-  });
+  const inspector = startInspector(
+    config.inspectTimeoutMs,
+    (timeout) => {
+      metrics?.inspectionTimedOut();
+      logger.warn("a check of the Workload API directory did not answer; it was given up", {
+        [LogKey.error]: timeout.message,
+      });
+    },
+    (left) =>
+      logger.warn("checks stuck in the kernel outlive the driver until their file system answers", {
+        [LogKey.paths]: left.map(
+          (child) => `pid ${child.pid} (${child.state}) at ${child.stuckAt.join(", ")}`,
+        ),
+      }),
+  );
   const labeller = startLabelling(config, inspector, logger);
   const node = new NodeService({
     nodeId: config.nodeId,

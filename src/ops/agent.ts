@@ -12,7 +12,7 @@ import { tryConnect } from "../linux/connect.ts";
 import { O_PATH } from "../linux/descriptors.ts";
 import { isErrno } from "../linux/errno.ts";
 import { changedLately } from "../linux/file-operations.ts";
-import { type Inspect, InspectionError, stillWorking } from "../linux/inspector.ts";
+import { type Inspect, InspectionError } from "../linux/inspector.ts";
 
 // How long a connection to the agent's socket may take before it counts as not answering.
 const CONNECT_TIMEOUT_MS = 1000;
@@ -58,9 +58,11 @@ let listed: { key: string; sockets: string[] } | undefined;
 /**
  * In the inspector's child: the directory's sockets, from the listing's file types (no stat of
  * each entry, so nothing mounted in the directory is ever asked), kept while the directory is
- * unchanged, and a connection to each until one is accepted, the last one accepted first.
+ * unchanged, and a connection to each until one is accepted, the last one accepted first. A
+ * generator that yields after each entry listed, so that the child's runtime can say that it
+ * progresses through a directory of any size (../linux/inspector-child.ts).
  */
-export async function inspectAgentDirectory({
+export async function* inspectAgentDirectory({
   dir,
   name,
 }: {
@@ -68,7 +70,7 @@ export async function inspectAgentDirectory({
   dir: string;
   /** Its name in messages. */
   name: string;
-}): Promise<AgentCheck> {
+}): AsyncGenerator<void, AgentCheck, undefined> {
   let fd: number;
   try {
     fd = openSync(dir, O_PATH | constants.O_DIRECTORY);
@@ -96,7 +98,7 @@ export async function inspectAgentDirectory({
     if (listed?.key === key) {
       sockets = listed.sockets;
     } else {
-      sockets = listSockets(`/proc/self/fd/${fd}`);
+      sockets = yield* listSockets(`/proc/self/fd/${fd}`);
       listed = changedLately(stat) ? undefined : { key, sockets };
     }
   } catch (error) {
@@ -139,12 +141,12 @@ function unreadable(name: string, error: unknown): AgentCheck {
 }
 
 /** The names of the sockets in the directory, at most MAX_SOCKETS, sorted. */
-function listSockets(path: string): string[] {
+function* listSockets(path: string): Generator<void, string[], undefined> {
   const sockets: string[] = [];
   const dir = opendirSync(path);
   try {
     for (let entry = dir.readSync(); entry !== null; entry = dir.readSync()) {
-      stillWorking();
+      yield;
       if (isSocket(entry, path)) sockets.push(entry.name);
       if (sockets.length >= MAX_SOCKETS) break;
     }

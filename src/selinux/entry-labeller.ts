@@ -5,12 +5,9 @@ import { closeSync, constants, fstatSync, lstatSync, openSync, type Stats } from
 import { O_PATH } from "../linux/descriptors.ts";
 import { isErrno } from "../linux/errno.ts";
 import { usableByContainers } from "./context.ts";
-import type { SurveyArgs, Unusable } from "./survey.ts";
 import { errorCode } from "./survey-reads.ts";
+import { NOT_LABELLED, type SurveyArgs, type Unusable } from "./survey-types.ts";
 import { fileLabel, getLabel, setFileLabel } from "./xattr.ts";
-
-/** An Unusable's error when only reading: its label is not one for containers. */
-export const NOT_LABELLED = "not labelled";
 
 // A name replaced again each time it is read is given up on after this many reads (it is
 // labelled at the next survey).

@@ -3,7 +3,8 @@ import { type Inspect, InspectionError } from "../linux/inspector.ts";
 import type { Logger } from "../ops/log.ts";
 import { LogKey } from "../ops/log-keys.ts";
 import { contextParts } from "./context.ts";
-import { NOT_LABELLED, type Survey, type surveyLabels } from "./survey.ts";
+import type { surveyLabels } from "./survey.ts";
+import { NOT_LABELLED, type Survey } from "./survey-types.ts";
 
 /**
  * Keeps the Workload API directory usable by containers under SELinux (./survey.ts says what it
@@ -41,10 +42,26 @@ export interface LabellerOptions {
 
 // Paths a message names one by one; beyond, a fix names them with a wildcard.
 const NAMED = 5;
+// Callers that share one survey at most: its request stays small.
+const MAX_SHARED = 64;
 
+/** Callers waiting for one survey: their handles of the directory, the first one surveyed. */
+interface Batch {
+  dirs: string[];
+  survey: Promise<Survey>;
+}
+
+/**
+ * Labelling work for concurrent publishes is shared, not repeated one after another: one survey
+ * runs at a time, and the callers that ask meanwhile share the next one (not the running one: it
+ * started before they asked, and may have missed what they need). The child checks that each
+ * caller's handle is the directory it surveys; one that is not gets a survey of its own.
+ */
 export class Labeller {
   // What was last logged as left alone or best effort: each is logged when it changes.
   private logged = { leftAlone: "", bestEffort: "" };
+  private running: Promise<unknown> = Promise.resolve();
+  private waiting: Batch | undefined;
 
   constructor(private readonly options: LabellerOptions) {}
 
@@ -53,19 +70,14 @@ export class Labeller {
    * opens the directory: a held handle's sharedPath, so that what is labelled is what is bound.
    */
   async ensure(dir: string = this.options.socketDir): Promise<LabelOutcome> {
-    const { socketDir, context, recursiveBind } = this.options;
+    const { context } = this.options;
     let survey: Survey;
     try {
-      survey = await this.options.inspector.run(
-        "surveyLabels",
-        { dir, name: socketDir, context, write: true, recursiveBind },
-        `labelling ${JSON.stringify(socketDir)} for SELinux`,
-      );
+      survey = await this.shared(dir);
     } catch (error) {
       if (error instanceof InspectionError) return { kind: "unknown", problem: error.message };
       throw error;
     }
-    this.logLabelled(survey);
     const note = leftAloneNote(survey);
     this.logOnce("leftAlone", note);
     // A missing directory is the publish's to report, as UNAVAILABLE.
@@ -88,6 +100,46 @@ export class Labeller {
         ? " (SELinux's mode cannot be read here, there is no /sys/fs/selinux/enforce: taken as enforcing)"
         : "";
     return { kind: "refused", problem: `${unusable.what}${unread}${fix}` };
+  }
+
+  /** A survey of `dir`, shared with the callers that ask while another runs (see above). */
+  private async shared(dir: string): Promise<Survey> {
+    let batch = this.waiting;
+    if (!batch || batch.dirs.length >= MAX_SHARED) {
+      const dirs: string[] = [];
+      const survey = this.running.then(() => {
+        if (this.waiting?.dirs === dirs) this.waiting = undefined;
+        const [first = dir, ...others] = dirs;
+        return this.survey(first, others);
+      });
+      this.running = survey.catch(() => {});
+      batch = { dirs, survey };
+      this.waiting = batch;
+    }
+    const index = batch.dirs.push(dir) - 1;
+    const survey = await batch.survey;
+    if (index === 0 || survey.shared?.[index - 1]) return survey;
+    // Another directory by now (replaced on the node): its own survey.
+    return this.survey(dir, []);
+  }
+
+  private async survey(dir: string, others: string[]): Promise<Survey> {
+    const { socketDir, context, recursiveBind } = this.options;
+    const survey = await this.options.inspector.run(
+      "surveyLabels",
+      {
+        dir,
+        name: socketDir,
+        context,
+        write: true,
+        recursiveBind,
+        ...(others.length > 0 && { others }),
+      },
+      `labelling ${JSON.stringify(socketDir)} for SELinux`,
+    );
+    // Once per survey, however many callers share it.
+    this.logLabelled(survey);
+    return survey;
   }
 
   private logLabelled(survey: Survey): void {

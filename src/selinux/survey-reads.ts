@@ -7,7 +7,7 @@ import { accessSync, closeSync, constants, openSync, readFileSync } from "node:f
 import { O_PATH, readMountId } from "../linux/descriptors.ts";
 import { type MountInfo, readMountTable } from "../linux/mountinfo.ts";
 import { usableByContainers } from "./context.ts";
-import type { Labelled, Survey, SurveyArgs } from "./survey.ts";
+import type { Labelled, Survey, SurveyArgs } from "./survey-types.ts";
 import { fileLabel } from "./xattr.ts";
 
 /** The label of a mount root, read and never set. */

@@ -1,4 +1,5 @@
 import {
+  type BigIntStats,
   closeSync,
   constants,
   type Dir,
@@ -6,12 +7,12 @@ import {
   opendirSync,
   openSync,
   readlinkSync,
+  statSync,
 } from "node:fs";
 import { join } from "node:path";
 import { O_PATH } from "../linux/descriptors.ts";
 import { isErrno } from "../linux/errno.ts";
 import { changedLately } from "../linux/file-operations.ts";
-import { stillWorking } from "../linux/inspector.ts";
 import type { MountInfo } from "../linux/mountinfo.ts";
 import { EntryLabeller } from "./entry-labeller.ts";
 import {
@@ -22,8 +23,9 @@ import {
   readEnforce,
   writable,
 } from "./survey-reads.ts";
+import type { Survey, SurveyArgs, Unusable } from "./survey-types.ts";
 
-export { NOT_LABELLED } from "./entry-labeller.ts";
+export type { Survey } from "./survey-types.ts";
 
 /**
  * What the Workload API directory holds for pods, and its SELinux labels: read, and with
@@ -47,67 +49,12 @@ export { NOT_LABELLED } from "./entry-labeller.ts";
  * modification and change times, whether it is writable and (with --recursive-bind) the mounts
  * in it. An entry that is replaced while it is labelled (the agent re-creating its socket) is
  * read again under its name. What is decided for each entry is in ./entry-labeller.ts; what is
- * read of the node besides the entries, in ./survey-reads.ts.
+ * read of the node besides the entries, in ./survey-reads.ts; what it is asked and answers, in
+ * ./survey-types.ts.
+ *
+ * A generator: it yields after each entry, so that the child's runtime can say that it
+ * progresses however many entries there are (../linux/inspector-child.ts).
  */
-
-export interface SurveyArgs {
-  /** The directory as this process can open it: `/proc/<pid>/fd/<n>` of a driver's handle. */
-  dir: string;
-  /** Its name in messages (the configured path). */
-  name: string;
-  /** The label to set; a label with its type and level is usable already. */
-  context: string;
-  /** Set labels (the driver) or only read them (the doctor). */
-  write: boolean;
-  /** Pods see the file systems mounted in the directory (--recursive-bind): check their roots. */
-  recursiveBind: boolean;
-}
-
-/** A file and its label (null: none). */
-export interface Labelled {
-  path: string;
-  label: string | null;
-}
-
-export interface Unusable extends Labelled {
-  /** Why it is not usable: could not be labelled (the errno's code), or NOT_LABELLED. */
-  error: string;
-}
-
-export interface LeftAlone {
-  path: string;
-  why: string;
-}
-
-export interface Survey {
-  /** /sys/fs/selinux/enforce: "1" enforcing, "0" permissive; null when it cannot be read. */
-  enforce: "0" | "1" | null;
-  /** The directory does not exist (the publish says so itself). */
-  missing: boolean;
-  /** What stopped the survey (the directory cannot be listed, say). */
-  problem?: string;
-  /** Answered from the last survey of the unchanged directory. */
-  cached: boolean;
-  /** Entries read. */
-  entries: number;
-  /** Labelled by this survey: a few paths, and how many in all. */
-  labelled: string[];
-  labelledCount: number;
-  /** Made for pods, and not usable by them: a few, and how many in all. */
-  unusable: Unusable[];
-  unusableCount: number;
-  leftAlone: LeftAlone[];
-  leftAloneCount: number;
-  /** With recursiveBind: the roots of the file systems mounted in the directory, and theirs. */
-  mountRoots: (Labelled & { usable: boolean; error?: string })[];
-  /** The directory and its sockets with their labels, as found: a few. */
-  seen: Labelled[];
-  /** The directory's name in messages (the configured path). */
-  name: string;
-  /** Where the directory is, and the mount it is on (the node's path of it can be told from). */
-  location: string;
-  holder?: Pick<MountInfo, "root" | "mountPoint" | "fsType" | "source">;
-}
 
 // Lists in a survey hold this many paths; the counts say how many there were.
 const LISTED = 20;
@@ -116,47 +63,74 @@ export const MAX_ENTRIES = 1_000_000;
 
 let kept: { key: string; survey: Survey } | undefined;
 
-/** The survey of the Workload API directory (see above). */
-export async function surveyLabels(args: SurveyArgs): Promise<Survey> {
+/**
+ * The survey of the Workload API directory (see above). `others` are other handles of callers
+ * that share it: `shared` says, for each, whether it is the very directory surveyed.
+ */
+export async function* surveyLabels(args: SurveyArgs): AsyncGenerator<void, Survey, undefined> {
   const enforce = readEnforce();
+  const others = args.others ?? [];
   let fd: number;
   try {
     fd = openSync(args.dir, O_PATH | constants.O_DIRECTORY);
   } catch (error) {
-    if (isErrno(error, "ENOENT") || isErrno(error, "ENOTDIR")) {
-      return { ...emptySurvey(enforce, args.name, args.name), missing: true };
-    }
-    return {
+    const empty = {
       ...emptySurvey(enforce, args.name, args.name),
+      shared: others.map(() => false),
+    };
+    if (isErrno(error, "ENOENT") || isErrno(error, "ENOTDIR")) return { ...empty, missing: true };
+    return {
+      ...empty,
       problem: `cannot open ${JSON.stringify(args.name)}: ${(error as Error).message}`,
     };
   }
   try {
-    const handle = `/proc/self/fd/${fd}`;
     const before = fstatSync(fd, { bigint: true });
-    // Not `dir`: a handle's path names another descriptor at each call.
-    const { name, context, write, recursiveBind } = args;
-    const unchanged = [name, context, write, recursiveBind, before.dev, before.ino];
-    unchanged.push(before.mtimeNs, before.ctimeNs);
-    let key = keyOf([...unchanged, writable(handle)]);
-    // Without --recursive-bind, what is mounted in the directory later never reaches pods: the
-    // mount table is read only to keep away from mount roots while entries are read.
-    if (!args.recursiveBind && kept?.key === key) return { ...kept.survey, enforce, cached: true };
-    const table = await mountTable();
-    const location = readlinkSync(handle);
-    const mounts = mountsIn(table, location);
-    if (args.recursiveBind) {
-      key = keyOf([...unchanged, writable(handle), mounts.map(mountKey)]);
-      if (kept?.key === key) return { ...kept.survey, enforce, cached: true };
-    }
-    const survey = surveyDirectory(args, fd, location, mounts, holderOf(table, fd), enforce);
-    const after = fstatSync(fd, { bigint: true });
-    const changed = after.mtimeNs !== before.mtimeNs || after.ctimeNs !== before.ctimeNs;
-    kept = changed || changedLately(after) ? undefined : { key, survey };
-    return survey;
+    const shared = others.map((other) => sameFile(other, before));
+    const survey = yield* surveyHeld(args, fd, before, enforce);
+    return { ...survey, shared };
   } finally {
     closeSync(fd);
   }
+}
+
+function sameFile(path: string, stat: BigIntStats): boolean {
+  try {
+    const other = statSync(path, { bigint: true });
+    return other.dev === stat.dev && other.ino === stat.ino;
+  } catch {
+    return false;
+  }
+}
+
+/** The survey of the directory held as `fd`, or the last one while it is unchanged. */
+async function* surveyHeld(
+  args: SurveyArgs,
+  fd: number,
+  before: BigIntStats,
+  enforce: Survey["enforce"],
+): AsyncGenerator<void, Survey, undefined> {
+  // Not `dir`: a handle's path names another descriptor at each call.
+  const handle = `/proc/self/fd/${fd}`;
+  const { name, context, write, recursiveBind } = args;
+  const unchanged = [name, context, write, recursiveBind, before.dev, before.ino];
+  unchanged.push(before.mtimeNs, before.ctimeNs);
+  let key = keyOf([...unchanged, writable(handle)]);
+  // Without --recursive-bind, what is mounted in the directory later never reaches pods: the
+  // mount table is read only to keep away from mount roots while entries are read.
+  if (!args.recursiveBind && kept?.key === key) return { ...kept.survey, enforce, cached: true };
+  const table = await mountTable();
+  const location = readlinkSync(handle);
+  const mounts = mountsIn(table, location);
+  if (args.recursiveBind) {
+    key = keyOf([...unchanged, writable(handle), mounts.map(mountKey)]);
+    if (kept?.key === key) return { ...kept.survey, enforce, cached: true };
+  }
+  const survey = yield* surveyDirectory(args, fd, location, mounts, holderOf(table, fd), enforce);
+  const after = fstatSync(fd, { bigint: true });
+  const changed = after.mtimeNs !== before.mtimeNs || after.ctimeNs !== before.ctimeNs;
+  kept = changed || changedLately(after) ? undefined : { key, survey };
+  return survey;
 }
 
 function keyOf(parts: unknown[]): string {
@@ -186,14 +160,14 @@ function emptySurvey(enforce: Survey["enforce"], name: string, location: string)
   };
 }
 
-function surveyDirectory(
+function* surveyDirectory(
   args: SurveyArgs,
   fd: number,
   location: string,
   mounts: MountInfo[],
   holder: Survey["holder"],
   enforce: Survey["enforce"],
-): Survey {
+): Generator<void, Survey, undefined> {
   const survey = emptySurvey(enforce, args.name, location);
   if (holder) survey.holder = holder;
   const owner = fstatSync(fd).uid;
@@ -228,7 +202,7 @@ function surveyDirectory(
   }
   try {
     for (let entry = dir.readSync(); entry !== null; entry = dir.readSync()) {
-      stillWorking();
+      yield;
       if (++survey.entries > MAX_ENTRIES) {
         survey.problem = `${JSON.stringify(args.name)} holds more than ${MAX_ENTRIES} entries; the rest were not looked at`;
         break;
@@ -245,7 +219,7 @@ function surveyDirectory(
   }
   if (args.recursiveBind) {
     for (const mount of mounts) {
-      stillWorking();
+      yield;
       if (survey.mountRoots.length >= LISTED) break;
       survey.mountRoots.push(mountRootLabel(mount.mountPoint, args));
     }

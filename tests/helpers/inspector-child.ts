@@ -1,8 +1,8 @@
 // An inspector child with operations made for testing the mechanism (../../src/linux/inspector.ts):
 // what a stuck system call looks like from the parent (the event loop held), slow work that
-// says it progresses, failures and a crash.
-import { fstatSync, openSync, statSync } from "node:fs";
-import { serveInspections, stillWorking } from "../../src/linux/inspector.ts";
+// yields between its steps, failures and a crash.
+import { appendFileSync, fstatSync, openSync, statSync } from "node:fs";
+import { serveInspections } from "../../src/linux/inspector-child.ts";
 
 const O_PATH = 0o10000000;
 
@@ -15,17 +15,30 @@ export const testOperations = {
     Atomics.wait(held, 0, 0, args.ms);
     return "held";
   },
-  /** Works for `ms`, saying so. */
-  work: (args: { ms: number }) => {
+  /** Works for `ms` in steps of 5 ms that each hold the process, yielding between them. */
+  *work(args: { ms: number }): Generator<void, number, undefined> {
     const end = performance.now() + args.ms;
     let rounds = 0;
     while (performance.now() < end) {
       Atomics.wait(held, 0, 0, 5);
-      stillWorking();
+      yield;
       rounds++;
     }
     return rounds;
   },
+  /** Yields a few times, then holds the process for `ms`: a call that hangs amid a long loop. */
+  *stall(args: { ms: number }): Generator<void, string, undefined> {
+    for (let step = 0; step < 3; step++) yield;
+    Atomics.wait(held, 0, 0, args.ms);
+    return "held";
+  },
+  /** Adds a line to the file `log`: how many times it ran. */
+  note: (args: { log: string }) => {
+    appendFileSync(args.log, "ran\n");
+    return process.pid;
+  },
+  /** Answers more than an inspection may send. */
+  flood: (_: object) => "x".repeat(1024 * 1024),
   /** Awaits for `ms` without holding the event loop. */
   wait: async (args: { ms: number }) => {
     await Bun.sleep(args.ms);

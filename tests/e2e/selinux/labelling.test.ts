@@ -24,7 +24,7 @@ import {
 } from "../../helpers/driver.ts";
 import { FuseMount } from "../../helpers/fuse.ts";
 import { probe } from "../../helpers/http.ts";
-import { podVolume, prepareVolume, publishRequest } from "../../helpers/kubelet.ts";
+import { podVolume, prepareVolume, publishRequest, statsRequest } from "../../helpers/kubelet.ts";
 import { freePort } from "../../helpers/port.ts";
 import { rpcFailure } from "../../helpers/rpc.ts";
 import {
@@ -207,20 +207,23 @@ describe("what labelling touches", () => {
     writeFileSync(join(socketDir, "agent.conf"), "");
     await startDriver("enforcing", setup);
     // The agent rewrites its configuration (a new file renamed over the old) and re-creates a
-    // link, as fast as it can, in a process of its own.
+    // link, as fast as it can, in a process of its own. Told to stop, it ends after a whole
+    // round, with both in place.
+    const stop = join(setup.base, "stop-churn");
     const churn = Bun.spawn(
       [
         process.execPath,
         "-e",
         `const fs = require("node:fs");
-         const dir = process.argv[1];
-         for (let i = 0; ; i++) {
+         const [dir, stop] = process.argv.slice(1);
+         for (let i = 0; !fs.existsSync(stop); i++) {
            fs.writeFileSync(dir + "/.agent.conf.new", String(i));
            fs.renameSync(dir + "/.agent.conf.new", dir + "/agent.conf");
            fs.rmSync(dir + "/link", { force: true });
            fs.symlinkSync("agent.conf", dir + "/link");
          }`,
         socketDir,
+        stop,
       ],
       { stdout: "ignore", stderr: "pipe" },
     );
@@ -232,8 +235,8 @@ describe("what labelling touches", () => {
         if (result.status === "rejected") failures.push((result.reason as Error).message);
       }
     }
-    churn.kill();
-    await churn.exited;
+    writeFileSync(stop, "");
+    expect(await churn.exited).toBe(0);
     expect(failures).toEqual([]);
     await publish(setup);
     expect(labelOf(join(socketDir, "agent.conf"))).toBe(CONTAINER_FILE);
@@ -353,6 +356,74 @@ describe("SPIRE's chart layout: the agent's directory itself, bound read-only in
       setup.socketDir,
     ]);
     expect(checks.find((check) => check.name.includes("labelled for containers"))?.ok).toBe(true);
+  });
+});
+
+/** An agent's directory with a read-only FUSE file system mounted in it, as SPIFFEFS is. */
+async function withFuse(name: string) {
+  const setup = agentDirectory(name);
+  const spiffefs = join(setup.socketDir, "spiffefs");
+  mkdirSync(spiffefs);
+  const fuse = await FuseMount.start(spiffefs, { readOnly: true });
+  stoppers.push(() => fuse.stop());
+  return { setup, spiffefs, fuse };
+}
+
+describe("a file system in the directory that stops answering, with --recursive-bind", () => {
+  test("publishes that label answer UNAVAILABLE; a published volume's stats still answer; SIGTERM stops the driver and names the checks left stuck in the kernel", async () => {
+    const { setup, spiffefs, fuse } = await withFuse("stuck");
+    const { driver } = await startDriver("permissive", setup, [
+      "--recursive-bind",
+      "--inspect-timeout",
+      "1",
+    ]);
+    const volume = podVolume(setup.kubeletRoot);
+    prepareVolume(volume);
+    const { node } = clients(setup.csiSocketPath);
+    await node.nodePublishVolume(publishRequest(volume));
+
+    await fuse.hang();
+    // Each change makes the next publish survey the directory, and read the file system's label.
+    for (let round = 0; round < 3; round++) {
+      writeFileSync(join(setup.socketDir, `change-${round}`), "");
+      const failure = await publishFailure(setup);
+      expect(failure.code).toBe(status.UNAVAILABLE);
+      expect(failure.details).toContain(spiffefs);
+    }
+    // The stuck checks were about the directory's labels, not about the volume.
+    const stats = await node.nodeGetVolumeStats(statsRequest(volume));
+    expect(stats.volumeCondition).toMatchObject({ abnormal: false });
+    node.close();
+
+    const { code, stderr } = await driver.stop();
+    expect(code).toBe(0);
+    expect(stderr).toContain("checks stuck in the kernel outlive the driver");
+    expect(stderr).toMatch(new RegExp(`pid \\d+ \\(D [^)]*\\) at [^"]*${spiffefs}`));
+    await fuse.answer();
+  });
+});
+
+describe("concurrent publishes", () => {
+  test("share the labelling work: a burst of publishes surveys the directory once or twice, not once each", async () => {
+    // With --recursive-bind every survey reads the label of what is mounted in the directory:
+    // the FUSE server counts the surveys.
+    const { setup, fuse } = await withFuse("shared");
+    for (let index = 0; index < 10_000; index++) {
+      writeFileSync(join(setup.socketDir, `entry-${index}`), "");
+    }
+    await startDriver("permissive", setup, ["--recursive-bind"]);
+    await publish(setup);
+    const surveys = async () => (await fuse.counts())["22"] ?? 0;
+    const before = await surveys();
+    // A change: the directory is surveyed again, not answered from the last survey.
+    writeFileSync(join(setup.socketDir, "agent.conf"), "");
+    const burst = 16;
+    await Promise.all(Array.from({ length: burst }, () => publish(setup)));
+    const surveyed = (await surveys()) - before;
+    expect(surveyed).toBeGreaterThan(0);
+    // One running when the burst came, one shared by the rest; a straggler may make a third.
+    expect(surveyed).toBeLessThanOrEqual(3);
+    expect(labelOf(join(setup.socketDir, "agent.conf"))).toBe(CONTAINER_FILE);
   });
 });
 
