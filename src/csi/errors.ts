@@ -68,13 +68,14 @@ export function fs<T>(what: string, call: () => T): T {
 }
 
 /**
- * A failed `mount`/`umount`: DEADLINE_EXCEEDED (which the kubelet retries) when it hung;
- * UNAVAILABLE when what it was given was removed meanwhile (the agent's directory removed while
- * a publish was under way: the next try finds it, or says it is missing).
+ * A failed `mount`/`umount`: DEADLINE_EXCEEDED (which the kubelet retries) when it hung. With
+ * `sourceMayGo` (the bind of the Workload API directory), UNAVAILABLE when what it was given was
+ * removed meanwhile: the agent's directory removed while a publish was under way, which the
+ * next try finds again, or says is missing.
  */
-export function commandFailed(what: string, error: unknown): RpcError {
+export function commandFailed(what: string, error: unknown, sourceMayGo = false): RpcError {
   if (error instanceof MountCommandError) {
-    const gone = !error.timedOut && /No such file or directory/.test(error.stderr);
+    const gone = sourceMayGo && !error.timedOut && /No such file or directory/.test(error.stderr);
     return new RpcError(
       error.timedOut ? status.DEADLINE_EXCEEDED : gone ? status.UNAVAILABLE : status.INTERNAL,
       `${what}: ${error.message}`,

@@ -38,7 +38,7 @@ export function podUidOf(targetPath: string): string | undefined {
 const WALK_ROOT = O_PATH | constants.O_DIRECTORY;
 const WALK_STEP = O_PATH | constants.O_DIRECTORY | constants.O_NOFOLLOW;
 const VOLUME_MOUNT_FIX =
-  "unmount what was mounted over the volume directory; the driver looks only into local file systems";
+  "unmount what was mounted in the kubelet's directories; the driver looks only into local file systems";
 // pods, <pod-uid>, volumes, kubernetes.io~csi, <volume-name>, mount
 const TAIL_SEGMENTS = 6;
 
@@ -125,26 +125,22 @@ export function openVolumeDir(targetPath: string): VolumeDirectory {
   }
   try {
     const location = join(readlinkSync(`/proc/self/fd/${fd}`), ...names);
-    // The directories on the way are only passed through: a bare descriptor each, nothing read
-    // of them. The one at the end is held, with what it is; should it be the root of a mount,
-    // that mount is judged before it is stat'ed (../linux/gate.ts).
-    let parentMount: FdMount | undefined;
+    // Nothing is looked up in a directory before its mount is judged (../linux/gate.ts): a name
+    // looked up in a file system that stops answering would hold the caller. The directories on
+    // the way are only passed through; the one at the end is held, with what it is.
+    let mount = judged(fd, kubeletRoot, undefined);
     for (const [index, name] of names.entries()) {
       const entry = `/proc/self/fd/${fd}/${name}`;
+      const at = join(kubeletRoot, ...names.slice(0, index + 1));
       let next: number;
       try {
         next = openSync(entry, WALK_STEP);
       } catch (error) {
-        const at = join(kubeletRoot, ...names.slice(0, index + 1));
-        throw new VolumePathError(classifyOpenError(entry, error), at);
+        throw new VolumePathError(classifyOpenError(entry, error, mount.mountId), at);
       }
-      if (index === names.length - 1) parentMount = fdMount(fd);
       closeSync(fd);
       fd = next;
-    }
-    const mount = fdMount(fd);
-    if (mount.mountId !== parentMount?.mountId) {
-      gate.judge(mount, true, { at: location, fix: VOLUME_MOUNT_FIX, open: false });
+      mount = judged(fd, at, mount);
     }
     const volume = new VolumeDirectory(new DirectoryHandle(fd, mount), location);
     fd = -1;
@@ -152,6 +148,15 @@ export function openVolumeDir(targetPath: string): VolumeDirectory {
   } finally {
     if (fd !== -1) closeSync(fd);
   }
+}
+
+/** The mount of the directory `fd` at `at`, judged when it is not the mount `below`'s. */
+function judged(fd: number, at: string, below: FdMount | undefined): FdMount {
+  const mount = fdMount(fd);
+  if (mount.mountId !== below?.mountId) {
+    gate.judge(mount, true, { at, fix: VOLUME_MOUNT_FIX, open: false });
+  }
+  return mount;
 }
 
 // Not followed if a link; the handle opens nothing (no FIFO waits, no device driver runs).
@@ -175,6 +180,9 @@ export async function readVolumeData(volumeDir: DirectoryHandle): Promise<Volume
   }
   let text: string;
   try {
+    // A file mounted over the record's name is no record of the kubelet's, and is not looked at:
+    // its file system could stop answering.
+    if (fdMount(handle).mountId !== volumeDir.mountId) return undefined;
     const stat = fstatSync(handle);
     if (!stat.isFile() || stat.size > MAX_VOLUME_DATA_BYTES) return undefined;
     // Through the handle: the very file that was checked.

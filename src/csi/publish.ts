@@ -184,7 +184,7 @@ export class Publisher {
     } catch (error) {
       this.abandon(volume, source, created);
       this.parts.events.mountFailed("mount");
-      throw commandFailed(`bind-mounting ${quote(socketDir)} at ${quote(targetPath)}`, error);
+      throw commandFailed(`bind-mounting ${quote(socketDir)} at ${quote(targetPath)}`, error, true);
     }
     if (!fs(`locating ${quote(targetPath)}`, () => volume.holds(target))) {
       // Moved while `mount` ran: the mount went wherever the directory is now. Take it back.

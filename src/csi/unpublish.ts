@@ -39,11 +39,24 @@ export class Unpublisher {
     }
     {
       // The source answers "is this mount ours?" at once; without it, the kubelet's record does.
-      const found = this.host.openSource();
-      using source = found.ok ? found.dir : undefined;
+      using source = this.sourceIfThere();
       using _unmounted = await this.unmountAll(volume, targetPath, state, source);
     }
     removeTarget(volume, targetPath);
+  }
+
+  /**
+   * The Workload API directory held open, or undefined whatever stops it: removing a bind the
+   * driver made needs only the target, so a missing, refused or broken directory never keeps a
+   * pod from going.
+   */
+  private sourceIfThere(): Directory | undefined {
+    try {
+      const found = this.host.openSource();
+      return found.ok ? found.dir : undefined;
+    } catch {
+      return undefined;
+    }
   }
 
   /**

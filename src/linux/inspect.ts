@@ -1,6 +1,7 @@
-import { lstatSync, statSync } from "node:fs";
-import { type DirectoryHandle, openEntry } from "./descriptors.ts";
+import { closeSync, constants, fstatSync, openSync, statSync } from "node:fs";
+import { type DirectoryHandle, O_PATH, openEntry } from "./descriptors.ts";
 import { isErrno } from "./errno.ts";
+import { fdMount } from "./gate.ts";
 
 /**
  * What is at a target, found without reading the mount table.
@@ -69,7 +70,7 @@ export function inspectEntry(parent: DirectoryHandle, name: string): TargetState
   try {
     handle = openEntry(parent, name);
   } catch (error) {
-    return nothingAt(classifyOpenError(parent.entry(name), error));
+    return nothingAt(classifyOpenError(parent.entry(name), error, parent.mountId));
   }
   return directoryAt(handle, handle.mountId !== parent.mountId);
 }
@@ -89,21 +90,31 @@ export function sameInode(a: Omit<Inode, "nlink">, b: Omit<Inode, "nlink">): boo
   return a.dev === b.dev && a.ino === b.ino;
 }
 
-/** `path` ends in the name that failed to open; only that name is looked at again. */
+/**
+ * `path` ends in the name that failed to open in a directory on the mount `parentMountId`; only
+ * that name is looked at again. A file mounted there (a mount's root that is not a directory) is
+ * told without a look into its file system, which could stop answering.
+ */
 export function classifyOpenError(
   path: string,
   error: unknown,
+  parentMountId: number,
 ): "missing" | "symlink" | "not-directory" {
   if (isErrno(error, "ENOENT")) return "missing";
   // O_NOFOLLOW|O_DIRECTORY fails with ELOOP or ENOTDIR on a symbolic link, and with ENOTDIR
-  // on any other non-directory: lstat tells them apart.
-  if (isErrno(error, "ELOOP") || isErrno(error, "ENOTDIR")) {
-    try {
-      return lstatSync(path).isSymbolicLink() ? "symlink" : "not-directory";
-    } catch (lstatError) {
-      if (isErrno(lstatError, "ENOENT")) return "missing";
-      throw lstatError;
-    }
+  // on any other non-directory: the entry itself, held without following it, tells them apart.
+  if (!isErrno(error, "ELOOP") && !isErrno(error, "ENOTDIR")) throw error;
+  let fd: number;
+  try {
+    fd = openSync(path, O_PATH | constants.O_NOFOLLOW);
+  } catch (openError) {
+    if (isErrno(openError, "ENOENT")) return "missing";
+    throw openError;
   }
-  throw error;
+  try {
+    if (fdMount(fd).mountId !== parentMountId) return "not-directory";
+    return fstatSync(fd).isSymbolicLink() ? "symlink" : "not-directory";
+  } finally {
+    closeSync(fd);
+  }
 }

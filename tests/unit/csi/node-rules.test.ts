@@ -505,6 +505,16 @@ const unpublishCases: UnpublishCase[] = [
     after: "missing",
   },
   {
+    name: "the Workload API directory cannot be opened at all: the bind still goes",
+    given: (m) => {
+      m.source = errno("EACCES", "permission denied, fstat");
+      m.volume(TARGET, mountedTarget(m, SOURCE));
+    },
+    code: status.OK,
+    calls: ["unmount"],
+    after: "missing",
+  },
+  {
     name: "after a node reboot: no mount, the directory is removed",
     given: (m) => m.volume(TARGET, emptyTarget(m)),
     code: status.OK,

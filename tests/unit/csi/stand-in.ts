@@ -92,7 +92,8 @@ class StandInDirectory implements Directory {
 
 /** The machine: what NodeHost and Mounter see, and what the test set up and reads back. */
 export class StandInMachine implements NodeHost, Mounter {
-  source: Source | "present" = "present";
+  /** The Workload API directory: there, missing or refused (a Source), or failing to open. */
+  source: Source | "present" | Error = "present";
   readonly volumes = new Map<string, StandInVolume>();
   /** What the mounter was asked, in order: ["bind", target], ["unmount", target], ... */
   readonly calls: string[][] = [];
@@ -139,6 +140,7 @@ export class StandInMachine implements NodeHost, Mounter {
   }
 
   openSource(): Source {
+    if (this.source instanceof Error) throw this.source;
     if (this.source !== "present") return this.source;
     return { ok: true, dir: this.open(SOURCE, 20, "/run/spire/agent-sockets", "source") };
   }
