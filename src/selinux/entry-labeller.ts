@@ -13,6 +13,27 @@ import { fileLabel, getLabel, setFileLabel } from "./xattr.ts";
 // labelled at the next survey).
 const READS_PER_ENTRY = 3;
 
+/** The directory the entries are in: who owns it, and whether others may put entries there. */
+export interface Place {
+  owner: number;
+  /** Its mode, as `ls` shows it (for messages). */
+  mode: string;
+  /**
+   * Writable by its group or by others (sticky or not): any of them can move in a file they own
+   * or someone else's, so its owner says nothing of who made it.
+   */
+  open: boolean;
+}
+
+/** The place of the directory `stat` describes. */
+export function placeOf(stat: Pick<Stats, "uid" | "mode">): Place {
+  return {
+    owner: stat.uid,
+    mode: (stat.mode & 0o7777).toString(8).padStart(4, "0"),
+    open: (stat.mode & 0o022) !== 0,
+  };
+}
+
 export interface Recorder {
   labelled(path: string): void;
   unusable(entry: Unusable): void;
@@ -48,13 +69,13 @@ export class EntryLabeller {
    * The entry `name`: `path` reads it (by the directory's location), `held` opens it (through
    * the directory's descriptor), `shown` names it in messages.
    */
-  entry(path: string, held: string, shown: string, owner: number): void {
+  entry(path: string, held: string, shown: string, place: Place): void {
     for (let read = 0; read < READS_PER_ENTRY; read++) {
       let stat: Stats;
       let label: string | undefined;
       try {
         stat = lstatSync(path);
-        const why = leaveAlone(stat, owner);
+        const why = leaveAlone(stat, place);
         if (why) {
           this.record.leftAlone(shown, why);
           return;
@@ -76,7 +97,7 @@ export class EntryLabeller {
         this.record.unusable({ path: shown, label: label ?? null, error: NOT_LABELLED });
         return;
       }
-      if (this.labelHeld(held, shown, { stat, label }, owner, listed)) return;
+      if (this.labelHeld(held, shown, { stat, label }, place, listed)) return;
       // Replaced since it was read (the agent re-created it): read again.
     }
   }
@@ -86,7 +107,7 @@ export class EntryLabeller {
     held: string,
     shown: string,
     read: { stat: Stats; label: string | undefined },
-    owner: number,
+    place: Place,
     listed: boolean,
   ): boolean {
     let fd: number;
@@ -101,7 +122,7 @@ export class EntryLabeller {
       const stat = fstatSync(fd);
       if (stat.ino !== read.stat.ino || stat.dev !== read.stat.dev) return false;
       // The same inode: its links and owner are checked again, on the descriptor.
-      const why = leaveAlone(stat, owner);
+      const why = leaveAlone(stat, place);
       if (why) {
         this.record.leftAlone(shown, why);
         return true;
@@ -147,8 +168,12 @@ export class EntryLabeller {
   }
 }
 
-/** Why an entry is not the agent's to label, or undefined when it is. */
-function leaveAlone(stat: Stats, owner: number): string | undefined {
+/**
+ * Why an entry is not the agent's to label, or undefined when it is. Sockets and links are the
+ * agent's whoever owns them (labelling them exposes no data); a file or a directory only where
+ * its owner is the directory's and nobody else can put entries there.
+ */
+function leaveAlone(stat: Stats, place: Place): string | undefined {
   const kind = stat.isSocket()
     ? "socket"
     : stat.isSymbolicLink()
@@ -162,8 +187,12 @@ function leaveAlone(stat: Stats, owner: number): string | undefined {
   if (kind !== "directory" && stat.nlink > 1) {
     return `a hard link (${stat.nlink} names): labelling it would label the ${kind} under its other names too`;
   }
-  if (stat.uid !== owner) {
-    return `owned by uid ${stat.uid}, not by the directory's owner (uid ${owner})`;
+  if (kind === "socket" || kind === "symbolic link") return undefined;
+  if (place.open) {
+    return `a ${kind} in a directory its group or others may write to (mode ${place.mode}): anyone of them could have moved it in (make the directory writable by its owner alone: chmod go-w)`;
+  }
+  if (stat.uid !== place.owner) {
+    return `owned by uid ${stat.uid}, not by the directory's owner (uid ${place.owner})`;
   }
   return undefined;
 }

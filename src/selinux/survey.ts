@@ -14,7 +14,7 @@ import { O_PATH } from "../linux/descriptors.ts";
 import { isErrno } from "../linux/errno.ts";
 import { changedLately } from "../linux/file-operations.ts";
 import type { MountInfo } from "../linux/mountinfo.ts";
-import { EntryLabeller } from "./entry-labeller.ts";
+import { EntryLabeller, placeOf } from "./entry-labeller.ts";
 import {
   holderOf,
   mountRootLabel,
@@ -170,7 +170,7 @@ function* surveyDirectory(
 ): Generator<void, Survey, undefined> {
   const survey = emptySurvey(enforce, args.name, location);
   if (holder) survey.holder = holder;
-  const owner = fstatSync(fd).uid;
+  const place = placeOf(fstatSync(fd));
   const record = {
     labelled(path: string) {
       if (survey.labelled.length < LISTED) survey.labelled.push(path);
@@ -210,7 +210,7 @@ function* surveyDirectory(
       const path = join(location, entry.name);
       // Never looked at: a file system that hangs would hang here. Its label is read below.
       if (mountPoints.has(path)) continue;
-      labeller.entry(path, `${handle}/${entry.name}`, join(args.name, entry.name), owner);
+      labeller.entry(path, `${handle}/${entry.name}`, join(args.name, entry.name), place);
     }
   } catch (error) {
     survey.problem = `cannot list ${JSON.stringify(args.name)}: ${(error as Error).message}`;

@@ -4,10 +4,12 @@
 // and SPIRE's chart layout (the directory itself bound read-only into the driver's view).
 import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import {
+  chmodSync,
   chownSync,
   linkSync,
   mkdirSync,
   readdirSync,
+  renameSync,
   rmSync,
   symlinkSync,
   writeFileSync,
@@ -199,6 +201,27 @@ describe("what labelling touches", () => {
     expect(leftAlone?.ok).toBe(false);
     expect(leftAlone?.detail).toContain(`${join(socketDir, "shadow")}: a hard link`);
     expect(leftAlone?.detail).toContain(`${join(socketDir, "fifo")}: neither a socket`);
+  });
+
+  test("a directory its group may write to (0775 root:agent): the agent's socket is labelled whoever owns it; a root-only file moved in is left alone", async () => {
+    const setup = agentDirectory("group-writable");
+    const { socketDir } = setup;
+    chownSync(socketDir, 0, 1000);
+    chmodSync(socketDir, 0o775);
+    // The agent, run as uid 1000, made its socket; then moved in a root-only file of its home.
+    chownSync(join(socketDir, AGENT_SOCKET), 1000, 1000);
+    const secret = join(setup.base, "secret");
+    writeFileSync(secret, "key", { mode: 0o600 });
+    setLabel(secret, ETC_LABEL);
+    renameSync(secret, join(socketDir, "moved-in"));
+
+    const { driver } = await startDriver("enforcing", setup);
+    await publish(setup);
+    expect(labelOf(join(socketDir, AGENT_SOCKET))).toBe(CONTAINER_FILE);
+    expect(labelOf(join(socketDir, "moved-in"))).toBe(ETC_LABEL);
+    await waitFor("the log to report what was left alone", () =>
+      driver.stderr.includes("may write to (mode 0775)"),
+    );
   });
 
   test("an entry re-created again and again while volumes are published: every publish succeeds, and what is there at the end is labelled", async () => {
