@@ -2,14 +2,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import {
-  InspectionError,
-  InspectionTimeout,
-  InspectionUnavailable,
-  Inspector,
-  type InspectorOptions,
-  type LeftBehind,
-} from "../../../src/linux/inspector.ts";
+import { InspectionError, InspectionTimeout } from "../../../src/linux/inspector.ts";
 import { tempDir } from "../../helpers/driver.ts";
 import { alive, inspectors } from "../../helpers/inspector.ts";
 import { waitFor } from "../../helpers/wait.ts";
