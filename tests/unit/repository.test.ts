@@ -98,3 +98,13 @@ test.each(pages)("every relative link of %s leads to a file and a heading that e
   }
   expect(problems).toEqual([]);
 });
+
+test("docs/architecture.md names every file under src/ (but the generated ones)", () => {
+  const page = read("docs/architecture.md");
+  const files = [...new Bun.Glob("src/**/*.ts").scanSync(repo)].filter(
+    (file) => !file.startsWith("src/gen/"),
+  );
+  expect(files.length).toBeGreaterThan(50);
+  const unnamed = files.filter((file) => !page.includes(`\`${file.split("/").at(-1)}\``));
+  expect(unnamed).toEqual([]);
+});
