@@ -13,7 +13,7 @@
 // An answer is {"ok": <what was found>} or {"refused": <message>}.
 import { closeSync, constants, openSync } from "node:fs";
 import type { Subprocess } from "bun";
-import { openDirectory, openEntry, O_PATH } from "../../src/linux/descriptors.ts";
+import { O_PATH, openDirectory, openEntry } from "../../src/linux/descriptors.ts";
 import { gate, MountGate, UntrustedMountError } from "../../src/linux/gate.ts";
 import { openTrustedDirectory, UnsafePathError } from "../../src/linux/trusted-path.ts";
 import { PATIENCE_MS, waitFor } from "./wait.ts";
