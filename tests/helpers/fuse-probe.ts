@@ -8,13 +8,14 @@
 // Reads commands, a line each, on stdin, and answers each with one line of JSON:
 //   walk PATH            the trusted walk to PATH (the agent's directory), with this process's gate
 //   entry DIR NAME       openEntry(DIR, NAME): a pod's target, with this process's gate
+//   judge PATH           the mount of PATH judged by this process's gate: its type, source, place
 //   table PATH open|closed   PATH judged by a gate without unique mount ids (the table fallback)
 //   counts               how often each gate read the table and called statmount
 // An answer is {"ok": <what was found>} or {"refused": <message>}.
 import { closeSync, constants, openSync } from "node:fs";
 import type { Subprocess } from "bun";
 import { O_PATH, openDirectory, openEntry } from "../../src/linux/descriptors.ts";
-import { gate, MountGate, UntrustedMountError } from "../../src/linux/gate.ts";
+import { fdMount, gate, MountGate, UntrustedMountError } from "../../src/linux/gate.ts";
 import { openTrustedDirectory, UnsafePathError } from "../../src/linux/trusted-path.ts";
 import { PATIENCE_MS, waitFor } from "./wait.ts";
 
@@ -91,6 +92,19 @@ function answer(command: string): ProbeAnswer {
       using parent = openDirectory(args[0] as string);
       openEntry(parent, args[1] as string).close();
       return { ok: "directory" };
+    }
+    if (name === "judge") {
+      const fd = openSync(args[0] as string, O_PATH | constants.O_DIRECTORY);
+      try {
+        const { fsType, source, mountPoint } = gate.judge(fdMount(fd), {
+          at: args[0] as string,
+          fix: "",
+          open: true,
+        });
+        return { ok: { fsType, source, mountPoint } };
+      } finally {
+        closeSync(fd);
+      }
     }
     if (name === "table") {
       const fd = openSync(args[0] as string, O_PATH | constants.O_DIRECTORY);

@@ -119,6 +119,9 @@ describe("what the gate asks", () => {
     const place = directory("lasting", "agent");
     run("mount", "-t", "tmpfs", "lasting-test", place);
     const asker = probe();
+    expect(await asker.ask(`judge ${place}`)).toEqual({
+      ok: { fsType: "tmpfs", source: "lasting-test", mountPoint: place },
+    });
     expect(await asker.ask(`walk ${place}`)).toEqual({ ok: "directory" });
     const first = await asker.ask("counts");
     for (const name of ["one", "two"]) {
