@@ -30,12 +30,15 @@ export class DirectoryHandle implements Disposable {
   readonly ino: number;
   /** Zero when the directory has been removed (a mount can still hold it). */
   readonly nlink: number;
-  /** The kernel's id of the mount the directory is on. */
+  /**
+   * The kernel's id of the mount the directory is on, as the mount table gives it (./gate.ts,
+   * FdMount.mountId): the same kind of id as every other mountId the driver compares.
+   */
   readonly mountId: number;
   private open = true;
 
   /**
-   * Holds `fd`. `mount`, what fdinfo says of it, is read when not given; `stat` is taken when
+   * Holds `fd`. `mount`, the mount it is on (./gate.ts, fdMount), is told when not given; `stat` is taken when
    * not given: a caller that has not judged the directory's mount (./gate.ts) must know it is
    * one the driver may stat.
    */
@@ -96,8 +99,7 @@ const MOUNT_FIX =
  * Opens the directory `name` inside `parent` without following a symbolic link at `name`:
  * a link fails with ELOOP or ENOTDIR, anything but a directory with ENOTDIR. Should it be the
  * root of a mount (a volume's target), its mount is judged before it is stat'ed (./gate.ts):
- * one that is not a bind of a directory the trusted walk vouched for, nor a local file
- * system, is UntrustedMountError.
+ * one whose file system is not local is UntrustedMountError.
  */
 export function openEntry(parent: DirectoryHandle, name: string): DirectoryHandle {
   const fd = openSync(parent.entry(name), DIRECTORY_HANDLE | constants.O_NOFOLLOW);
@@ -105,7 +107,7 @@ export function openEntry(parent: DirectoryHandle, name: string): DirectoryHandl
     const mount = fdMount(fd);
     if (mount.mountId !== parent.mountId) {
       try {
-        gate.judgeTarget(mount, { at: name, fix: MOUNT_FIX, open: true });
+        gate.judge(mount, { at: name, fix: MOUNT_FIX, open: true });
       } catch (error) {
         if (!(error instanceof UntrustedMountError)) throw error;
         throw new UntrustedMountError(join(parent.location(), name), error.mount, error.fix);
@@ -127,9 +129,9 @@ function handle(fd: number): DirectoryHandle {
   }
 }
 
-/** The kernel's id of the mount an open file is on, from /proc/self/fdinfo. */
+/** The kernel's id of the mount an open file is on, as the mount table gives it. */
 export function readMountId(fd: number): number {
-  // A few lines that procfs makes up on the spot: no blocking read, no size to bound.
+  // No file system server is asked (./gate.ts).
   return fdMount(fd).mountId;
 }
 

@@ -75,9 +75,10 @@ const MOUNT_FIX =
 /** Judges the mount of the directory `fd` at `at` (./gate.ts); a refusal is UnsafePathError. */
 function judged(fd: number, at: string, below: FdMount | undefined, last: boolean): FdMount {
   const found = fdMount(fd);
+  // Both mounts held open while compared: the same id is the same mount.
   if (below !== undefined && found.mountId === below.mountId) return found;
   try {
-    gate.judge(found, true, { at, fix: MOUNT_FIX, open: last });
+    gate.judge(found, { at, fix: MOUNT_FIX, open: last });
   } catch (error) {
     if (!(error instanceof UntrustedMountError)) throw error;
     throw new UnsafePathError(at, error.message, error.fix);
@@ -129,6 +130,8 @@ function walk(path: string, options: TrustedPathOptions): TrustedDirectory {
         pending.unshift(...names(target));
         if (target.startsWith("/")) {
           closeSync(fd);
+          // Closed: not to be closed again should the next open fail (its number may be reused).
+          fd = -1;
           fd = openSync("/", O_PATH | constants.O_DIRECTORY);
           at = "/";
           mount = judged(fd, at, undefined, false);
@@ -146,7 +149,6 @@ function walk(path: string, options: TrustedPathOptions): TrustedDirectory {
     }
     if (stat.nlink === 0) return { kind: "removed", at };
     const handle = new DirectoryHandle(fd, mount, stat);
-    gate.vouch(handle.ino);
     fd = -1;
     return { kind: "directory", handle };
   } finally {

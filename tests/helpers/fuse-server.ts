@@ -2,7 +2,7 @@
 // that answers at first and, told to on stdin, stops answering. What a hung FUSE server (a
 // deadlocked SPIFFEFS, say) looks like to whoever calls into it.
 //
-//   bun tests/helpers/fuse-server.ts <mount point> [ro|rw] [no-labels|no-xattrs] [owner=UID]
+//   bun tests/helpers/fuse-server.ts <mount point> [ro|rw] [no-labels|no-xattrs] [owner=UID] [ino=N]
 //
 // Mounts with `mount -i -t fuse -o fd=3,...` (the descriptor of /dev/fuse passed as fd 3 to
 // mount; -i: no /sbin/mount.fuse helper), prints "mounted" once the kernel's INIT is answered,
@@ -20,16 +20,21 @@ import { constants } from "node:os";
 
 // owner=UID: mounted as that user's, without allow_other (fuse.conf's default for users): the
 // kernel refuses every other user's access, root's included (EACCES).
-const [mountPoint, access = "rw", xattrs = "no-labels", owner = ""] = process.argv.slice(2);
-const ownerUid = /^owner=(\d+)$/.exec(owner)?.[1];
+// ino=N: the inode number the root's attributes give (1 by default). The kernel takes whatever a
+// server says: a stat of the root reports N from then on.
+const [mountPoint, access = "rw", xattrs = "no-labels", ...settings] = process.argv.slice(2);
+const setting = (name: string) =>
+  settings.map((each) => new RegExp(`^${name}=(\\d+)$`).exec(each)?.[1]).find(Boolean);
+const ownerUid = setting("owner");
+const rootIno = BigInt(setting("ino") ?? 1);
 if (
   !mountPoint ||
   (access !== "rw" && access !== "ro") ||
   (xattrs !== "no-labels" && xattrs !== "no-xattrs") ||
-  (owner !== "" && ownerUid === undefined)
+  settings.some((each) => !/^(owner|ino)=\d+$/.test(each))
 ) {
   process.stderr.write(
-    "usage: fuse-server.ts <mount point> [ro|rw] [no-labels|no-xattrs] [owner=UID]\n",
+    "usage: fuse-server.ts <mount point> [ro|rw] [no-labels|no-xattrs] [owner=UID] [ino=N]\n",
   );
   process.exit(2);
 }
@@ -103,7 +108,7 @@ function reply(unique: bigint, error: number, body?: Buffer): void {
 function rootAttributes(): Buffer {
   const out = Buffer.alloc(16 + ATTR_SIZE);
   const attr = 16;
-  out.writeBigUInt64LE(ROOT_ID, attr);
+  out.writeBigUInt64LE(rootIno, attr);
   const now = BigInt(Math.floor(Date.now() / 1000));
   for (const offset of [32, 40, 48]) out.writeBigUInt64LE(now, attr + offset);
   out.writeUInt32LE(0o040755, attr + 60);

@@ -23,11 +23,12 @@ export class FuseMount {
   /**
    * Mounts an empty, answering file system at `mountPoint` (an existing directory). Its files
    * have no labels (ENODATA), or with `noXattrs` no extended attributes at all (ENOTSUP). With
-   * `owner`, the mount is that user's, without allow_other: root gets EACCES from it.
+   * `owner`, the mount is that user's, without allow_other: root gets EACCES from it. With
+   * `rootIno`, its root's attributes give that inode number (a server may give any).
    */
   static async start(
     mountPoint: string,
-    options: { readOnly?: boolean; noXattrs?: boolean; owner?: number } = {},
+    options: { readOnly?: boolean; noXattrs?: boolean; owner?: number; rootIno?: number } = {},
   ): Promise<FuseMount> {
     const proc = Bun.spawn(
       [
@@ -37,6 +38,7 @@ export class FuseMount {
         options.readOnly ? "ro" : "rw",
         options.noXattrs ? "no-xattrs" : "no-labels",
         ...(options.owner === undefined ? [] : [`owner=${options.owner}`]),
+        ...(options.rootIno === undefined ? [] : [`ino=${options.rootIno}`]),
       ],
       { stdin: "pipe", stdout: "pipe", stderr: "pipe" },
     );

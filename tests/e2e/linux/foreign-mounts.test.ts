@@ -1,9 +1,10 @@
 // File systems the driver does not own, mounted where it looks: over the agent's directory (by
 // root with allow_other, or by the agent's user without it, as fusermount3 mounts), on another
 // driver's volume, and over a published target (a privileged pod). Each is a FUSE server that
-// stops answering (../helpers/fuse-server.ts). The driver judges every mount from the mount
-// table before it asks anything of a directory: it refuses or counts what it cannot trust,
-// answers at once, and stays free to serve every other call, its health port and SIGTERM.
+// stops answering (../helpers/fuse-server.ts). The driver judges every mount by what the kernel
+// says of it (its unique id and file system type, or the mount table) before it asks anything of
+// a directory: it refuses or counts what it cannot trust, answers at once, and stays free to
+// serve every other call, its health port and SIGTERM.
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import { chmodSync, chownSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";

@@ -3,18 +3,15 @@ import {
   closeSync,
   constants,
   openSync,
+  readdirSync,
   readFileSync,
+  readlinkSync,
   rmSync,
-  statSync,
   writeFileSync,
 } from "node:fs";
 import { join } from "node:path";
-import {
-  fdMount,
-  isLocalFileSystem,
-  MountGate,
-  UntrustedMountError,
-} from "../../../src/linux/gate.ts";
+import { O_PATH } from "../../../src/linux/descriptors.ts";
+import { isLocalFileSystem, MountGate, UntrustedMountError } from "../../../src/linux/gate.ts";
 import {
   MountTableReader,
   MountTableTooLarge,
@@ -142,12 +139,13 @@ describe("MountTableReader", () => {
   }, 60_000);
 });
 
-describe("MountGate: the mount of a directory judged from the table alone", () => {
+describe("MountGate without unique mount ids: the mount of a directory judged from the table", () => {
   const dir = tempDir("gate");
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
   const line = (id: number, type: string, at: string) =>
     `${id} 1 0:${id} / ${at} rw,relatime shared:1 - ${type} src-${id} rw`;
   const where = { at: "/run/x", fix: "unmount it", open: true };
+  const found = (mountId: number) => ({ mountId, uniqueId: undefined });
 
   test("local kernel file systems pass; FUSE, NFS, CIFS, 9p and unknown types are refused, naming the mount", () => {
     const table = join(dir, "types");
@@ -157,19 +155,19 @@ describe("MountGate: the mount of a directory judged from the table alone", () =
       table,
       [...types, ...refused].map((type, index) => line(100 + index, type, `/m/${type}`)).join("\n"),
     );
-    const gate = new MountGate(table);
+    const gate = new MountGate({ table });
     types.forEach((type, index) => {
-      expect(gate.judge({ mountId: 100 + index, ino: 2 }, true, where).fsType).toBe(type);
+      expect(gate.judge(found(100 + index), where).fsType).toBe(type);
       expect(isLocalFileSystem(type)).toBe(true);
     });
     refused.forEach((type, index) => {
       const id = 100 + types.length + index;
-      const judged = () => gate.judge({ mountId: id, ino: 1 }, true, where);
+      const judged = () => gate.judge(found(id), where);
       expect(judged).toThrow(UntrustedMountError);
       expect(judged).toThrow(`/run/x is on a ${type} mount (source "src-${id}", at "/m/${type}")`);
     });
     // A mount that is not in the table is not trusted either.
-    expect(() => gate.judge({ mountId: 999, ino: 2 }, true, where)).toThrow(
+    expect(() => gate.judge(found(999), where)).toThrow(
       "is on a mount that is not in the mount table",
     );
   });
@@ -177,34 +175,65 @@ describe("MountGate: the mount of a directory judged from the table alone", () =
   test("the table is read again for a mount id it does not hold, not for one it does", () => {
     const table = join(dir, "ids");
     writeFileSync(table, line(10, "ext4", "/"));
-    const gate = new MountGate(table);
-    gate.judge({ mountId: 10, ino: 2 }, true, where);
-    gate.judge({ mountId: 10, ino: 2 }, true, where);
+    const gate = new MountGate({ table });
+    gate.judge(found(10), where);
+    gate.judge(found(10), where);
     expect(gate.reads).toBe(1);
     writeFileSync(table, [line(10, "ext4", "/"), line(11, "fuse", "/run/x")].join("\n"));
-    expect(() => gate.judge({ mountId: 11, ino: 1 }, true, where)).toThrow(UntrustedMountError);
+    expect(() => gate.judge(found(11), where)).toThrow(UntrustedMountError);
     expect(gate.reads).toBe(2);
   });
 
-  test("a target whose root is a directory the trusted walk vouched for needs no table; FUSE's root is never one", () => {
-    const table = join(dir, "targets");
-    writeFileSync(table, line(20, "fuse", "/k/mount"));
-    const gate = new MountGate(table);
-    gate.vouch(4242);
-    gate.judgeTarget({ mountId: 30, ino: 4242 }, where);
-    expect(gate.reads).toBe(0);
-    gate.vouch(1);
-    expect(() => gate.judgeTarget({ mountId: 20, ino: 1 }, where)).toThrow(UntrustedMountError);
+  test("a table larger than allowed is MountTableTooLarge", () => {
+    const table = join(dir, "large");
+    const one = `${line(10, "ext4", "/")}\n`;
+    writeFileSync(table, one.repeat(Math.ceil((17 * 1024 * 1024) / one.length)));
+    expect(() => new MountGate({ table }).judge(found(10), where)).toThrow(MountTableTooLarge);
   });
 
-  test("fdMount reads the mount id and inode number of an open file from fdinfo", () => {
-    const fd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+  test("a watch on the table that is no longer open (POLLNVAL) counts as a change", () => {
+    // This process's own table, without mounting anything: its watch closed behind its back.
+    const gate = new MountGate({ table: "/proc/self/mountinfo" });
+    const fd = openSync(dir, O_PATH | constants.O_DIRECTORY);
     try {
-      const found = fdMount(fd);
-      expect(found.mountId).toBeGreaterThan(0);
-      expect(found.ino).toBe(statSync(dir).ino);
+      const mount = gate.mountOf(fd);
+      expect(mount.uniqueId).toBeUndefined();
+      expect(mount.mountId).toBe(fdinfoMountId(fd));
+      // Other gates of this process may watch the table too.
+      const before = openTables();
+      gate.judge(mount, where);
+      gate.judge(mount, where);
+      expect(gate.reads).toBe(1);
+      const watches = openTables().filter((each) => !before.includes(each));
+      expect(watches).toHaveLength(1);
+      closeSync(watches[0] as number);
+      // Where another user may mount, judged from a fresh read; where only root mounts, not.
+      gate.judge(mount, { ...where, open: false });
+      expect(gate.reads).toBe(1);
+      gate.judge(mount, where);
+      expect(gate.reads).toBe(2);
+      gate.judge(mount, where);
+      expect(gate.reads).toBe(2);
     } finally {
       closeSync(fd);
     }
   });
 });
+
+/** The descriptors this process holds open on its mount table. */
+function openTables(): number[] {
+  const self = `/proc/${process.pid}/mountinfo`;
+  return readdirSync("/proc/self/fd")
+    .map(Number)
+    .filter((fd) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${fd}`) === self;
+      } catch {
+        return false;
+      }
+    });
+}
+
+function fdinfoMountId(fd: number): number {
+  return Number(/^mnt_id:\s*(\d+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, "latin1"))?.[1]);
+}
