@@ -1,6 +1,7 @@
 import { status } from "@grpc/grpc-js";
 import { UntrustedMountError } from "../linux/gate.ts";
 import { MountCommandError } from "../linux/mounter.ts";
+import { MountTableTooLarge } from "../linux/mountinfo.ts";
 import { RpcError } from "../rpc/status.ts";
 
 /**
@@ -50,21 +51,27 @@ export function notFound(volumePath: string, why: string): RpcError {
   );
 }
 
-/**
- * Runs a file-system call; a failure becomes INTERNAL saying what was done and to which path,
- * except a mount the driver does not look into (../linux/gate.ts): UNAVAILABLE, with the fix,
- * for it may be unmounted.
- */
+/** Runs a file-system call; a failure answers as fsProblem says. */
 export function fs<T>(what: string, call: () => T): T {
   try {
     return call();
   } catch (error) {
     if (error instanceof RpcError) throw error;
-    if (error instanceof UntrustedMountError) {
-      throw unavailable(`${what}: ${error.message}; ${error.fix}`);
-    }
-    throw internal(`${what}: ${(error as Error).message}`, error);
+    throw fsProblem(what, error);
   }
+}
+
+/**
+ * What a file-system call's failure answers: a mount the driver does not look into
+ * (../linux/gate.ts) is UNAVAILABLE with the fix, for it may be unmounted; a mount table too
+ * large to judge from is FAILED_PRECONDITION; anything else INTERNAL, saying what was done.
+ */
+export function fsProblem(what: string, error: unknown): RpcError {
+  if (error instanceof UntrustedMountError) {
+    return unavailable(`${what}: ${error.message}; ${error.fix}`);
+  }
+  if (error instanceof MountTableTooLarge) return failedPrecondition(`${what}: ${error.message}`);
+  return internal(`${what}: ${(error as Error).message}`, error);
 }
 
 /**

@@ -154,7 +154,7 @@ export function openVolumeDir(targetPath: string): VolumeDirectory {
 function judged(fd: number, at: string, below: FdMount | undefined): FdMount {
   const mount = fdMount(fd);
   if (mount.mountId !== below?.mountId) {
-    gate.judge(mount, true, { at, fix: VOLUME_MOUNT_FIX, open: false });
+    gate.judge(mount, { at, fix: VOLUME_MOUNT_FIX, open: false });
   }
   return mount;
 }

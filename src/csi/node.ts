@@ -4,7 +4,6 @@ import {
   NodeServiceCapability_RPC_Type as NodeCapability,
 } from "../gen/csi/v1/csi_pb.ts";
 import type { FileOperations } from "../linux/file-operations.ts";
-import { UntrustedMountError } from "../linux/gate.ts";
 import type { Inspect } from "../linux/inspector.ts";
 import type { Mounter } from "../linux/mounter.ts";
 import type { ServiceHandlers } from "../rpc/adapter.ts";
@@ -13,12 +12,12 @@ import { type AuditSink, audited } from "./audit.ts";
 import { PublishedVolumes, type VolumeCounts } from "./census.ts";
 import {
   failedPrecondition,
+  fsProblem,
   internal,
   invalid,
   notFound,
   quote,
   refused,
-  unavailable,
 } from "./errors.ts";
 import {
   type Labeller,
@@ -246,12 +245,9 @@ export class NodeService {
     try {
       return this.host.openVolume(targetPath);
     } catch (error) {
-      if (error instanceof UntrustedMountError) {
-        throw unavailable(`${operation}: ${error.message}; ${error.fix}`);
-      }
       if (!(error instanceof VolumePathError)) {
-        throw internal(
-          `${operation}: opening the volume directory of ${quote(targetPath)}: ${(error as Error).message}`,
+        throw fsProblem(
+          `${operation}: opening the volume directory of ${quote(targetPath)}`,
           error,
         );
       }

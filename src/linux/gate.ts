@@ -326,12 +326,7 @@ export class MountGate {
    * system is local, else UntrustedMountError. With unique ids, a mount seen before costs no
    * system call.
    */
-  judge(found: FdMount, where: Meeting): JudgedMount;
-  /** @deprecated The second argument is not needed: judge(found, where). */
-  judge(found: FdMount, root: boolean, where: Meeting): JudgedMount;
-  judge(found: FdMount, rootOrWhere: boolean | Meeting, maybeWhere?: Meeting): JudgedMount {
-    const where = typeof rootOrWhere === "boolean" ? maybeWhere : rootOrWhere;
-    if (!where) throw new TypeError("judge: no meeting given");
+  judge(found: FdMount, where: Meeting): JudgedMount {
     const known = found.uniqueId === undefined ? undefined : this.describe(found.uniqueId);
     if (!known) return this.judgeFromTable(found.mountId, where);
     if (isLocalFileSystem(known.fsType)) return known;
