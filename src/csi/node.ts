@@ -10,15 +10,7 @@ import type { ServiceHandlers } from "../rpc/adapter.ts";
 import { adoptPublished } from "./adoption.ts";
 import { type AuditSink, audited } from "./audit.ts";
 import { PublishedVolumes, type VolumeCounts } from "./census.ts";
-import {
-  failedPrecondition,
-  fsProblem,
-  internal,
-  invalid,
-  notFound,
-  quote,
-  refused,
-} from "./errors.ts";
+import { failedPrecondition, fsProblem, invalid, notFound, quote, refused } from "./errors.ts";
 import {
   type Labeller,
   NO_EVENTS,

@@ -194,5 +194,4 @@ describe("file systems mounted on the way", () => {
       run("umount", c);
     }
   });
-
 });
