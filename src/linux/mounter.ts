@@ -1,5 +1,5 @@
-import { readlinkSync, statfsSync } from "node:fs";
-import { type DirectoryHandle, openDirectory } from "./descriptors.ts";
+import { closeSync, constants, openSync, readlinkSync, statfsSync } from "node:fs";
+import { O_PATH } from "./descriptors.ts";
 
 /** A directory held open by descriptor, and the path it was opened at (for messages only). */
 export interface HeldDirectory {
@@ -76,6 +76,29 @@ const MAX_COVERED_DIRECTORIES = 4096;
 // umount look the target up by path.
 const EMPTY_UTAB = "/dev/null";
 
+/** The directory below one of the driver's binds, held open to unmount the bind through it. */
+class CoveredDirectory {
+  readonly fd: number;
+  private open = true;
+
+  /** Opens the directory `path` resolves to; nothing more is read of it than its location. */
+  constructor(path: string) {
+    // No O_CLOEXEC, as for every directory handle: it is passed to `umount` as descriptor 3.
+    this.fd = openSync(path, O_PATH | constants.O_DIRECTORY);
+  }
+
+  /** Where the directory is now, as the kernel names it (ends in " (deleted)" once removed). */
+  location(): string {
+    return readlinkSync(descriptorPath(this.fd));
+  }
+
+  close(): void {
+    if (!this.open) return;
+    this.open = false;
+    closeSync(this.fd);
+  }
+}
+
 /**
  * Runs the util-linux `mount` and `umount` programs, each bounded in time.
  *
@@ -94,7 +117,7 @@ const EMPTY_UTAB = "/dev/null";
  */
 export class CommandMounter implements Mounter {
   /** The directory each bind of this process covers, held open, by its location. */
-  private readonly covered = new Map<string, DirectoryHandle>();
+  private readonly covered = new Map<string, CoveredDirectory>();
 
   /** The commands' environment, built once: a spawn copies each variable it is given. */
   private readonly env: Record<string, string>;
@@ -177,11 +200,11 @@ export class CommandMounter implements Mounter {
 
   /** Keeps the directory the new bind at `location` covers, if it is still there. */
   private cover(fd: number, location: string): void {
-    let below: DirectoryHandle;
+    let below: CoveredDirectory;
     try {
       // Through the descriptor opened before the bind: it names the covered directory, and a
       // magic link's target is not looked through for mounts.
-      below = openDirectory(descriptorPath(fd));
+      below = new CoveredDirectory(descriptorPath(fd));
     } catch {
       return;
     }
@@ -197,7 +220,7 @@ export class CommandMounter implements Mounter {
   }
 
   /** The covered directory below the mount whose root `fd` holds, taken out of the registry. */
-  private takeCovered(fd: number): DirectoryHandle | undefined {
+  private takeCovered(fd: number): CoveredDirectory | undefined {
     let location: string;
     try {
       location = readlinkSync(descriptorPath(fd));
