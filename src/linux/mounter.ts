@@ -1,4 +1,13 @@
-import { closeSync, constants, openSync, readlinkSync, statfsSync } from "node:fs";
+import {
+  closeSync,
+  constants,
+  fstatSync,
+  openSync,
+  readlinkSync,
+  readSync,
+  statfsSync,
+} from "node:fs";
+import type { Subprocess } from "bun";
 import { O_PATH } from "./descriptors.ts";
 
 /** A directory held open by descriptor, and the path it was opened at (for messages only). */
@@ -59,6 +68,13 @@ export class MountCommandError extends Error {
 
 // Enough for any message mount or umount prints; a flood beyond it is cut.
 const MAX_STDERR_CHARS = 2000;
+// Where the commands' stderr files are made, the first that takes one: files of no name
+// (O_TMPFILE), gone with their last descriptor. Neither there: a pipe (below).
+const STDERR_DIRECTORIES = ["/dev/shm", "/tmp"];
+// Linux's O_TMPFILE (with O_DIRECTORY, as the kernel wants it); node:fs does not export it.
+const O_TMPFILE = 0o20000000 | constants.O_DIRECTORY;
+// Empty stderr files kept for the next commands: one per command running at once, up to this.
+const MAX_SPARE_STDERR_FILES = 32;
 // After the command has exited, how long to wait for the rest of its stderr (a grandchild
 // that kept the pipe open must not hold the call).
 const STDERR_DRAIN_MS = 100;
@@ -100,6 +116,60 @@ class CoveredDirectory {
 }
 
 /**
+ * The commands' stderr: a file of no name, read when the command failed. A pipe would cost the
+ * driver a socket pair, its registrations with the event loop and a wake-up at its end for every
+ * command, about 50 µs of CPU per spawn, which is a few per cent of what a publish costs the
+ * driver's one thread at c=16 (docs/benchmarks.md). A file comes back to the pool only empty,
+ * so that each command's message is its own; any other is closed.
+ */
+class StderrFiles {
+  private readonly spare: number[] = [];
+  /** Where files are made; null once no directory would take one (pipes then). */
+  private directory: string | null | undefined;
+
+  constructor(private readonly directories: readonly string[]) {}
+
+  /** A file for one command's stderr, or undefined to use a pipe. */
+  take(): number | undefined {
+    const spare = this.spare.pop();
+    if (spare !== undefined) return spare;
+    if (this.directory === null) return undefined;
+    for (const directory of this.directory ? [this.directory] : this.directories) {
+      try {
+        const fd = openSync(directory, O_TMPFILE | constants.O_RDWR | constants.O_APPEND, 0o600);
+        this.directory = directory;
+        return fd;
+      } catch {
+        // Not there, read-only, or a file system without O_TMPFILE: the next one.
+      }
+    }
+    this.directory = null;
+    return undefined;
+  }
+
+  /** What the command wrote, at most `maxChars`; the file is closed. */
+  read(fd: number, maxChars: number): string {
+    try {
+      // UTF-8 takes at most 4 bytes a character.
+      const buffer = Buffer.alloc(maxChars * 4);
+      const length = readSync(fd, buffer, 0, buffer.length, 0);
+      return buffer.toString("utf8", 0, length).slice(0, maxChars);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  /** Gives a file back after a command that succeeded: kept if nothing was written to it. */
+  give(fd: number): void {
+    if (this.spare.length < MAX_SPARE_STDERR_FILES && fstatSync(fd).size === 0) {
+      this.spare.push(fd);
+    } else {
+      closeSync(fd);
+    }
+  }
+}
+
+/**
  * Runs the util-linux `mount` and `umount` programs, each bounded in time.
  *
  * They never see a path that could be resolved differently from what the driver checked: each
@@ -123,13 +193,16 @@ export class CommandMounter implements Mounter {
   private readonly env: Record<string, string>;
   /** The same, for a `umount` of one of the driver's own binds (see EMPTY_UTAB). */
   private readonly ownBindEnv: Record<string, string>;
+  private readonly stderrFiles: StderrFiles;
 
   constructor(
     private readonly mountPath: string,
     private readonly umountPath: string,
     private readonly timeoutMs: number,
     private readonly maxCovered = MAX_COVERED_DIRECTORIES,
+    stderrDirectories: readonly string[] = STDERR_DIRECTORIES,
   ) {
+    this.stderrFiles = new StderrFiles(stderrDirectories);
     // Messages in a stable language, whatever the node's locale.
     this.env = { PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C" };
     this.ownBindEnv = { ...this.env, LIBMOUNT_UTAB: EMPTY_UTAB };
@@ -262,16 +335,28 @@ export class CommandMounter implements Mounter {
       ...command,
       ...directories.map((_, index) => `/proc/self/fd/${FIRST_PASSED_FD + index}`),
     ];
-    // stderr is a pipe because the command's message is part of the error a failure answers;
+    // stderr is kept because the command's message is part of the error a failure answers;
     // stdin and stdout are /dev/null. Measured against a bare spawn of the same `mount`, the
-    // pipe and the process group cost a few hundredths of a millisecond each, and a small
-    // environment is what keeps the spawn at that floor (docs/benchmarks.md).
-    const child = Bun.spawn(argv, {
-      stdio: ["ignore", "ignore", "pipe", ...directories.map((directory) => directory.fd)],
-      env,
-      // A process group of its own: a timeout kills whatever the command started too.
-      detached: true,
-    });
+    // process group costs a few hundredths of a millisecond, and a small environment is what
+    // keeps the spawn at that floor (docs/benchmarks.md).
+    const stderrFile = this.stderrFiles.take();
+    let child: Subprocess<"ignore", "ignore", "pipe" | number>;
+    try {
+      child = Bun.spawn(argv, {
+        stdio: [
+          "ignore",
+          "ignore",
+          stderrFile ?? "pipe",
+          ...directories.map((directory) => directory.fd),
+        ],
+        env,
+        // A process group of its own: a timeout kills whatever the command started too.
+        detached: true,
+      });
+    } catch (error) {
+      if (stderrFile !== undefined) closeSync(stderrFile);
+      throw error;
+    }
     let timedOut = false;
     const timer = setTimeout(() => {
       timedOut = true;
@@ -283,12 +368,23 @@ export class CommandMounter implements Mounter {
     // group's id is the child's pid and cannot be taken; once none does, the signal finds no
     // one (ESRCH) unless a new process took that pid and made itself a group leader meanwhile.
     killGroup(child.pid);
-    if (exitCode === 0 && !timedOut) {
+    const failed = exitCode !== 0 || timedOut;
+    let message: string;
+    if (stderrFile !== undefined) {
       // stderr is read only when the command failed: a successful call skips the read.
-      void child.stderr.cancel().catch(() => {});
-      return;
+      if (!failed) {
+        this.stderrFiles.give(stderrFile);
+        return;
+      }
+      message = this.stderrFiles.read(stderrFile, MAX_STDERR_CHARS);
+    } else {
+      const stderr = child.stderr as ReadableStream<Uint8Array>;
+      if (!failed) {
+        void stderr.cancel().catch(() => {});
+        return;
+      }
+      message = await readBounded(stderr, STDERR_DRAIN_MS, MAX_STDERR_CHARS);
     }
-    const message = await readBounded(child.stderr, STDERR_DRAIN_MS, MAX_STDERR_CHARS);
     throw new MountCommandError(
       shown,
       child.signalCode === null ? exitCode : null,
