@@ -83,8 +83,9 @@ const FLOOR_RUNS = quick ? 60 : 200;
 const COMMAND_RUNS = quick ? 15 : 30;
 // At rest: the driver collects garbage after a second without calls.
 const SETTLE_MS = 3_000;
-// How long a child of the driver (the inspector) may take to leave once the driver is idle.
-const CHILD_EXIT_WAIT_MS = 30_000;
+// How long a child of the driver (the inspector) may take to leave once the driver is idle: its
+// idle time (30 s) and a margin.
+const CHILD_EXIT_WAIT_MS = 45_000;
 // How often the process tree's memory is read during the cycles.
 const SAMPLE_MS = 100;
 
