@@ -1,9 +1,12 @@
+// First: the modules below load under the start-up JIT policy.
+import "./jit-policy.ts";
 import { defineCommand } from "citty";
 import { CommandMounter } from "../linux/mounter.ts";
 import { createLogger } from "../ops/log.ts";
 import { VERSION } from "../version.ts";
 import { args, configFromArgs, parsedArgs } from "./config.ts";
 import { exit, settingsOrExit } from "./exit.ts";
+import { servingPolicy } from "./jit-policy.ts";
 import { serve } from "./serve.ts";
 
 /** The driver's command: flags, then `serve` until SIGTERM. */
@@ -16,6 +19,7 @@ export const main = defineCommand({
   },
   args,
   async run({ args: parsed, rawArgs }) {
+    servingPolicy();
     const config = settingsOrExit(() => configFromArgs(parsedArgs(parsed, rawArgs), process.env));
     const mountPath = Bun.which("mount");
     const umountPath = Bun.which("umount");

@@ -21,7 +21,7 @@ import { rpcLogger } from "../rpc/call-log.ts";
 import { InFlightCalls } from "../rpc/in-flight.ts";
 import { type ConnectionLimits, StartError, startServer } from "../rpc/server.ts";
 import { labellingWanted } from "../selinux/detection.ts";
-import { Labeller, type LabelOutcome } from "../selinux/labeller.ts";
+import type { Labeller, LabelOutcome } from "../selinux/labeller.ts";
 import { VERSION } from "../version.ts";
 import { Closers } from "./closers.ts";
 import type { Config } from "./config.ts";
@@ -146,7 +146,7 @@ async function setUp(config: Config, mounter: Mounter, logger: Logger): Promise<
         ),
       }),
   );
-  const labeller = startLabelling(config, inspector, logger);
+  const labeller = await startLabelling(config, inspector, logger);
   const node = new NodeService({
     nodeId: config.nodeId,
     pluginName: config.pluginName,
@@ -237,19 +237,21 @@ function checkSourceAtStart(
 /**
  * Decides once whether the Workload API directory gets SELinux labels, and starts labelling it
  * now, without waiting: a file system in it that hangs must not hold the start. Not fatal: the
- * agent may create the directory later, and a publish reports what is wrong.
+ * agent may create the directory later, and a publish reports what is wrong. The labelling code
+ * loads only when labelling is on.
  */
-function startLabelling(
+async function startLabelling(
   config: Config,
   inspector: Inspector<InspectorOperations>,
   logger: Logger,
-): Labeller | undefined {
+): Promise<Labeller | undefined> {
   const wanted = labellingWanted(config.selinuxLabel);
   logger.info(wanted.enabled ? "SELinux labelling on" : "SELinux labelling off", {
     [LogKey.reason]: wanted.reason,
     ...(wanted.enabled && { [LogKey.context]: config.selinuxContext }),
   });
   if (!wanted.enabled) return undefined;
+  const { Labeller } = await import("../selinux/labeller.ts");
   const labeller = new Labeller({
     inspector,
     socketDir: config.workloadApiSocketDir,

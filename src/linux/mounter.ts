@@ -1,5 +1,14 @@
-import { readlinkSync, statfsSync } from "node:fs";
-import { type DirectoryHandle, openDirectory } from "./descriptors.ts";
+import {
+  closeSync,
+  constants,
+  fstatSync,
+  openSync,
+  readlinkSync,
+  readSync,
+  statfsSync,
+} from "node:fs";
+import type { Subprocess } from "bun";
+import { O_PATH } from "./descriptors.ts";
 
 /** A directory held open by descriptor, and the path it was opened at (for messages only). */
 export interface HeldDirectory {
@@ -59,6 +68,13 @@ export class MountCommandError extends Error {
 
 // Enough for any message mount or umount prints; a flood beyond it is cut.
 const MAX_STDERR_CHARS = 2000;
+// Where the commands' stderr files are made, the first that takes one: files of no name
+// (O_TMPFILE), gone with their last descriptor. Neither there: a pipe (below).
+const STDERR_DIRECTORIES = ["/dev/shm", "/tmp"];
+// Linux's O_TMPFILE (with O_DIRECTORY, as the kernel wants it); node:fs does not export it.
+const O_TMPFILE = 0o20000000 | constants.O_DIRECTORY;
+// Empty stderr files kept for the next commands: one per command running at once, up to this.
+const MAX_SPARE_STDERR_FILES = 32;
 // After the command has exited, how long to wait for the rest of its stderr (a grandchild
 // that kept the pipe open must not hold the call).
 const STDERR_DRAIN_MS = 100;
@@ -75,6 +91,83 @@ const MAX_COVERED_DIRECTORIES = 4096;
 // of the driver's: it holds nothing for them, and an entry for the target's path would make
 // umount look the target up by path.
 const EMPTY_UTAB = "/dev/null";
+
+/** The directory below one of the driver's binds, held open to unmount the bind through it. */
+class CoveredDirectory {
+  readonly fd: number;
+  private open = true;
+
+  /** Opens the directory `path` resolves to; nothing more is read of it than its location. */
+  constructor(path: string) {
+    // No O_CLOEXEC, as for every directory handle: it is passed to `umount` as descriptor 3.
+    this.fd = openSync(path, O_PATH | constants.O_DIRECTORY);
+  }
+
+  /** Where the directory is now, as the kernel names it (ends in " (deleted)" once removed). */
+  location(): string {
+    return readlinkSync(descriptorPath(this.fd));
+  }
+
+  close(): void {
+    if (!this.open) return;
+    this.open = false;
+    closeSync(this.fd);
+  }
+}
+
+/**
+ * The commands' stderr: a file of no name, read when the command failed. A pipe would cost the
+ * driver a socket pair, its registrations with the event loop and a wake-up at its end for every
+ * command, about 50 µs of CPU per spawn, which is a few per cent of what a publish costs the
+ * driver's one thread at c=16 (docs/benchmarks.md). A file comes back to the pool only empty,
+ * so that each command's message is its own; any other is closed.
+ */
+class StderrFiles {
+  private readonly spare: number[] = [];
+  /** Where files are made; null once no directory would take one (pipes then). */
+  private directory: string | null | undefined;
+
+  constructor(private readonly directories: readonly string[]) {}
+
+  /** A file for one command's stderr, or undefined to use a pipe. */
+  take(): number | undefined {
+    const spare = this.spare.pop();
+    if (spare !== undefined) return spare;
+    if (this.directory === null) return undefined;
+    for (const directory of this.directory ? [this.directory] : this.directories) {
+      try {
+        const fd = openSync(directory, O_TMPFILE | constants.O_RDWR | constants.O_APPEND, 0o600);
+        this.directory = directory;
+        return fd;
+      } catch {
+        // Not there, read-only, or a file system without O_TMPFILE: the next one.
+      }
+    }
+    this.directory = null;
+    return undefined;
+  }
+
+  /** What the command wrote, at most `maxChars`; the file is closed. */
+  read(fd: number, maxChars: number): string {
+    try {
+      // UTF-8 takes at most 4 bytes a character.
+      const buffer = Buffer.alloc(maxChars * 4);
+      const length = readSync(fd, buffer, 0, buffer.length, 0);
+      return buffer.toString("utf8", 0, length).slice(0, maxChars);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  /** Gives a file back after a command that succeeded: kept if nothing was written to it. */
+  give(fd: number): void {
+    if (this.spare.length < MAX_SPARE_STDERR_FILES && fstatSync(fd).size === 0) {
+      this.spare.push(fd);
+    } else {
+      closeSync(fd);
+    }
+  }
+}
 
 /**
  * Runs the util-linux `mount` and `umount` programs, each bounded in time.
@@ -94,14 +187,26 @@ const EMPTY_UTAB = "/dev/null";
  */
 export class CommandMounter implements Mounter {
   /** The directory each bind of this process covers, held open, by its location. */
-  private readonly covered = new Map<string, DirectoryHandle>();
+  private readonly covered = new Map<string, CoveredDirectory>();
+
+  /** The commands' environment, built once: a spawn copies each variable it is given. */
+  private readonly env: Record<string, string>;
+  /** The same, for a `umount` of one of the driver's own binds (see EMPTY_UTAB). */
+  private readonly ownBindEnv: Record<string, string>;
+  private readonly stderrFiles: StderrFiles;
 
   constructor(
     private readonly mountPath: string,
     private readonly umountPath: string,
     private readonly timeoutMs: number,
     private readonly maxCovered = MAX_COVERED_DIRECTORIES,
-  ) {}
+    stderrDirectories: readonly string[] = STDERR_DIRECTORIES,
+  ) {
+    this.stderrFiles = new StderrFiles(stderrDirectories);
+    // Messages in a stable language, whatever the node's locale.
+    this.env = { PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C" };
+    this.ownBindEnv = { ...this.env, LIBMOUNT_UTAB: EMPTY_UTAB };
+  }
 
   async bindMount(source: HeldDirectory, target: HeldDirectory, recursive = false): Promise<void> {
     const bind = recursive ? "--rbind" : "--bind";
@@ -147,7 +252,7 @@ export class CommandMounter implements Mounter {
           [this.umountPath, "--internal-only", "--no-mtab"],
           [held],
           [this.umountPath, target.path],
-          { LIBMOUNT_UTAB: EMPTY_UTAB },
+          this.ownBindEnv,
         );
         return;
       } catch (error) {
@@ -158,7 +263,7 @@ export class CommandMounter implements Mounter {
         [this.umountPath, "--no-canonicalize", "--lazy"],
         [held],
         [this.umountPath, "--lazy", target.path],
-        {},
+        this.env,
         Math.max(deadline - performance.now(), 0),
       );
     } finally {
@@ -168,11 +273,11 @@ export class CommandMounter implements Mounter {
 
   /** Keeps the directory the new bind at `location` covers, if it is still there. */
   private cover(fd: number, location: string): void {
-    let below: DirectoryHandle;
+    let below: CoveredDirectory;
     try {
       // Through the descriptor opened before the bind: it names the covered directory, and a
       // magic link's target is not looked through for mounts.
-      below = openDirectory(descriptorPath(fd));
+      below = new CoveredDirectory(descriptorPath(fd));
     } catch {
       return;
     }
@@ -188,7 +293,7 @@ export class CommandMounter implements Mounter {
   }
 
   /** The covered directory below the mount whose root `fd` holds, taken out of the registry. */
-  private takeCovered(fd: number): DirectoryHandle | undefined {
+  private takeCovered(fd: number): CoveredDirectory | undefined {
     let location: string;
     try {
       location = readlinkSync(descriptorPath(fd));
@@ -223,20 +328,35 @@ export class CommandMounter implements Mounter {
     command: string[],
     directories: HeldDirectory[],
     shown: string[],
-    env: Record<string, string> = {},
+    env = this.env,
     timeoutMs = this.timeoutMs,
   ): Promise<void> {
     const argv = [
       ...command,
       ...directories.map((_, index) => `/proc/self/fd/${FIRST_PASSED_FD + index}`),
     ];
-    const child = Bun.spawn(argv, {
-      stdio: ["ignore", "ignore", "pipe", ...directories.map((directory) => directory.fd)],
-      // Messages in a stable language, whatever the node's locale.
-      env: { PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C", ...env },
-      // A process group of its own: a timeout kills whatever the command started too.
-      detached: true,
-    });
+    // stderr is kept because the command's message is part of the error a failure answers;
+    // stdin and stdout are /dev/null. Measured against a bare spawn of the same `mount`, the
+    // process group costs a few hundredths of a millisecond, and a small environment is what
+    // keeps the spawn at that floor (docs/benchmarks.md).
+    const stderrFile = this.stderrFiles.take();
+    let child: Subprocess<"ignore", "ignore", "pipe" | number>;
+    try {
+      child = Bun.spawn(argv, {
+        stdio: [
+          "ignore",
+          "ignore",
+          stderrFile ?? "pipe",
+          ...directories.map((directory) => directory.fd),
+        ],
+        env,
+        // A process group of its own: a timeout kills whatever the command started too.
+        detached: true,
+      });
+    } catch (error) {
+      if (stderrFile !== undefined) closeSync(stderrFile);
+      throw error;
+    }
     let timedOut = false;
     const timer = setTimeout(() => {
       timedOut = true;
@@ -248,12 +368,23 @@ export class CommandMounter implements Mounter {
     // group's id is the child's pid and cannot be taken; once none does, the signal finds no
     // one (ESRCH) unless a new process took that pid and made itself a group leader meanwhile.
     killGroup(child.pid);
-    if (exitCode === 0 && !timedOut) {
+    const failed = exitCode !== 0 || timedOut;
+    let message: string;
+    if (stderrFile !== undefined) {
       // stderr is read only when the command failed: a successful call skips the read.
-      void child.stderr.cancel().catch(() => {});
-      return;
+      if (!failed) {
+        this.stderrFiles.give(stderrFile);
+        return;
+      }
+      message = this.stderrFiles.read(stderrFile, MAX_STDERR_CHARS);
+    } else {
+      const stderr = child.stderr as ReadableStream<Uint8Array>;
+      if (!failed) {
+        void stderr.cancel().catch(() => {});
+        return;
+      }
+      message = await readBounded(stderr, STDERR_DRAIN_MS, MAX_STDERR_CHARS);
     }
-    const message = await readBounded(child.stderr, STDERR_DRAIN_MS, MAX_STDERR_CHARS);
     throw new MountCommandError(
       shown,
       child.signalCode === null ? exitCode : null,

@@ -67,8 +67,8 @@ export async function startHealthServer(options: HealthOptions): Promise<HealthS
     csiAnswers: cached(() => connects(options.csiSocketPath), CHECK_INTERVAL_MS),
     agent,
     readiness: ready,
-    metricsText: cached(() => options.metrics.registry.metrics(), CHECK_INTERVAL_MS),
-    metricsContentType: options.metrics.registry.contentType,
+    metricsText: cached(() => options.metrics.text(), CHECK_INTERVAL_MS),
+    metricsContentType: options.metrics.contentType,
     malformed,
   });
   const server = createServer((request, response) => void respond(request, response));

@@ -1,7 +1,7 @@
 import { readdirSync, readFileSync } from "node:fs";
 import type { DescMethod } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
-import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import type { Counter, Histogram, Registry } from "prom-client";
 import type { VolumeCounts } from "../csi/census.ts";
 import { ABNORMAL_REASONS } from "../csi/stats.ts";
 import { Controller, Identity, Node } from "../gen/csi/v1/csi_pb.ts";
@@ -52,24 +52,132 @@ const GRPC_CODES = [
 // The CSI services whose calls are counted. The kubelet's registration calls are logged only.
 const CSI_SERVICES: readonly GenService<GenServiceMethods>[] = [Identity, Controller, Node];
 
-/** The driver's Prometheus metrics. */
+// prom-client loads this long after the driver starts (or at the first scrape, if sooner): not on
+// the way to the CSI socket, where it would add about 8 ms to the start-up.
+const LOAD_AFTER_MS = 1_000;
+// The text format's content type, as prom-client's Registry.PROMETHEUS_CONTENT_TYPE says it.
+const CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
+
+type PromClient = typeof import("prom-client");
+
+/**
+ * The driver's Prometheus metrics. What happens before prom-client has loaded (a second after the
+ * start, or the first scrape) is recorded as it loads; nothing is lost, and what waits is bounded
+ * by the calls of that second.
+ */
 export class Metrics {
-  readonly registry = new Registry();
-  private readonly started: Counter<MethodLabel>;
-  private readonly handled: Counter<MethodLabel | "grpc_code">;
-  private readonly handling: Histogram<MethodLabel>;
-  private readonly mountFailures: Counter<"operation">;
-  private readonly refusals: Counter<"namespace">;
+  readonly contentType = CONTENT_TYPE;
+  private loading: Promise<PromMetrics> | undefined;
+  private loaded: PromMetrics | undefined;
+  private readonly pending: ((metrics: PromMetrics) => void)[] = [];
   private readonly refusedNamespaces = new Set<string>();
-  private readonly labelFailures: Counter<"mode">;
-  private readonly inspectionTimeouts: Counter;
 
   /** `volumes` tells what the published volumes' targets show now (a census, see ../csi). */
-  constructor(version: string, volumes: () => Promise<VolumeCounts>) {
+  constructor(
+    private readonly version: string,
+    private readonly volumes: () => Promise<VolumeCounts>,
+  ) {
+    setTimeout(() => void this.load(), LOAD_AFTER_MS).unref();
+  }
+
+  /** The registry, once prom-client has loaded. */
+  async registry(): Promise<Registry> {
+    return (await this.load()).registry;
+  }
+
+  /** The metrics in Prometheus's text format. */
+  async text(): Promise<string> {
+    return (await this.load()).registry.metrics();
+  }
+
+  /** Counts a call as started, before its handler runs. */
+  callStarted(method: DescMethod): void {
+    this.record((metrics) => metrics.started.inc(methodLabels(method)));
+  }
+
+  observeCall(call: CallRecord): void {
+    const labels = methodLabels(call.method);
+    const grpc_code = GRPC_CODES[call.code] ?? String(call.code);
+    const seconds = call.durationMs / 1000;
+    this.record((metrics) => {
+      metrics.handled.inc({ ...labels, grpc_code });
+      metrics.handling.observe(labels, seconds);
+    });
+  }
+
+  /** Adds spiffe_csi_agent_up, read from `up` (a shared, cached check) when scraped. */
+  observeAgent(up: () => Promise<boolean>): void {
+    this.record((metrics) => metrics.observeAgent(up));
+  }
+
+  /** A publish refused by --allow, for a pod of `namespace` (undefined: the kubelet said none). */
+  publishRefused(namespace: string | undefined): void {
+    let label = namespace ?? NO_NAMESPACE;
+    if (namespace !== undefined && !this.refusedNamespaces.has(namespace)) {
+      if (NAMESPACE_NAME.test(namespace) && this.refusedNamespaces.size < MAX_REFUSAL_NAMESPACES) {
+        this.refusedNamespaces.add(namespace);
+      } else {
+        label = OTHER_NAMESPACES;
+      }
+    }
+    this.record((metrics) => metrics.refusals.inc({ namespace: label }));
+  }
+
+  /** Adds spiffe_csi_readiness_problems, from the kinds of problem /readyz sees (shared checks). */
+  observeReadiness(kinds: () => Promise<ReadinessKind[]>): void {
+    this.record((metrics) => metrics.observeReadiness(kinds));
+  }
+
+  mountFailed(operation: MountOperation): void {
+    this.record((metrics) => metrics.mountFailures.inc({ operation }));
+  }
+
+  labellingFailed(mode: "permissive" | "enforcing"): void {
+    this.record((metrics) => metrics.labelFailures.inc({ mode }));
+  }
+
+  inspectionTimedOut(): void {
+    this.record((metrics) => metrics.inspectionTimeouts.inc());
+  }
+
+  private record(change: (metrics: PromMetrics) => void): void {
+    if (this.loaded) change(this.loaded);
+    else this.pending.push(change);
+  }
+
+  private load(): Promise<PromMetrics> {
+    this.loading ??= import("prom-client").then((client) => {
+      const metrics = new PromMetrics(client, this.version, this.volumes);
+      for (const change of this.pending.splice(0)) change(metrics);
+      this.loaded = metrics;
+      return metrics;
+    });
+    return this.loading;
+  }
+}
+
+/** The metrics as prom-client keeps them. */
+class PromMetrics {
+  readonly registry: Registry;
+  readonly started: Counter<MethodLabel>;
+  readonly handled: Counter<MethodLabel | "grpc_code">;
+  readonly handling: Histogram<MethodLabel>;
+  readonly mountFailures: Counter<"operation">;
+  readonly refusals: Counter<"namespace">;
+  readonly labelFailures: Counter<"mode">;
+  readonly inspectionTimeouts: Counter;
+
+  constructor(
+    private readonly client: PromClient,
+    version: string,
+    volumes: () => Promise<VolumeCounts>,
+  ) {
+    const { Counter, Gauge, Histogram, Registry } = client;
+    this.registry = new Registry();
     const registers = [this.registry];
     // First: a scrape collects in this order, so the process is read before the scrape's own
     // checks (the census, the agent's socket) open descriptors.
-    registerProcessMetrics(this.registry);
+    registerProcessMetrics(client, this.registry);
     this.started = new Counter({
       name: "grpc_server_started_total",
       help: "CSI calls started on the server.",
@@ -153,20 +261,8 @@ export class Metrics {
     }).set({ version }, 1);
   }
 
-  /** Counts a call as started, before its handler runs. */
-  callStarted(method: DescMethod): void {
-    this.started.inc(methodLabels(method));
-  }
-
-  observeCall(call: CallRecord): void {
-    const labels = methodLabels(call.method);
-    this.handled.inc({ ...labels, grpc_code: GRPC_CODES[call.code] ?? String(call.code) });
-    this.handling.observe(labels, call.durationMs / 1000);
-  }
-
-  /** Adds spiffe_csi_agent_up, read from `up` (a shared, cached check) when scraped. */
   observeAgent(up: () => Promise<boolean>): void {
-    new Gauge({
+    new this.client.Gauge({
       name: "spiffe_csi_agent_up",
       help: "1 while the Workload API socket accepts a connection, else 0.",
       registers: [this.registry],
@@ -176,22 +272,8 @@ export class Metrics {
     });
   }
 
-  /** A publish refused by --allow, for a pod of `namespace` (undefined: the kubelet said none). */
-  publishRefused(namespace: string | undefined): void {
-    let label = namespace ?? NO_NAMESPACE;
-    if (namespace !== undefined && !this.refusedNamespaces.has(namespace)) {
-      if (NAMESPACE_NAME.test(namespace) && this.refusedNamespaces.size < MAX_REFUSAL_NAMESPACES) {
-        this.refusedNamespaces.add(namespace);
-      } else {
-        label = OTHER_NAMESPACES;
-      }
-    }
-    this.refusals.inc({ namespace: label });
-  }
-
-  /** Adds spiffe_csi_readiness_problems, from the kinds of problem /readyz sees (shared checks). */
   observeReadiness(kinds: () => Promise<ReadinessKind[]>): void {
-    new Gauge({
+    new this.client.Gauge({
       name: "spiffe_csi_readiness_problems",
       help: "1 for each kind of problem /readyz reports now, else 0.",
       labelNames: ["kind"],
@@ -201,18 +283,6 @@ export class Metrics {
         for (const kind of READINESS_KINDS) this.set({ kind }, now.has(kind) ? 1 : 0);
       },
     });
-  }
-
-  mountFailed(operation: MountOperation): void {
-    this.mountFailures.inc({ operation });
-  }
-
-  labellingFailed(mode: "permissive" | "enforcing"): void {
-    this.labelFailures.inc({ mode });
-  }
-
-  inspectionTimedOut(): void {
-    this.inspectionTimeouts.inc();
   }
 }
 
@@ -227,7 +297,8 @@ function methodLabels(method: DescMethod): Record<MethodLabel, string> {
  * a Node.js version), one of which walks the heap on each scrape; its event-loop monitor alone
  * took the idle driver from 1 to 6 ms of CPU a second (docs/operating.md: Metrics).
  */
-function registerProcessMetrics(registry: Registry): void {
+function registerProcessMetrics(client: PromClient, registry: Registry): void {
+  const { Counter, Gauge } = client;
   const registers = [registry];
   const startTime = Date.now() / 1000 - process.uptime();
   const gauge = (name: string, help: string, value: () => number) =>

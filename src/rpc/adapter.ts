@@ -116,9 +116,12 @@ function unaryCall(
       observe.started?.(method);
       request = decode(method.input, call.request);
       const init = await handler(request);
-      response = Buffer.from(
-        toBinary(method.output, create(method.output, init as MessageInitShape<DescMessage>)),
+      const bytes = toBinary(
+        method.output,
+        create(method.output, init as MessageInitShape<DescMessage>),
       );
+      // A view of the encoded bytes, not a copy.
+      response = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     } catch (error) {
       outcome = toStatus(error);
     }

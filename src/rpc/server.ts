@@ -48,7 +48,11 @@ export async function startServer(
   let server: Server;
   try {
     await clearStaleSocket(socket, logger);
-    server = new Server({ "grpc.max_connection_idle_ms": limits.idleTimeoutMs });
+    server = new Server({
+      "grpc.max_connection_idle_ms": limits.idleTimeoutMs,
+      // Nothing reads channelz here; off, grpc-js keeps no per-connection and per-call records.
+      "grpc.enable_channelz": 0,
+    });
     for (const service of services) {
       server.addService(service.definition, service.implementation);
     }

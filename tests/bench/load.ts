@@ -12,13 +12,10 @@ import {
   unpublishRequest,
 } from "../helpers/kubelet.ts";
 
-export type Operation = "publish" | "republish" | "stats" | "unpublish";
-
 export interface Job {
   csiSocketPath: string;
   kubeletRoot: string;
-  /** "ops": each operation over `volumes` volumes; "cycles": publish+unpublish, `volumes` times. */
-  kind: "ops" | "cycles";
+  /** Each operation over this many fresh volumes. */
   volumes: number;
   concurrency: number;
   /** Each phase stops starting new calls after this long. */
@@ -85,29 +82,19 @@ function volumes(count: number): PodVolume[] {
 await node.nodeGetCapabilities({});
 
 const results: Record<string, PhaseResult> = {};
-if (job.kind === "ops") {
-  const all = volumes(job.volumes);
-  const publish = await phase(all, (v) => node.nodePublishVolume(publishRequest(v)));
-  const published = publish.done;
-  const republish = await phase(published, (v) => node.nodePublishVolume(publishRequest(v)));
-  const stats = await phase(published, (v) => node.nodeGetVolumeStats(statsRequest(v)));
-  const unpublish = await phase(published, (v) => node.nodeUnpublishVolume(unpublishRequest(v)));
-  // Whatever the time limit cut short is unpublished untimed, so the node is left clean.
-  const unpublished = new Set(unpublish.done);
-  const left = published.filter((v) => !unpublished.has(v));
-  for (const v of left) await node.nodeUnpublishVolume(unpublishRequest(v));
-  for (const [name, result] of Object.entries({ publish, republish, stats, unpublish })) {
-    const { done: _, ...rest } = result;
-    results[name] = rest;
-  }
-} else {
-  const all = volumes(job.volumes);
-  const cycle = await phase(all, async (v) => {
-    await node.nodePublishVolume(publishRequest(v));
-    await node.nodeUnpublishVolume(unpublishRequest(v));
-  });
-  const { done: _, ...rest } = cycle;
-  results.cycle = rest;
+const all = volumes(job.volumes);
+const publish = await phase(all, (v) => node.nodePublishVolume(publishRequest(v)));
+const published = publish.done;
+const republish = await phase(published, (v) => node.nodePublishVolume(publishRequest(v)));
+const stats = await phase(published, (v) => node.nodeGetVolumeStats(statsRequest(v)));
+const unpublish = await phase(published, (v) => node.nodeUnpublishVolume(unpublishRequest(v)));
+// Whatever the time limit cut short is unpublished untimed, so the node is left clean.
+const unpublished = new Set(unpublish.done);
+const left = published.filter((v) => !unpublished.has(v));
+for (const v of left) await node.nodeUnpublishVolume(unpublishRequest(v));
+for (const [name, result] of Object.entries({ publish, republish, stats, unpublish })) {
+  const { done: _, ...rest } = result;
+  results[name] = rest;
 }
 node.close();
 process.stdout.write(JSON.stringify(results));
