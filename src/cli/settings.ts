@@ -224,7 +224,7 @@ export const SETTINGS = {
   }),
   maxConnections: text({
     default: "256",
-    help: "Connections open at once on each of the driver's sockets; more are closed when accepted",
+    help: "Connections open at once on each of the driver's sockets; beyond them, one that has sent nothing gives way to the new one, else the new one is closed",
     parse: positiveWholeNumber,
   }),
   connectionIdleTimeout: text({
