@@ -5,24 +5,15 @@
 // says of it (its unique id and file system type, or the mount table) before it asks anything of
 // a directory: it refuses or counts what it cannot trust, answers at once, and stays free to
 // serve every other call, its health port and SIGTERM.
-import { afterAll, afterEach, describe, expect, test } from "bun:test";
-import { chmodSync, chownSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { describe, expect, test } from "bun:test";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
-import { startAgent } from "../../helpers/agent.ts";
-import {
-  clients,
-  type DriverProcess,
-  mountTestFile,
-  spawnDriver,
-  startDriver,
-  tempDir,
-} from "../../helpers/driver.ts";
-import { FuseMount } from "../../helpers/fuse.ts";
+import { clients, type DriverProcess, mountTestFile, spawnDriver } from "../../helpers/driver.ts";
+import { failsWithin, foreignMountsBed } from "../../helpers/foreign-mounts.ts";
 import { probe } from "../../helpers/http.ts";
 import {
   mountsAt,
-  mountsUnder,
   podVolume,
   preparedVolume,
   publishRequest,
@@ -30,7 +21,6 @@ import {
   unpublishRequest,
 } from "../../helpers/kubelet.ts";
 import { freePort } from "../../helpers/port.ts";
-import { rpcFailure } from "../../helpers/rpc.ts";
 import { PATIENCE_MS, waitFor } from "../../helpers/wait.ts";
 
 mountTestFile();
@@ -41,65 +31,27 @@ const AGENT_UID = 1000;
 // answered at all.
 const WITHIN_MS = 10_000;
 
-const root = tempDir("foreign-mounts");
-const socketDir = join(root, "agent-sockets");
-const kubeletRoot = join(root, "kubelet");
-const running: DriverProcess[] = [];
-const fuses: FuseMount[] = [];
-
-Bun.spawnSync(["mount", "-t", "tmpfs", "foreign-mounts-test", root]);
-chmodSync(root, 0o755);
-mkdirSync(socketDir);
-chownSync(socketDir, AGENT_UID, AGENT_UID);
-mkdirSync(kubeletRoot);
-const agent = startAgent(socketDir);
-
-afterEach(async () => {
-  for (const driver of running.splice(0)) {
-    if (driver.proc.exitCode === null) await driver.stop("SIGKILL");
-  }
-  // Ending a server aborts its connection: whoever waits on it gets ENOTCONN, and it unmounts.
-  for (const fuse of fuses.splice(0)) await fuse.stop();
-}, 60_000);
-
-afterAll(() => {
-  agent.stop(true);
-  for (let tries = 0; tries < 20 && mountsUnder(root) > 0; tries++) {
-    Bun.spawnSync(["umount", "-R", "-l", root]);
-  }
-  Bun.spawnSync(["umount", "-l", root]);
-  expect(mountsUnder(root)).toBe(0);
-  rmSync(root, { recursive: true, force: true });
-}, 60_000);
-
-/** A silent FUSE file system at `mountPoint`, hung before the driver asks anything of it. */
-async function silentFuse(mountPoint: string, owner?: number): Promise<FuseMount> {
-  const fuse = await FuseMount.start(mountPoint, owner === undefined ? {} : { owner });
-  fuses.push(fuse);
-  await fuse.hang();
-  return fuse;
-}
+const bed = foreignMountsBed("foreign-mounts", { agentUid: AGENT_UID });
+const { root, socketDir, kubeletRoot, running } = bed;
 
 /** The driver with a health port, its inspections bounded by 2 s. */
 async function driverWithHealth(name: string) {
   const healthPort = freePort();
-  const csiSocketPath = join(root, name, "csi.sock");
-  const driver = await startDriver({
-    workloadApiSocketDir: socketDir,
-    csiSocketPath,
-    args: ["--health-addr", `127.0.0.1:${healthPort}`, "--inspect-timeout", "2"],
-  });
-  running.push(driver);
-  return { driver, healthPort, csiSocketPath };
+  const args = ["--health-addr", `127.0.0.1:${healthPort}`, "--inspect-timeout", "2"];
+  return { ...(await bed.startDriver(name, args)), healthPort };
 }
 
-/** `call`'s failure, and how long it took; fails the test beyond WITHIN_MS. */
-async function answered(call: Promise<unknown>) {
-  const started = performance.now();
-  const failure = await rpcFailure(call);
-  const ms = performance.now() - started;
-  expect(ms).toBeLessThan(WITHIN_MS);
-  return failure;
+/** `call`'s failure; fails the test beyond WITHIN_MS. */
+const answered = (call: Promise<unknown>) => failsWithin(WITHIN_MS, call);
+
+/** A new pod's publish through `csiSocketPath`: its failure, within WITHIN_MS. */
+async function newPodPublishFailure(csiSocketPath: string) {
+  const { node } = clients(csiSocketPath);
+  try {
+    return await answered(node.nodePublishVolume(publishRequest(preparedVolume(kubeletRoot))));
+  } finally {
+    node.close();
+  }
 }
 
 const PUBLISHED = "spiffe_csi_published_volumes";
@@ -138,7 +90,7 @@ describe("a silent FUSE file system mounted over the agent's directory", () => {
   test("publish is refused at once naming it; unpublish, /healthz and /readyz answer; SIGTERM ends the driver", async () => {
     const { driver, healthPort, csiSocketPath } = await driverWithHealth("over");
     const earlier = await publishedPod(csiSocketPath);
-    await silentFuse(socketDir);
+    await bed.silentFuse(socketDir);
     const { node } = clients(csiSocketPath);
 
     const refused = await answered(
@@ -165,16 +117,11 @@ describe("a silent FUSE file system mounted over the agent's directory", () => {
   });
 
   test("a driver started meanwhile serves, and says why it refuses", async () => {
-    await silentFuse(socketDir);
-    const { csiSocketPath } = await driverWithHealth("over-start");
-    const driver = running.at(-1) as DriverProcess;
+    await bed.silentFuse(socketDir);
+    const { driver, csiSocketPath } = await driverWithHealth("over-start");
     await driver.waitForLog("fuse mount");
-    const { node } = clients(csiSocketPath);
-    const refused = await answered(
-      node.nodePublishVolume(publishRequest(preparedVolume(kubeletRoot))),
-    );
+    const refused = await newPodPublishFailure(csiSocketPath);
     expect(refused.code).toBe(status.FAILED_PRECONDITION);
-    node.close();
   });
 });
 
@@ -183,8 +130,7 @@ describe("the agent's user's FUSE mount over its directory, without allow_other"
     const { healthPort, csiSocketPath } = await driverWithHealth("owned");
     const earlier = await publishedPod(csiSocketPath);
     // Answering, but to its owner alone: root's every request is EACCES.
-    const fuse = await FuseMount.start(socketDir, { owner: AGENT_UID });
-    fuses.push(fuse);
+    await bed.fuse(socketDir, { owner: AGENT_UID });
     const { node } = clients(csiSocketPath);
 
     const refused = await answered(
@@ -203,12 +149,8 @@ describe("the agent's user's FUSE mount over its directory, without allow_other"
 
     // A restart (with the census, which adopts what was published) serves.
     const again = await driverWithHealth("owned-again");
-    const { node: nodeAgain } = clients(again.csiSocketPath);
-    const refusedAgain = await answered(
-      nodeAgain.nodePublishVolume(publishRequest(preparedVolume(kubeletRoot))),
-    );
+    const refusedAgain = await newPodPublishFailure(again.csiSocketPath);
     expect(refusedAgain.code).toBe(status.FAILED_PRECONDITION);
-    nodeAgain.close();
   });
 });
 
@@ -220,7 +162,7 @@ describe("a silent FUSE file system behind another driver's volume", () => {
     await (running.pop() as DriverProcess).stop("SIGKILL");
     const other = podVolume(kubeletRoot, "other-drivers-volume");
     mkdirSync(other.targetPath, { recursive: true });
-    await silentFuse(other.targetPath);
+    await bed.silentFuse(other.targetPath);
 
     const started = performance.now();
     const { healthPort, csiSocketPath } = await driverWithHealth("adopt");
@@ -238,7 +180,7 @@ describe("a silent FUSE file system over a published target (a privileged pod's)
     const { healthPort, csiSocketPath } = await driverWithHealth("target");
     const hung = [await publishedPod(csiSocketPath), await publishedPod(csiSocketPath)];
     const fine = await publishedPod(csiSocketPath);
-    for (const volume of hung) await silentFuse(volume.targetPath);
+    for (const volume of hung) await bed.silentFuse(volume.targetPath);
     const { node } = clients(csiSocketPath);
 
     const stats = await answered(node.nodeGetVolumeStats(statsRequest(hung[0] as typeof fine)));

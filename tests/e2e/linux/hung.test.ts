@@ -2,19 +2,14 @@
 // requests and answers none, ../helpers/fuse-server.ts): the driver's calls into the directory
 // run in a child process with a deadline, so the call that needs the file system answers
 // UNAVAILABLE within seconds and nothing else waits: not /healthz, not other calls, not SIGTERM.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { beforeAll, describe, expect, test } from "bun:test";
+import { mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
-import { AGENT_SOCKET, startAgent } from "../../helpers/agent.ts";
-import {
-  BINARY,
-  clients,
-  type DriverProcess,
-  mountTestFile,
-  tempDir,
-} from "../../helpers/driver.ts";
-import { FuseMount } from "../../helpers/fuse.ts";
+import { AGENT_SOCKET } from "../../helpers/agent.ts";
+import { BINARY, clients, type DriverProcess, mountTestFile } from "../../helpers/driver.ts";
+import { foreignMountsBed } from "../../helpers/foreign-mounts.ts";
+import type { FuseMount } from "../../helpers/fuse.ts";
 import { probe } from "../../helpers/http.ts";
 import { preparedVolume, publishRequest, unpublishRequest } from "../../helpers/kubelet.ts";
 import { freePort } from "../../helpers/port.ts";
@@ -29,30 +24,17 @@ const TIMEOUT_S = 2;
 // What "within seconds" means here: a bound for a loaded machine, not a figure.
 const WITHIN_MS = 10_000;
 
-const root = tempDir("hung");
-const socketDir = join(root, "agent-sockets");
+const bed = foreignMountsBed("hung", { stopAfterEach: false });
+const { root, socketDir, kubeletRoot, running } = bed;
 const spiffefs = join(socketDir, "spiffefs");
-const kubeletRoot = join(root, "kubelet");
-const running: DriverProcess[] = [];
 let fuse: FuseMount;
 
-Bun.spawnSync(["mount", "-t", "tmpfs", "hung-test", root]);
-mkdirSync(spiffefs, { recursive: true });
-const agent = startAgent(socketDir);
+mkdirSync(spiffefs);
 symlinkSync(AGENT_SOCKET, join(socketDir, "api.sock"));
 
 beforeAll(async () => {
-  fuse = await FuseMount.start(spiffefs, { readOnly: true });
   // Hung before the driver ever asks: nothing of it is cached in the kernel.
-  await fuse.hang();
-}, 60_000);
-
-afterAll(async () => {
-  for (const driver of running) if (driver.proc.exitCode === null) await driver.stop("SIGKILL");
-  await fuse.stop();
-  agent.stop(true);
-  Bun.spawnSync(["umount", "-l", root]);
-  rmSync(root, { recursive: true, force: true });
+  fuse = await bed.silentFuse(spiffefs, { readOnly: true });
 }, 60_000);
 
 /** The driver on a permissive node, labelling, with `args`; its health port. */
