@@ -35,6 +35,20 @@ class RecordingMounter implements Mounter {
   }
 }
 
+/** The node service's handlers, on the agent's directory `workloadApiSocketDir`, with `mounter`. */
+function nodeHandlers(workloadApiSocketDir: string, mounter: Mounter) {
+  return new NodeService({
+    nodeId: "node-1",
+    pluginName: "csi.spiffe.io",
+    workloadApiSocketDir,
+    allowSymlinkedSocketDir: false,
+    recursiveBind: false,
+    allowWritableSubmounts: false,
+    mounter,
+    inspector,
+  }).handlers();
+}
+
 const KUBELET_TARGET =
   "/var/lib/kubelet/pods/6f1d6a3e-93b2-4a1a-9d2c-0d9c5c1a2b3c/volumes/kubernetes.io~csi/spiffe/mount";
 
@@ -78,16 +92,7 @@ describe("NodeService validation", () => {
   const { root, socketDir, kubeletRoot } = testbed("unit-node", { agent: false });
 
   const mounter = new RecordingMounter();
-  const handlers = new NodeService({
-    nodeId: "node-1",
-    pluginName: "csi.spiffe.io",
-    workloadApiSocketDir: socketDir,
-    allowSymlinkedSocketDir: false,
-    recursiveBind: false,
-    allowWritableSubmounts: false,
-    mounter,
-    inspector,
-  }).handlers();
+  const handlers = nodeHandlers(socketDir, mounter);
 
   async function codeOf(call: Promise<unknown>): Promise<[number, string]> {
     try {
@@ -170,16 +175,7 @@ describe("NodeService validation", () => {
   });
 
   test("a valid request with the agent's directory missing: UNAVAILABLE", async () => {
-    const missing = new NodeService({
-      nodeId: "node-1",
-      pluginName: "csi.spiffe.io",
-      workloadApiSocketDir: join(root, "no-agent"),
-      allowSymlinkedSocketDir: false,
-      recursiveBind: false,
-      allowWritableSubmounts: false,
-      mounter,
-      inspector,
-    }).handlers();
+    const missing = nodeHandlers(join(root, "no-agent"), mounter);
     const [code, details] = await codeOf(
       missing.nodePublishVolume(create(NodePublishVolumeRequestSchema, publishRequest(volume))),
     );
@@ -211,18 +207,7 @@ describe("NodeService concurrency", () => {
     async makeSlave() {}
   }
 
-  function service(mounter: Mounter) {
-    return new NodeService({
-      nodeId: "node-1",
-      pluginName: "csi.spiffe.io",
-      workloadApiSocketDir: socketDir,
-      allowSymlinkedSocketDir: false,
-      recursiveBind: false,
-      allowWritableSubmounts: false,
-      mounter,
-      inspector,
-    }).handlers();
-  }
+  const service = (mounter: Mounter) => nodeHandlers(socketDir, mounter);
 
   function prepared(): ReturnType<typeof podVolume> {
     const volume = podVolume(join(root, "kubelet"));
