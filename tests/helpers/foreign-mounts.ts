@@ -4,7 +4,7 @@ import { afterAll, afterEach, expect } from "bun:test";
 import { chmodSync, chownSync, mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { startAgent } from "./agent.ts";
-import { type DriverProcess, startDriver, tempDir } from "./driver.ts";
+import { type DriverProcess, mountTestFile, startDriver, tempDir } from "./driver.ts";
 import { FuseMount } from "./fuse.ts";
 import { mountsUnder } from "./kubelet.ts";
 import { rpcFailure } from "./rpc.ts";
@@ -17,15 +17,17 @@ export interface ForeignMountsBedOptions {
 }
 
 /**
- * A tmpfs mounted at a new temporary root, holding the agent's socket directory (a stand-in for
- * the SPIFFE agent serving in it) and a kubelet root. The drivers and FUSE servers in `running`
- * and `fuses` are stopped after each test (or after the file's tests); after the file's tests the
- * root is unmounted with all below it, and a mount left then fails the file.
+ * The set-up of a test file of real mounts (mountTestFile: a private mount namespace, generous
+ * timeouts) on a tmpfs mounted at a new temporary root, holding the agent's socket directory (a
+ * stand-in for the SPIFFE agent serving in it) and a kubelet root. The drivers and FUSE servers
+ * in `running` and `fuses` are stopped after each test (or after the file's tests); after the
+ * file's tests the root is unmounted with all below it, and a mount left then fails the file.
  */
 export function foreignMountsBed(
   name: string,
   { agentUid, stopAfterEach = true }: ForeignMountsBedOptions = {},
 ) {
+  mountTestFile();
   const root = tempDir(name);
   const socketDir = join(root, "agent-sockets");
   const kubeletRoot = join(root, "kubelet");

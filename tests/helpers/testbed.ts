@@ -6,6 +6,7 @@ import {
   clients,
   type DriverOptions,
   type DriverProcess,
+  mountTestFile,
   spawnDriver,
   startDriver,
   tempDir,
@@ -126,3 +127,12 @@ export function testbed(prefix: string, { agent = true }: TestbedOptions = {}) {
 }
 
 export type Testbed = ReturnType<typeof testbed>;
+
+/**
+ * The set-up of a test file of real mounts (mountTestFile: a private mount namespace, generous
+ * timeouts) and its testbed.
+ */
+export function mountTestbed(prefix: string, options: TestbedOptions = {}) {
+  mountTestFile();
+  return testbed(prefix, options);
+}

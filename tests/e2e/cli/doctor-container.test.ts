@@ -6,13 +6,11 @@ import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync } from "node:
 import { join } from "node:path";
 import type { Check } from "../../../src/cli/doctor-checks.ts";
 import { AGENT_SOCKET } from "../../helpers/agent.ts";
-import { BINARY, DriverProcess, mountTestFile, waitServing } from "../../helpers/driver.ts";
-import { testbed } from "../../helpers/testbed.ts";
+import { BINARY, DriverProcess, waitServing } from "../../helpers/driver.ts";
+import { mountTestbed } from "../../helpers/testbed.ts";
 import { waitFor } from "../../helpers/wait.ts";
 
-mountTestFile();
-
-const bed = testbed("doctor");
+const bed = mountTestbed("doctor");
 const { root, socketDir: agentDir, kubeletRoot: kubeletDir } = bed;
 // A kubelet directory on a shared mount, as on a node: the doctor's other checks pass.
 mkdirSync(kubeletDir);

@@ -6,7 +6,7 @@ import { describe, expect, test } from "bun:test";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
-import { clients, mountTestFile } from "../../helpers/driver.ts";
+import { clients } from "../../helpers/driver.ts";
 import { failsWithin, foreignMountsBed } from "../../helpers/foreign-mounts.ts";
 import {
   mountsAt,
@@ -16,8 +16,6 @@ import {
   statsRequest,
   unpublishRequest,
 } from "../../helpers/kubelet.ts";
-
-mountTestFile();
 
 // A bound for a loaded machine, not a figure: without the gate the call never ends.
 const WITHIN_MS = 10_000;

@@ -16,7 +16,7 @@ import {
   VolumeUsage_Unit,
 } from "../../../src/gen/csi/v1/csi_pb.ts";
 import { talkToAgent } from "../../helpers/agent.ts";
-import { clients, mountTestFile, runBinary } from "../../helpers/driver.ts";
+import { clients, runBinary } from "../../helpers/driver.ts";
 import { invalidPublishRequests } from "../../helpers/invalid.ts";
 import {
   mountsAt,
@@ -28,11 +28,9 @@ import {
   unpublishRequest,
 } from "../../helpers/kubelet.ts";
 import { rpcFailure } from "../../helpers/rpc.ts";
-import { testbed } from "../../helpers/testbed.ts";
+import { mountTestbed } from "../../helpers/testbed.ts";
 
-mountTestFile();
-
-const bed = testbed("node");
+const bed = mountTestbed("node");
 const { root, socketDir, kubeletRoot } = bed;
 const { node } = bed.clients();
 const driver = await bed.start();

@@ -6,13 +6,7 @@ import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { talkToAgent } from "../../helpers/agent.ts";
-import {
-  clients,
-  type DriverProcess,
-  mountTestFile,
-  spawnDriver,
-  startDriver,
-} from "../../helpers/driver.ts";
+import { clients, type DriverProcess, spawnDriver, startDriver } from "../../helpers/driver.ts";
 import {
   mountsAt,
   type PodVolume,
@@ -25,12 +19,10 @@ import {
 import { rawControl } from "../../helpers/logs.ts";
 import { freePort } from "../../helpers/port.ts";
 import { rpcFailure } from "../../helpers/rpc.ts";
-import { testbed } from "../../helpers/testbed.ts";
+import { mountTestbed } from "../../helpers/testbed.ts";
 import { waitFor } from "../../helpers/wait.ts";
 
-mountTestFile();
-
-const bed = testbed("policy");
+const bed = mountTestbed("policy");
 
 interface Pod {
   namespace: string;

@@ -24,7 +24,6 @@ import {
   clients,
   type DriverProcess,
   inPrivateMountNamespace,
-  mountTestFile,
   runBinary,
 } from "../../helpers/driver.ts";
 import {
@@ -35,12 +34,10 @@ import {
   unpublishRequest,
 } from "../../helpers/kubelet.ts";
 import { rpcFailure } from "../../helpers/rpc.ts";
-import { testbed } from "../../helpers/testbed.ts";
+import { mountTestbed } from "../../helpers/testbed.ts";
 import { waitFor } from "../../helpers/wait.ts";
 
-mountTestFile();
-
-const bed = testbed("recursive", { agent: false });
+const bed = mountTestbed("recursive", { agent: false });
 const { root } = bed;
 // The agent's host directory, a shared mount; the Workload API directory is inside it, as
 // /run/spire/agent-sockets is inside /run on a node.

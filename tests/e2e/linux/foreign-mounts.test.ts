@@ -9,7 +9,7 @@ import { describe, expect, test } from "bun:test";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
-import { clients, type DriverProcess, mountTestFile, spawnDriver } from "../../helpers/driver.ts";
+import { clients, type DriverProcess, spawnDriver } from "../../helpers/driver.ts";
 import { failsWithin, foreignMountsBed } from "../../helpers/foreign-mounts.ts";
 import { probe } from "../../helpers/http.ts";
 import {
@@ -22,8 +22,6 @@ import {
 } from "../../helpers/kubelet.ts";
 import { freePort } from "../../helpers/port.ts";
 import { PATIENCE_MS, waitFor } from "../../helpers/wait.ts";
-
-mountTestFile();
 
 // The agent's user, who may mount FUSE over its own directory through fusermount3.
 const AGENT_UID = 1000;

@@ -7,7 +7,7 @@ import { mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { AGENT_SOCKET } from "../../helpers/agent.ts";
-import { BINARY, clients, type DriverProcess, mountTestFile } from "../../helpers/driver.ts";
+import { BINARY, clients, type DriverProcess } from "../../helpers/driver.ts";
 import { foreignMountsBed } from "../../helpers/foreign-mounts.ts";
 import type { FuseMount } from "../../helpers/fuse.ts";
 import { probe } from "../../helpers/http.ts";
@@ -16,8 +16,6 @@ import { freePort } from "../../helpers/port.ts";
 import { rpcFailure } from "../../helpers/rpc.ts";
 import { selinuxInputs, startOnSelinuxNode } from "../../helpers/selinux.ts";
 import { waitFor } from "../../helpers/wait.ts";
-
-mountTestFile();
 
 // How long the driver lets a check into the directory stay silent (--inspect-timeout).
 const TIMEOUT_S = 2;

@@ -16,18 +16,16 @@ import {
 import { join } from "node:path";
 import { openDirectory } from "../../../src/linux/descriptors.ts";
 import { CommandMounter } from "../../../src/linux/mounter.ts";
-import { clients, type DriverProcess, mountTestFile } from "../../helpers/driver.ts";
+import { clients, type DriverProcess } from "../../helpers/driver.ts";
 import {
   mountsAt,
   preparedVolume,
   publishRequest,
   unpublishRequest,
 } from "../../helpers/kubelet.ts";
-import { testbed } from "../../helpers/testbed.ts";
+import { mountTestbed } from "../../helpers/testbed.ts";
 
-mountTestFile();
-
-const bed = testbed("unmount");
+const bed = mountTestbed("unmount");
 const { root, socketDir, kubeletRoot } = bed;
 writeFileSync(join(socketDir, "bundle.pem"), "trust bundle");
 // The kubelet root on tmpfs: a file system every `umount` names from statfs.

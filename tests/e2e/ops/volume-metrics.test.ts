@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { ABNORMAL_REASONS } from "../../../src/csi/stats.ts";
 import { READINESS_KINDS } from "../../../src/ops/readiness.ts";
 import { startAgent } from "../../helpers/agent.ts";
-import { clients, mountTestFile } from "../../helpers/driver.ts";
+import { clients } from "../../helpers/driver.ts";
 import {
   podVolume,
   prepareVolume,
@@ -16,12 +16,10 @@ import {
   unpublishRequest,
 } from "../../helpers/kubelet.ts";
 import { freePort } from "../../helpers/port.ts";
-import { testbed } from "../../helpers/testbed.ts";
+import { mountTestbed } from "../../helpers/testbed.ts";
 import { PATIENCE_MS, waitFor } from "../../helpers/wait.ts";
 
-mountTestFile();
-
-const bed = testbed("volume-metrics", { agent: false });
+const bed = mountTestbed("volume-metrics", { agent: false });
 const { root, socketDir, kubeletRoot: kubelet } = bed;
 const mounted: string[] = [];
 bed.beforeCleanup(() => {

@@ -8,7 +8,7 @@ import { status } from "@grpc/grpc-js";
 import type { Check } from "../../../src/cli/doctor-checks.ts";
 import { getLabel, setLabel } from "../../../src/selinux/xattr.ts";
 import { AGENT_SOCKET, startAgent, talkToAgent } from "../../helpers/agent.ts";
-import { clients, mountTestFile, runBinary } from "../../helpers/driver.ts";
+import { clients, runBinary } from "../../helpers/driver.ts";
 import { type PodVolume, publishRequest, unpublishRequest } from "../../helpers/kubelet.ts";
 import { freePort } from "../../helpers/port.ts";
 import { rpcFailure } from "../../helpers/rpc.ts";
@@ -18,12 +18,10 @@ import {
   selinuxInputs,
   UNCONFINED_CONTAINER_FILE,
 } from "../../helpers/selinux.ts";
-import { testbed } from "../../helpers/testbed.ts";
+import { mountTestbed } from "../../helpers/testbed.ts";
 import { waitFor } from "../../helpers/wait.ts";
 
-mountTestFile();
-
-const bed = testbed("selinux", { agent: false });
+const bed = mountTestbed("selinux", { agent: false });
 const { root } = bed;
 const mounted: string[] = [];
 const agents: ReturnType<typeof startAgent>[] = [];
