@@ -707,6 +707,17 @@ const replaceArg = (c: Container, name: string, value: string) => {
   c.args = (c.args ?? []).map((a) => (a.startsWith(`--${name}=`) ? `--${name}=${value}` : a));
 };
 
+/** What `rule` says of a copy of `docs` that `breakIt` broke, a line each. */
+export function saysOfBroken(
+  docs: Doc[],
+  rule: (docs: Doc[]) => string[],
+  breakIt: (docs: Doc[]) => void,
+): string {
+  const broken = clone(docs);
+  breakIt(broken);
+  return rule(broken).join("\n");
+}
+
 /**
  * For each rule, a way to break a standalone render (the kustomize deployment's or the chart's
  * defaults), and what the rule then says.
