@@ -3,7 +3,7 @@
 import { expect, test } from "bun:test";
 import { existsSync, mkdirSync, readdirSync } from "node:fs";
 import { join } from "node:path";
-import { assertPrivateMountNamespace, clients } from "../../helpers/driver.ts";
+import { clients } from "../../helpers/driver.ts";
 import {
   mountsUnder,
   publishRequest,
@@ -12,16 +12,14 @@ import {
   statsRequest,
   unpublishRequest,
 } from "../../helpers/kubelet.ts";
-import { testbed } from "../../helpers/testbed.ts";
+import { mountTestbed } from "../../helpers/testbed.ts";
 import { waitFor } from "../../helpers/wait.ts";
-
-assertPrivateMountNamespace();
 
 const CYCLES = 10_000;
 const WARMUP = 1_000;
 const CONCURRENCY = 32;
 
-const bed = testbed("churn");
+const bed = mountTestbed("churn");
 const { root, kubeletRoot, csiSocketPath } = bed;
 mkdirSync(join(kubeletRoot, "pods"), { recursive: true });
 

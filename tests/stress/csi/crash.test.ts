@@ -4,7 +4,7 @@ import { expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { status } from "@grpc/grpc-js";
 import { talkToAgent } from "../../helpers/agent.ts";
-import { assertPrivateMountNamespace, clients, type DriverProcess } from "../../helpers/driver.ts";
+import { clients, type DriverProcess } from "../../helpers/driver.ts";
 import {
   mountsAt,
   mountsUnder,
@@ -12,10 +12,8 @@ import {
   publishRequest,
   unpublishRequest,
 } from "../../helpers/kubelet.ts";
-import { testbed } from "../../helpers/testbed.ts";
+import { mountTestbed } from "../../helpers/testbed.ts";
 import { PATIENCE_MS, waitFor } from "../../helpers/wait.ts";
-
-assertPrivateMountNamespace();
 
 const KILLS = 25;
 const VOLUMES = 300;
@@ -28,7 +26,7 @@ const RETRIED = new Set([
   status.ABORTED,
 ]);
 
-const bed = testbed("crash");
+const bed = mountTestbed("crash");
 const { root, csiSocketPath } = bed;
 
 test(`${KILLS} SIGKILLs during churn: every volume ends as the kubelet wants it`, async () => {

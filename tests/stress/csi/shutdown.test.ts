@@ -4,7 +4,7 @@ import { expect, test } from "bun:test";
 import { existsSync, readdirSync } from "node:fs";
 import { status } from "@grpc/grpc-js";
 import { talkToAgent } from "../../helpers/agent.ts";
-import { assertPrivateMountNamespace, clients } from "../../helpers/driver.ts";
+import { clients } from "../../helpers/driver.ts";
 import {
   mountsAt,
   mountsUnder,
@@ -12,15 +12,13 @@ import {
   publishRequest,
   unpublishRequest,
 } from "../../helpers/kubelet.ts";
-import { testbed } from "../../helpers/testbed.ts";
+import { mountTestbed } from "../../helpers/testbed.ts";
 import { waitFor } from "../../helpers/wait.ts";
-
-assertPrivateMountNamespace();
 
 const CONCURRENCY = 32;
 const ROUNDS = 5;
 
-const bed = testbed("shutdown");
+const bed = mountTestbed("shutdown");
 const { root, csiSocketPath } = bed;
 
 test(`SIGTERM during churn at concurrency ${CONCURRENCY}, ${ROUNDS} times`, async () => {

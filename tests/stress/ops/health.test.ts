@@ -15,7 +15,7 @@
 import { expect, test } from "bun:test";
 import { mkdirSync, readdirSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { clients, mountTestFile } from "../../helpers/driver.ts";
+import { clients } from "../../helpers/driver.ts";
 import { probe } from "../../helpers/http.ts";
 import {
   publishRequest,
@@ -24,9 +24,7 @@ import {
   unpublishRequest,
 } from "../../helpers/kubelet.ts";
 import { freePort } from "../../helpers/port.ts";
-import { testbed } from "../../helpers/testbed.ts";
-
-mountTestFile();
+import { mountTestbed } from "../../helpers/testbed.ts";
 
 const CLIENTS = 2_000;
 const LOAD_SECONDS = 8;
@@ -41,7 +39,7 @@ const MEMORY_LIMIT_MB = 256;
 const OPEN_FILES = 16_384;
 const LOAD = resolve(import.meta.dir, "../../helpers/http-load.ts");
 
-const bed = testbed("health");
+const bed = mountTestbed("health");
 const { kubeletRoot, csiSocketPath } = bed;
 mkdirSync(join(kubeletRoot, "pods"), { recursive: true });
 const port = freePort();
