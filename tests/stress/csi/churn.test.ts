@@ -23,24 +23,29 @@ const bed = mountTestbed("churn");
 const { root, kubeletRoot, csiSocketPath } = bed;
 mkdirSync(join(kubeletRoot, "pods"), { recursive: true });
 
-// The driver collects garbage after this long without a call (src/cli/serve.ts).
-const IDLE_COLLECT_MS = 1_000;
+// The driver collects garbage after a second without a call, and gives the freed memory back
+// after this long (src/ops/memory.ts): it is then at rest.
+const REST_MS = 30_000;
 
 /**
- * The process's memory at rest: read every half second from twice the collector's delay after the
- * last call on, until four readings in a row agree within half a megabyte.
+ * The process's memory at rest: read every half second from the rest period after the last call
+ * on, until four readings in a row agree within half a megabyte.
  */
 async function memoryAtRest(pid: number): Promise<ReturnType<typeof residentMemory>> {
   const lastCall = Date.now();
   const readings: number[] = [];
-  return waitFor("resident memory to settle", async () => {
-    await Bun.sleep(500);
-    if (Date.now() - lastCall < 2 * IDLE_COLLECT_MS) return false;
-    const memory = residentMemory(pid);
-    readings.push(memory.rssMb);
-    const recent = readings.slice(-4);
-    return recent.length === 4 && Math.max(...recent) - Math.min(...recent) < 0.5 && memory;
-  });
+  return waitFor(
+    "resident memory to settle",
+    async () => {
+      await Bun.sleep(500);
+      if (Date.now() - lastCall < REST_MS + 1_000) return false;
+      const memory = residentMemory(pid);
+      readings.push(memory.rssMb);
+      const recent = readings.slice(-4);
+      return recent.length === 4 && Math.max(...recent) - Math.min(...recent) < 0.5 && memory;
+    },
+    REST_MS + 60_000,
+  );
 }
 
 test(`${CYCLES.toLocaleString("en")} cycles at concurrency ${CONCURRENCY}`, async () => {
