@@ -2,6 +2,7 @@ import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { auditLogger } from "../csi/audit.ts";
 import { controllerHandlers } from "../csi/controller.ts";
+import type { NodeEvents } from "../csi/host.ts";
 import { identityHandlers } from "../csi/identity.ts";
 import { NodeService } from "../csi/node.ts";
 import { inspectSource } from "../csi/source.ts";
@@ -129,7 +130,6 @@ async function setUp(config: Config, mounter: Mounter, logger: Logger): Promise<
   const metrics = config.healthAddr
     ? new (await import("../ops/metrics.ts")).Metrics(VERSION, () => node.volumeCounts())
     : undefined;
-  const logAudit = auditLogger(logger);
   const restart = new SelfRestart(config.selfRestartBackoffMs);
   const inspector = startInspector(
     config.inspectTimeoutMs,
@@ -158,29 +158,7 @@ async function setUp(config: Config, mounter: Mounter, logger: Logger): Promise<
     inspector,
     labeller,
     policy: config.policy,
-    events: {
-      mountFailed: (operation) => metrics?.mountFailed(operation),
-      labelFailed: (mode) => metrics?.labellingFailed(mode),
-      sourceRemoved: (problem) => {
-        const inMs = restart.request(problem);
-        if (inMs === undefined) return;
-        // In a container only a restart mounts the node's directory again; the container
-        // runtime (or systemd) starts the driver again after it exits.
-        logger.error(
-          "the Workload API directory the driver sees was removed on the node; restarting so that the container gets the node's current directory",
-          {
-            [LogKey.path]: config.workloadApiSocketDir,
-            [LogKey.reason]: problem,
-            [LogKey.restartInMs]: inMs,
-            [LogKey.exitStatus]: EXIT_RESTART,
-          },
-        );
-      },
-      audit: (record) => {
-        logAudit(record);
-        if (record.outcome === "refused") metrics?.publishRefused(record.pod.namespace);
-      },
-    },
+    events: nodeEvents(config, logger, restart, metrics),
   });
   checkSourceAtStart(node, restart, config, logger);
   if (metrics) await node.adoptPublished();
@@ -209,6 +187,42 @@ async function setUp(config: Config, mounter: Mounter, logger: Logger): Promise<
     limits,
     restart,
     serving: true,
+  };
+}
+
+/**
+ * What the node service's events do: count failures, restart the driver when the directory it
+ * sees was removed on the node, and log every publish and unpublish.
+ */
+function nodeEvents(
+  config: Config,
+  logger: Logger,
+  restart: SelfRestart,
+  metrics: Metrics | undefined,
+): NodeEvents {
+  const logAudit = auditLogger(logger);
+  return {
+    mountFailed: (operation) => metrics?.mountFailed(operation),
+    labelFailed: (mode) => metrics?.labellingFailed(mode),
+    sourceRemoved: (problem) => {
+      const inMs = restart.request(problem);
+      if (inMs === undefined) return;
+      // In a container only a restart mounts the node's directory again; the container runtime
+      // (or systemd) starts the driver again after it exits.
+      logger.error(
+        "the Workload API directory the driver sees was removed on the node; restarting so that the container gets the node's current directory",
+        {
+          [LogKey.path]: config.workloadApiSocketDir,
+          [LogKey.reason]: problem,
+          [LogKey.restartInMs]: inMs,
+          [LogKey.exitStatus]: EXIT_RESTART,
+        },
+      );
+    },
+    audit: (record) => {
+      logAudit(record);
+      if (record.outcome === "refused") metrics?.publishRefused(record.pod.namespace);
+    },
   };
 }
 
