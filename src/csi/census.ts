@@ -1,8 +1,9 @@
-import { closeSync, constants, openSync } from "node:fs";
+import { closeSync, constants } from "node:fs";
 import { dirname } from "node:path";
 import { type DirectoryHandle, O_PATH } from "../linux/descriptors.ts";
 import { isErrno } from "../linux/errno.ts";
 import { type MountInfo, readMountTable } from "../linux/mountinfo.ts";
+import { openAt } from "../linux/openat.ts";
 import { openTrustedDirectory } from "../linux/trusted-path.ts";
 import { TARGET_NAME } from "./kubelet.ts";
 import { type BindOrigin, bindOrigin, type SourceOptions } from "./source.ts";
@@ -164,7 +165,7 @@ function judge(held: Held, top: MountInfo | undefined, source: Source): Abnormal
 function targetThere(volume: DirectoryHandle): boolean {
   try {
     closeSync(
-      openSync(volume.entry(TARGET_NAME), O_PATH | constants.O_DIRECTORY | constants.O_NOFOLLOW),
+      openAt(volume.fd, TARGET_NAME, O_PATH | constants.O_DIRECTORY | constants.O_NOFOLLOW),
     );
     return true;
   } catch (error) {

@@ -18,6 +18,7 @@ import {
   inspectEntry,
   type TargetState,
 } from "../linux/inspect.ts";
+import { openAt } from "../linux/openat.ts";
 import { type Volume, type VolumeData, VolumePathError } from "./host.ts";
 
 /**
@@ -134,7 +135,7 @@ export function openVolumeDir(targetPath: string): VolumeDirectory {
       const at = join(kubeletRoot, ...names.slice(0, index + 1));
       let next: number;
       try {
-        next = openSync(entry, WALK_STEP);
+        next = openAt(fd, name, WALK_STEP);
       } catch (error) {
         throw new VolumePathError(classifyOpenError(entry, error, mount.mountId), at);
       }
@@ -173,7 +174,7 @@ const VOLUME_DATA_READ_FLAGS = constants.O_RDONLY | constants.O_NONBLOCK | const
 export async function readVolumeData(volumeDir: DirectoryHandle): Promise<VolumeData | undefined> {
   let handle: number;
   try {
-    handle = openSync(volumeDir.entry("vol_data.json"), VOLUME_DATA_PEEK_FLAGS);
+    handle = openAt(volumeDir.fd, "vol_data.json", VOLUME_DATA_PEEK_FLAGS);
   } catch (error) {
     if (isErrno(error, "ENOENT")) return undefined;
     throw error;

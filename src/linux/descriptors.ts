@@ -2,6 +2,7 @@ import { closeSync, constants, fstatSync, openSync, readlinkSync, type Stats } f
 import { open, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { type FdMount, fdMount, gate, UntrustedMountError } from "./gate.ts";
+import { openAt } from "./openat.ts";
 
 /**
  * Directories held open by descriptor, so that what was checked is what gets used.
@@ -102,7 +103,7 @@ const MOUNT_FIX =
  * one whose file system is not local is UntrustedMountError.
  */
 export function openEntry(parent: DirectoryHandle, name: string): DirectoryHandle {
-  const fd = openSync(parent.entry(name), DIRECTORY_HANDLE | constants.O_NOFOLLOW);
+  const fd = openAt(parent.fd, name, DIRECTORY_HANDLE | constants.O_NOFOLLOW);
   try {
     const mount = fdMount(fd);
     if (mount.mountId !== parent.mountId) {

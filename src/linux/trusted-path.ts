@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { DirectoryHandle, O_PATH } from "./descriptors.ts";
 import { isErrno } from "./errno.ts";
 import { type FdMount, fdMount, gate, UntrustedMountError } from "./gate.ts";
+import { openAt } from "./openat.ts";
 
 /**
  * A directory the operator named, opened the way the kubelet's paths are: one name at a time from
@@ -101,7 +102,7 @@ function walk(path: string, options: TrustedPathOptions): TrustedDirectory {
       const entryPath = `/proc/self/fd/${fd}/${name}`;
       let nextFd: number;
       try {
-        nextFd = openSync(entryPath, STEP);
+        nextFd = openAt(fd, name, STEP);
       } catch (error) {
         if (isErrno(error, "ENOENT")) {
           // A removed directory has no entries: what the path names next is out of reach.

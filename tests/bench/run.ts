@@ -16,6 +16,9 @@
 //                      compiled driver, or a git revision to build (e.g. main)
 //   BENCH_QUICK=1      20 and 1,000 mounts, fewer calls (not for docs/benchmarks.md)
 //   BENCH_SELINUX_LABEL=on  the driver labels the directory for SELinux (--selinux-label)
+//
+// Beside the floor, the matrix measures the gRPC stack alone: the same client against the
+// driver's own server with handlers that answer at once (empty-server.ts).
 
 import {
   existsSync,
@@ -395,6 +398,39 @@ async function measureFloor(mounts: number, runs: number): Promise<void> {
   }
 }
 
+/** The gRPC stack alone, p50 per operation at c=1, by mount count (see empty-server.ts). */
+const stack = new Map<number, Record<Operation, PhaseStats>>();
+let emptyServer: { proc: ReturnType<typeof Bun.spawn>; csiSocketPath: string } | undefined;
+
+async function startEmptyServer(): Promise<NonNullable<typeof emptyServer>> {
+  const csiSocketPath = join(root, "plugin", "empty", "csi.sock");
+  mkdirSync(join(root, "plugin", "empty"), { recursive: true });
+  const proc = Bun.spawn(
+    [process.execPath, join(import.meta.dir, "empty-server.ts"), csiSocketPath],
+    {
+      stdin: "ignore",
+      stdout: "pipe",
+      stderr: "inherit",
+      env: { PATH: process.env.PATH ?? "/usr/bin:/bin" },
+    },
+  );
+  const reader = (proc.stdout as ReadableStream<Uint8Array>).getReader();
+  let said = "";
+  while (!said.includes("listening")) {
+    const chunk = await reader.read();
+    if (chunk.done) throw new Error(`empty-server.ts exited before listening: ${said}`);
+    said += new TextDecoder().decode(chunk.value);
+  }
+  reader.releaseLock();
+  return { proc, csiSocketPath };
+}
+
+async function measureStack(mounts: number): Promise<void> {
+  emptyServer ??= await startEmptyServer();
+  const kubeletRoot = join(kubeletDir, `run-${kubeletRuns++}`);
+  stack.set(mounts, await client.ops(emptyServer.csiSocketPath, kubeletRoot, VOLUMES(1), 1));
+}
+
 /** The floor's p50 and p99 for `operation` at `mounts`: mount for a publish, umount else. */
 function floorOf(mounts: number, operation: Operation | "umount" | "mount") {
   const samples = floors.get(mounts);
@@ -597,6 +633,8 @@ for (const mounts of MOUNT_LEVELS) {
   if (parts.has("matrix")) {
     progress(`mounts ${count(actual)}: the floor`);
     await measureFloor(mounts, FLOOR_RUNS / 2);
+    progress(`mounts ${count(actual)}: the gRPC stack alone`);
+    await measureStack(mounts);
   }
   if (parts.has("commands")) {
     progress(`mounts ${count(actual)}: util-linux commands`);
@@ -660,6 +698,10 @@ for (const mounts of MOUNT_LEVELS) {
   }
 }
 for (const driver of drivers) await driver.process.stop();
+if (emptyServer) {
+  emptyServer.proc.kill("SIGTERM");
+  await emptyServer.proc.exited;
+}
 progress("");
 
 // 5. Report.
@@ -793,6 +835,24 @@ if (floors.size > 0) {
     "",
   );
 }
+if (stack.size > 0) {
+  const floorAndStack = (mounts: number, operation: Operation) => {
+    const floor = floorOf(mounts, operation).p50Ms;
+    const sum = floor + (stack.get(mounts)?.[operation].p50Ms ?? Number.NaN);
+    return `${fixed(sum)} ms, ${fixed(sum / floor)}x`;
+  };
+  lines.push(
+    "**The gRPC stack alone**: the same client against the driver's own gRPC server (src/rpc/, grpc-js) with handlers that answer at once (tests/bench/empty-server.ts), p50 at c=1 (ms; a publish's includes the client making the volume directory, as the kubelet does before it calls). No publish can take less than the floor and this together, the last columns as a ratio to the floor.",
+    "",
+    "| mounts | publish | re-publish | stats | unpublish | floor + stack, publish | floor + stack, unpublish |",
+    "|---:|---:|---:|---:|---:|---:|---:|",
+    ...[...stack].map(
+      ([mounts, phases]) =>
+        `| ${count(mounts)} | ${fixed(phases.publish.p50Ms)} | ${fixed(phases.republish.p50Ms)} | ${fixed(phases.stats.p50Ms)} | ${fixed(phases.unpublish.p50Ms)} | ${floorAndStack(mounts, "publish")} | ${floorAndStack(mounts, "unpublish")} |`,
+    ),
+    "",
+  );
+}
 if (memory) {
   lines.push(
     `**Memory** of the driver's process tree (PSS summed over every process; a page shared by n processes counts 1/n in each): 1 s after start ${fixed(memory.afterStart.pssMb, 1)} MB (${describeTree(memory.afterStart)}); at its peak over ${count(memory.cycles)} publish/unpublish cycles at c=16 (${fixed(memory.cyclesPerSec, 0)} cycles/s, ${memory.cycleErrors} errors) ${fixed(memory.peak.pssMb, 1)} MB (${describeTree(memory.peak)}); at rest after them (${fixed(memory.restWaitMs / 1000, 1)} s after the last call) ${fixed(memory.atRest.pssMb, 1)} MB (${describeTree(memory.atRest)}).`,
@@ -881,6 +941,7 @@ writeFileSync(
       healthListenTimes,
       memory,
       floors: Object.fromEntries(floors),
+      stack: Object.fromEntries(stack),
       cells,
       bursts,
       commands: commandCells,

@@ -114,7 +114,9 @@ test("the build lays out bytecode by the committed profiles, which the image bui
     const profile = read(`scripts/bytecode-order/${name}.order`);
     // Bun's format: a version line, then one line per function, by the hash of its syntax.
     expect(profile.startsWith("v2\n")).toBe(true);
-    expect(profile.split("\n").filter((line) => line.startsWith("F ")).length).toBeGreaterThan(1000);
+    expect(profile.split("\n").filter((line) => line.startsWith("F ")).length).toBeGreaterThan(
+      1000,
+    );
   }
   expect(read("scripts/build.ts")).toContain("bytecodeOrder");
   expect(read("Containerfile")).toContain("COPY scripts/bytecode-order/ scripts/bytecode-order/");
