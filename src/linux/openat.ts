@@ -1,35 +1,45 @@
 import { dlopen, FFIType, ptr, read } from "bun:ffi";
 import { openSync } from "node:fs";
-import { constants as osConstants } from "node:os";
+import { getSystemErrorMessage, getSystemErrorName } from "node:util";
 
 /**
  * openat(2): the entry `name` of the directory held by `dirFd`, opened with `flags`. It opens
  * what `openSync("/proc/self/fd/<dirFd>/<name>")` opens, in one system call and without the
  * look-up of /proc/self/fd/N that the path costs (about 2.3 against 5.9 µs for an O_PATH
  * directory, which the walks of the kubelet's and the agent's paths pay at every step). The
- * descriptor is close-on-exec, as node:fs opens them. A failure throws as node:fs does: an Error
- * whose `code` is the errno's name (ENOENT, ELOOP, ENOTDIR, ...). Where bun:ffi or glibc is not
- * there, the path is opened instead.
+ * descriptor is close-on-exec, as node:fs opens them; an interrupted call is made again, as
+ * node:fs does. A failure throws as node:fs does: an Error whose `code` is the errno's name
+ * (ENOENT, ELOOP, ENOTDIR, ...), with the path form as `path`. A name that is not one plain
+ * name (empty, with a "/" or a NUL in it, or too long for the buffer) and a process without
+ * bun:ffi or glibc get the path form itself, so that its meaning stays the same: openat would
+ * take an absolute name from `/`, and an empty one for a missing entry.
  */
 export function openAt(dirFd: number, name: string, flags: number): number {
+  const path = `/proc/self/fd/${dirFd}/${name}`;
   const call = libc();
-  // A name with a NUL in it, or too long for the buffer: node:fs says what is wrong with it.
-  const encoded = name.includes("\0") ? undefined : encoder.encodeInto(name, nameBuffer);
+  const plain = name !== "" && !name.includes("/") && !name.includes("\0");
+  const encoded = plain ? encoder.encodeInto(name, nameBuffer) : undefined;
   if (!call || !encoded || encoded.read < name.length || encoded.written >= NAME_BYTES) {
-    return openSync(`/proc/self/fd/${dirFd}/${name}`, flags);
+    return openSync(path, flags);
   }
   nameBuffer[encoded.written] = 0;
-  const fd = call.openat(dirFd, ptr(nameBuffer), flags | O_CLOEXEC, 0);
-  if (fd >= 0) return fd;
-  const errno = call.errno();
-  const code = ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
-  const error: NodeJS.ErrnoException = new Error(`${code}: openat ${JSON.stringify(name)}`);
-  error.code = code;
-  error.errno = -errno;
-  error.syscall = "openat";
-  throw error;
+  for (;;) {
+    const fd = call.openat(dirFd, ptr(nameBuffer), flags | O_CLOEXEC, 0);
+    if (fd >= 0) return fd;
+    const errno = call.errno();
+    if (errno === EINTR) continue;
+    const code = errno > 0 ? getSystemErrorName(-errno) : "EUNKNOWN";
+    const reason = errno > 0 ? getSystemErrorMessage(-errno) : "unknown error";
+    const error: NodeJS.ErrnoException = new Error(`${code}: ${reason}, openat '${path}'`);
+    error.code = code;
+    error.errno = -errno;
+    error.syscall = "openat";
+    error.path = path;
+    throw error;
+  }
 }
 
+const EINTR = 4;
 // Linux's O_CLOEXEC (the same on x86_64 and arm64; node:fs does not export it).
 const O_CLOEXEC = 0o2000000;
 // A name is at most 255 bytes on Linux's file systems; a longer one fails as it should through
@@ -37,10 +47,6 @@ const O_CLOEXEC = 0o2000000;
 const NAME_BYTES = 4096;
 const nameBuffer = new Uint8Array(NAME_BYTES);
 const encoder = new TextEncoder();
-
-const ERRNO_NAMES = new Map(
-  Object.entries(osConstants.errno).map(([errnoName, errno]) => [errno, errnoName]),
-);
 
 interface Libc {
   openat(dirFd: number, path: ReturnType<typeof ptr>, flags: number, mode: number): number;
