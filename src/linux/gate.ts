@@ -1,6 +1,7 @@
-import { dlopen, FFIType, ptr, read } from "bun:ffi";
+import { ptr } from "bun:ffi";
 import { closeSync, openSync, readSync } from "node:fs";
 import { constants } from "node:os";
+import { type Libc, libc } from "./libc.ts";
 import { type MountInfo, MountTableTooLarge, parseMountInfo } from "./mountinfo.ts";
 
 /**
@@ -197,44 +198,6 @@ const SM_STRINGS = 512;
 const STATMOUNT_BYTES = SM_STRINGS + 3 * 4096;
 const { EINVAL, ENOSYS } = constants.errno;
 
-interface Kernel {
-  statx(fd: number, path: number, flags: number, mask: number, buffer: number): number;
-  syscall(number: bigint, a: number, b: number, c: bigint, d: bigint): bigint;
-  errno(): number;
-}
-let kernelSymbols: Kernel | undefined | null;
-
-/** glibc's statx and syscall, opened on first use; null where they cannot be. */
-function kernel(): Kernel | null {
-  if (kernelSymbols === undefined) {
-    try {
-      const { symbols } = dlopen("libc.so.6", {
-        statx: {
-          args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.u32, FFIType.ptr],
-          returns: FFIType.i32,
-        },
-        syscall: {
-          args: [FFIType.i64, FFIType.ptr, FFIType.ptr, FFIType.u64, FFIType.u64],
-          returns: FFIType.i64,
-        },
-        __errno_location: { args: [], returns: FFIType.ptr },
-      });
-      kernelSymbols = {
-        statx: symbols.statx as unknown as Kernel["statx"],
-        syscall: symbols.syscall as unknown as Kernel["syscall"],
-        // The errno the failed call left, read at once, before anything else can change it.
-        errno: () => {
-          const location = symbols.__errno_location();
-          return location === null ? 0 : read.i32(location, 0);
-        },
-      };
-    } catch {
-      kernelSymbols = null;
-    }
-  }
-  return kernelSymbols;
-}
-
 const emptyPath = new Uint8Array(1);
 const statxBuffer = new Uint8Array(STATX_BYTES);
 const statxView = new DataView(statxBuffer.buffer);
@@ -242,24 +205,6 @@ const request = new Uint8Array(MNT_ID_REQ_SIZE_VER0);
 const requestView = new DataView(request.buffer);
 const statmountBuffer = new Uint8Array(STATMOUNT_BYTES);
 const statmountView = new DataView(statmountBuffer.buffer);
-
-type PollCall = (fds: number, count: number, timeout: number) => number;
-let pollSymbol: PollCall | undefined | null;
-
-/** glibc's poll(2), opened on first use; null where it cannot be (then every look re-reads). */
-function poll(): PollCall | null {
-  if (pollSymbol === undefined) {
-    try {
-      const { symbols } = dlopen("libc.so.6", {
-        poll: { args: [FFIType.ptr, FFIType.u64, FFIType.i32], returns: FFIType.i32 },
-      });
-      pollSymbol = symbols.poll as unknown as PollCall;
-    } catch {
-      pollSymbol = null;
-    }
-  }
-  return pollSymbol;
-}
 
 /** Past this, the mount table is not read: a node with that many mounts has another problem. */
 const MAX_TABLE_BYTES = 16 * 1024 * 1024;
@@ -343,7 +288,7 @@ export class MountGate {
 
   /** The unique id of the mount of `fd`, or undefined when the kernel does not say it. */
   private uniqueIdOf(fd: number): bigint | undefined {
-    const call = kernel();
+    const call = libc();
     if (!call) {
       this.kernel = false;
       return undefined;
@@ -374,7 +319,7 @@ export class MountGate {
     const known = this.described.get(uniqueId);
     if (known) return known;
     if (!this.kernel) return undefined;
-    const call = kernel();
+    const call = libc();
     if (!call) return undefined;
     let result = this.statmount(call, uniqueId, STATMOUNT_BASICS | STATMOUNT_NAMES);
     // A kernel that knows statmount but not every field asked for.
@@ -402,7 +347,7 @@ export class MountGate {
   }
 
   /** statmount(2) into statmountBuffer: 0, or the errno. */
-  private statmount(call: Kernel, uniqueId: bigint, fields: bigint): number {
+  private statmount(call: Libc, uniqueId: bigint, fields: bigint): number {
     this.statmounts++;
     requestView.setUint32(0, MNT_ID_REQ_SIZE_VER0, true);
     requestView.setUint32(4, 0, true);
@@ -466,7 +411,7 @@ export class MountGate {
 
   /** Whether the table as read is the table now (never, when that cannot be told). */
   private fresh(): boolean {
-    const call = poll();
+    const call = libc();
     if (this.watch === -1 || call === null) {
       this.generation++;
       return false;
@@ -474,7 +419,7 @@ export class MountGate {
     this.pollFd[0] = this.watch;
     // events POLLPRI, revents 0: two shorts after the int.
     this.pollFd[1] = POLLPRI;
-    const ready = call(ptr(this.pollFd) as unknown as number, 1, 0);
+    const ready = call.poll(ptr(this.pollFd) as unknown as number, 1, 0);
     if (ready === 0) return this.tableGeneration === this.generation;
     // Changed (POLLPRI, said once, to the first poll after the change), or not to be told:
     // an error, POLLERR, or POLLNVAL (the descriptor is no longer open, so it is not closed

@@ -1,6 +1,7 @@
-import { dlopen, FFIType, ptr, read } from "bun:ffi";
+import { ptr } from "bun:ffi";
 import { openSync } from "node:fs";
 import { getSystemErrorMessage, getSystemErrorName } from "node:util";
+import { libc } from "./libc.ts";
 
 /**
  * openat(2): the entry `name` of the directory held by `dirFd`, opened with `flags`. It opens
@@ -24,7 +25,7 @@ export function openAt(dirFd: number, name: string, flags: number): number {
   }
   nameBuffer[encoded.written] = 0;
   for (;;) {
-    const fd = call.openat(dirFd, ptr(nameBuffer), flags | O_CLOEXEC, 0);
+    const fd = call.openat(dirFd, ptr(nameBuffer) as unknown as number, flags | O_CLOEXEC, 0);
     if (fd >= 0) return fd;
     const errno = call.errno();
     if (errno === EINTR) continue;
@@ -47,35 +48,3 @@ const O_CLOEXEC = 0o2000000;
 const NAME_BYTES = 4096;
 const nameBuffer = new Uint8Array(NAME_BYTES);
 const encoder = new TextEncoder();
-
-interface Libc {
-  openat(dirFd: number, path: ReturnType<typeof ptr>, flags: number, mode: number): number;
-  errno(): number;
-}
-let symbols: Libc | undefined | null;
-
-/** glibc's openat, opened on first use; null where it cannot be. */
-function libc(): Libc | null {
-  if (symbols === undefined) {
-    try {
-      const { symbols: found } = dlopen("libc.so.6", {
-        openat: {
-          args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.u32],
-          returns: FFIType.i32,
-        },
-        __errno_location: { args: [], returns: FFIType.ptr },
-      });
-      symbols = {
-        openat: found.openat as unknown as Libc["openat"],
-        // The errno the failed call left, read at once, before anything else can change it.
-        errno: () => {
-          const location = found.__errno_location();
-          return location === null ? 0 : read.i32(location, 0);
-        },
-      };
-    } catch {
-      symbols = null;
-    }
-  }
-  return symbols;
-}
